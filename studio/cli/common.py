@@ -1,0 +1,118 @@
+"""Helpers the CLI modules share: option parsing, image inputs, output, progress bars."""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from studio.errors import InputError
+
+
+def parse_floats(text: str, what: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise InputError(f"{what} must be comma-separated numbers, got {text!r}") from None
+
+
+def parse_ints(text: str, what: str) -> list[int]:
+    """'0-7' or '1,3,5' or '0-3,8' -> list of ints."""
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if "-" in part[1:]:
+                lo, hi = part.split("-", 1) if not part.startswith("-") else ("-" + part[1:].split("-", 1)[0],
+                                                                             part[1:].split("-", 1)[1])
+                a, b = int(lo), int(hi)
+                if b < a:
+                    raise ValueError
+                out.extend(range(a, b + 1))
+            else:
+                out.append(int(part))
+    except ValueError:
+        raise InputError(f"{what} must look like '0-7' or '1,3,5', got {text!r}") from None
+    if not out:
+        raise InputError(f"{what} is empty")
+    return out
+
+
+def parse_option_pairs(pairs: list[str] | None) -> dict[str, Any]:
+    """--option KEY=VALUE pairs; VALUE is parsed as JSON when it can be, else kept as a string."""
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise InputError(f"--option takes KEY=VALUE, got {pair!r}")
+        key, value = pair.split("=", 1)
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def image_ref(path: str | None) -> dict | None:
+    """Read a user's image file into an inline ImageRef (size-checked; the worker never reads user paths).
+
+    `dataset:NAME:SPLIT:INDEX` (e.g. dataset:mnist:test:3) refers to a dataset image instead.
+    """
+    if path is None:
+        return None
+    if path.startswith("dataset:"):
+        parts = path.split(":")
+        if len(parts) != 4 or not parts[3].isdigit():
+            raise InputError(f"dataset images look like dataset:mnist:test:3, got {path!r}")
+        return {"dataset": parts[1], "split": parts[2], "index": int(parts[3])}
+    from studio.config import load_settings
+    from studio.images import open_checked
+
+    settings = load_settings()
+    open_checked(path, settings.max_upload_bytes, settings.max_upload_pixels, what=f"image {path!r}")
+    return {"png_b64": base64.b64encode(Path(path).read_bytes()).decode("ascii")}
+
+
+def source(seed: int | None, image: str | None, what: str, options: dict | None = None) -> dict:
+    if (seed is None) == (image is None):
+        raise InputError(f"give {what} as a seed or an image (one of them)")
+    out: dict[str, Any] = {"seed": seed} if seed is not None else {"image": image_ref(image)}
+    if options:
+        out["options"] = options
+    return out
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+class Bar:
+    """A tqdm progress bar on stderr that accepts the contract's progress(step, total, message) calls."""
+
+    def __init__(self, desc: str, force: bool = False) -> None:
+        self.desc = desc
+        self.enabled = force or sys.stderr.isatty()
+        self._bar = None
+        self._key: tuple | None = None
+
+    def __call__(self, step: int, total: int, message: str = "", preview: object = None) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        key = (message, total)
+        if self._bar is None or key != self._key:
+            self.close()
+            self._bar = tqdm(total=total, desc=f"{self.desc}: {message}" if message else self.desc, file=sys.stderr,
+                             leave=False)
+            self._key = key
+        self._bar.n = step
+        self._bar.refresh()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

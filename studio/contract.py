@@ -1,0 +1,197 @@
+"""The backend contract: what a plugin implements, and nothing more.
+
+A backend declares its latent *spaces* (shape, prior, roles) and its *capabilities*; it implements only
+the model-specific parts: sampling a prior, encoding images, decoding a latent *point* to images.
+Every latent operation (interpolation, vectors, edits, compression, projections) lives in `studio.ops`
+and works over this contract without knowing which backend it talks to.
+
+Conventions at the boundary:
+- images: float32 CPU tensors, NCHW, values in [-1, 1];
+- a *point* is a dict from space name to a batch-first float32 CPU tensor of the declared shape;
+- randomness comes in as integer seeds, one per item; noise is drawn on the CPU, so a seed gives the
+  same latent on every device.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    import torch
+
+    from studio.config import Settings
+
+# Roles a latent space can play. Ops choose a space by role, never by backend name.
+SEED = "seed"  # where seeds live: sampling, slerp walks, attribute directions, traversals
+CODEC = "codec"  # what encode() returns and decode() accepts alone: compression, img2img
+CONDITION = "condition"  # conditioning embeddings (prompts): lerp between prompts, text directions
+ROLES = frozenset({SEED, CODEC, CONDITION})
+
+# Capabilities a backend can declare.
+SAMPLE = "sample"
+ENCODE = "encode"  # images -> codec point
+DECODE = "decode"  # codec point -> images
+TRAIN = "train"
+TEXT = "text"  # accepts prompts
+IMG2IMG = "img2img"
+CAPABILITIES = frozenset({SAMPLE, ENCODE, DECODE, TRAIN, TEXT, IMG2IMG})
+
+Point = dict[str, "torch.Tensor"]
+Progress = Callable[..., None]  # progress(step, total, message="", preview=None); may raise Cancelled
+
+
+def no_progress(step: int, total: int, message: str = "", preview: object = None) -> None:
+    """A progress callback that ignores everything."""
+
+
+@dataclass(frozen=True)
+class LatentSpace:
+    """One latent space of a backend.
+
+    `prior` is "gaussian" (standard normal, where seeds live) or "none". `coding_mean`/`coding_std`
+    describe where encoded latents lie (per element or scalar); compression uses them for its range and
+    its entropy model, so a backend that knows its latent statistics should declare them.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    prior: Literal["gaussian", "none"]
+    roles: frozenset[str]
+    coding_mean: tuple[float, ...] | float = 0.0
+    coding_std: tuple[float, ...] | float = 1.0
+
+    def __post_init__(self) -> None:
+        unknown = set(self.roles) - ROLES
+        if unknown:
+            raise ValueError(f"latent space {self.name!r} has unknown roles {sorted(unknown)}")
+
+    def describe(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "prior": self.prior, "roles": sorted(self.roles)}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A model a backend can load: its weights file and their sha256."""
+
+    name: str
+    path: str
+    sha256: str
+    description: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "path": self.path, "sha256": self.sha256, "description": self.description,
+                **self.extra}
+
+
+class NoOptions(BaseModel):
+    """Backend options for a backend that takes none."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Backend(ABC):
+    """A loaded model of a plugin. Subclasses set the class attributes and implement the abstract methods.
+
+    Class-level methods (`available_models`, `load`, `train`) work without loading weights, so the
+    registry can list and validate without touching a model.
+    """
+
+    name: ClassVar[str]
+    version: ClassVar[str]
+    description: ClassVar[str] = ""
+    capabilities: ClassVar[frozenset[str]] = frozenset({SAMPLE, DECODE})
+    Options: ClassVar[type[BaseModel]] = NoOptions
+    devices: ClassVar[frozenset[str]] = frozenset({"cpu", "cuda"})  # where it can run; {"cuda"}: GPU-only
+
+    def __init__(self, model: ModelInfo, device: str = "cpu", dtype: str = "float32") -> None:
+        self.model = model
+        self.device = device
+        self.dtype = dtype
+
+    # ----- discovery (no weights loaded) -----
+    @classmethod
+    @abstractmethod
+    def available_models(cls, settings: Settings) -> list[ModelInfo]:
+        """The models this backend can load right now."""
+
+    @classmethod
+    def default_model(cls, settings: Settings) -> str | None:
+        models = cls.available_models(settings)
+        return models[0].name if models else None
+
+    @classmethod
+    @abstractmethod
+    def load(cls, model: str | None, settings: Settings, device: str = "cpu", dtype: str = "float32") -> Backend:
+        """Load `model` (None: the default) and return a ready backend."""
+
+    @classmethod
+    def train(cls, dataset: str, epochs: int, out: str, seed: int, settings: Settings,
+              progress: Progress = no_progress, **kwargs: object) -> dict:
+        """Train weights on `dataset` and write them to `out`; return metrics. Needs the TRAIN capability."""
+        raise NotImplementedError(f"backend {cls.name!r} cannot train")
+
+    # ----- the latent interface -----
+    @abstractmethod
+    def spaces(self, options: BaseModel | None = None) -> dict[str, LatentSpace]:
+        """The latent spaces for these options (shapes may depend on options, e.g. image size)."""
+
+    @abstractmethod
+    def image_shape(self, options: BaseModel | None = None) -> tuple[int, int, int]:
+        """(channels, height, width) of the images this backend makes and encodes."""
+
+    def sample_prior(self, space: str, seeds: Sequence[int], options: BaseModel | None = None) -> torch.Tensor:
+        """Draw one latent per seed from the space's prior, on the CPU. Default: standard normal."""
+        import torch
+
+        shape = self.spaces(options)[space].shape
+        return torch.stack([torch.randn(shape, generator=torch.Generator("cpu").manual_seed(int(s))) for s in seeds])
+
+    def condition(self, n: int, options: BaseModel | None = None) -> Point:
+        """Latents of the CONDITION role for these options (e.g. prompt embeddings). Default: none."""
+        return {}
+
+    @abstractmethod
+    def decode(self, point: Point, options: BaseModel | None = None, progress: Progress = no_progress) -> torch.Tensor:
+        """Render a point to images (NCHW in [-1, 1]).
+
+        A point holding the SEED-role space (plus any CONDITION) generates; a point holding only the
+        CODEC-role space decodes. A backend with IMG2IMG accepts both and a `strength` in its options.
+        """
+
+    def encode(self, images: torch.Tensor, options: BaseModel | None = None, seed: int = 0,
+               progress: Progress = no_progress) -> Point:
+        """Encode images (NCHW in [-1, 1]) to a point of the CODEC-role space. Needs the ENCODE capability."""
+        raise NotImplementedError(f"backend {self.name!r} cannot encode")
+
+    # ----- helpers the core uses -----
+    def space_for(self, role: str, options: BaseModel | None = None) -> LatentSpace:
+        """The first space that plays `role`."""
+        from studio.errors import InputError
+
+        for s in self.spaces(options).values():
+            if role in s.roles:
+                return s
+        raise InputError(f"backend {self.name!r} has no latent space with role {role!r}")
+
+    def describe(self) -> dict:
+        return {"backend": self.name, "version": self.version, "model": self.model.describe(),
+                "device": self.device, "dtype": self.dtype}
+
+    @classmethod
+    def parse_options(cls, options: dict | None) -> BaseModel:
+        """Validate job options against this backend's Options model, with a readable error."""
+        from pydantic import ValidationError
+
+        from studio.errors import InputError
+
+        try:
+            return cls.Options.model_validate(options or {})
+        except ValidationError as exc:
+            parts = [f"{'.'.join(str(x) for x in e['loc']) or 'options'}: {e['msg']}" for e in exc.errors()]
+            raise InputError(f"invalid options for backend {cls.name!r}: " + "; ".join(parts)) from None

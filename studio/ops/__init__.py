@@ -1,0 +1,1 @@
+"""Latent operations, written once over the backend contract."""

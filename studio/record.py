@@ -1,0 +1,60 @@
+"""The reproducibility record every output PNG carries (a PNG text chunk named `latent-studio`)."""
+
+from __future__ import annotations
+
+import json
+import platform
+from functools import lru_cache
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from PIL import Image, PngImagePlugin
+
+from studio.errors import InputError
+
+CHUNK = "latent-studio"
+RECORD_VERSION = 1
+
+
+@lru_cache(maxsize=1)
+def library_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in ("latent-studio", "torch", "numpy", "pillow", "diffusers", "transformers"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def make_record(spec: dict, backend: dict, item: dict | None = None) -> dict:
+    """A record: the job spec, the backend's description (name, version, model + sha256, device,
+    dtype), what this item is (seed, index, frame...), and the library versions."""
+    return {"record_version": RECORD_VERSION, "spec": spec, **backend, "item": item or {},
+            "versions": library_versions()}
+
+
+def pnginfo(record: dict) -> PngImagePlugin.PngInfo:
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt(CHUNK, json.dumps(record, sort_keys=True))
+    return info
+
+
+def save_png(im: Image.Image, path: str | Path, record: dict) -> None:
+    im.save(path, format="PNG", pnginfo=pnginfo(record))
+
+
+def read_record(source: str | Path | Image.Image) -> dict:
+    """The record embedded in a PNG written by the studio."""
+    try:
+        im = source if isinstance(source, Image.Image) else Image.open(source)
+        im.load()
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{source} is not a readable PNG ({exc})") from None
+    text = getattr(im, "text", {}) or {}
+    if CHUNK not in text:
+        raise InputError(f"{getattr(im, 'filename', '') or source} carries no Latent Studio record")
+    try:
+        return json.loads(text[CHUNK])
+    except json.JSONDecodeError:
+        raise InputError("the image's Latent Studio record is not valid JSON") from None

@@ -1,0 +1,285 @@
+"""Job specs: one validated, JSON-serialisable description of a job, whoever submits it and wherever it runs.
+
+`parse_spec(data)` validates a dict (from the CLI, the UI, a client or a PNG record) into a spec, including
+the backend's own options, and raises InputError with every problem on one line.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+
+from studio.config import Settings, load_settings
+from studio.errors import InputError
+
+MAX_SEED = 2**63 - 2**20
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+
+
+class ImageRef(BaseModel):
+    """An input image: inline PNG/JPEG bytes (base64) or an item of a dataset."""
+
+    model_config = ConfigDict(extra="forbid")
+    png_b64: str | None = None
+    dataset: str | None = None
+    split: Literal["train", "test"] = "test"
+    index: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ImageRef:
+        if (self.png_b64 is None) == (self.dataset is None):
+            raise ValueError("give either png_b64 or dataset (+ index)")
+        if self.dataset is not None and self.index is None:
+            raise ValueError("a dataset image needs an index")
+        return self
+
+
+class Source(BaseModel):
+    """A point in latent space: from a seed (with optional backend options, e.g. a prompt) or an image."""
+
+    model_config = ConfigDict(extra="forbid")
+    seed: Seed | None = None
+    image: ImageRef | None = None
+    options: dict[str, Any] | None = None  # overrides the job's options for this point (prompt walks)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Source:
+        if (self.seed is None) == (self.image is None):
+            raise ValueError("give either a seed or an image")
+        return self
+
+
+class _Job(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    backend: str = Field(min_length=1, max_length=64)
+    model: str | None = Field(default=None, max_length=512)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    def sources(self) -> list[Source]:
+        return []
+
+
+class SampleSpec(_Job):
+    op: Literal["sample"] = "sample"
+    n: int = Field(default=16, ge=1)
+    seed: Seed = 0
+    temperature: float = Field(default=1.0, gt=0, le=4)
+    truncation: float | None = Field(default=None, gt=0, le=10)
+
+
+class InterpolateSpec(_Job):
+    op: Literal["interpolate"] = "interpolate"
+    start: Source
+    end: Source
+    steps: int = Field(default=9, ge=2)
+    method: Literal["slerp", "lerp"] = "slerp"
+
+    def sources(self) -> list[Source]:
+        return [self.start, self.end]
+
+
+class EditSpec(_Job):
+    op: Literal["edit"] = "edit"
+    vector: str
+    strengths: list[float] = Field(default_factory=lambda: [-2.0, -1.0, 0.0, 1.0, 2.0], min_length=1)
+    source: Source
+
+    @field_validator("vector")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME_RE.match(v):
+            raise ValueError("vector names use letters, digits, '_', '.' and '-' (at most 64)")
+        return v
+
+    def sources(self) -> list[Source]:
+        return [self.source]
+
+
+class TraverseSpec(_Job):
+    op: Literal["traverse"] = "traverse"
+    source: Source
+    dims: list[int] = Field(default_factory=lambda: list(range(8)), min_length=1)
+    low: float = -3.0
+    high: float = 3.0
+    steps: int = Field(default=7, ge=2)
+
+    def sources(self) -> list[Source]:
+        return [self.source]
+
+
+class AnalogySpec(_Job):
+    op: Literal["analogy"] = "analogy"
+    a: Source
+    b: Source
+    c: Source
+
+    def sources(self) -> list[Source]:
+        return [self.a, self.b, self.c]
+
+
+class RoundtripSpec(_Job):
+    op: Literal["roundtrip"] = "roundtrip"
+    bits: int = 8
+    dataset: str | None = None
+    split: Literal["train", "test"] = "test"
+    limit: int = Field(default=1000, ge=1)
+    image: ImageRef | None = None
+
+    @field_validator("bits")
+    @classmethod
+    def _bits(cls, v: int) -> int:
+        if not 1 <= v <= 12:
+            raise ValueError(f"bits must be between 1 and 12, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _one_input(self) -> RoundtripSpec:
+        if (self.dataset is None) == (self.image is None):
+            raise ValueError("give either a dataset or an image")
+        return self
+
+
+class FitVectorSpec(_Job):
+    op: Literal["fit_vector"] = "fit_vector"
+    name: str
+    method: Literal["mean", "balanced", "classifier"] = "balanced"
+    dataset: str | None = None
+    attribute: str | None = None
+    limit: int = Field(default=10000, ge=10)
+    with_seeds: list[Seed] | None = None
+    without_seeds: list[Seed] | None = None
+    with_options: dict[str, Any] | None = None  # text directions: condition(with) - condition(without)
+    without_options: dict[str, Any] | None = None
+    seed: Seed = 0
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME_RE.match(v):
+            raise ValueError("vector names use letters, digits, '_', '.' and '-' (at most 64)")
+        return v
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> FitVectorSpec:
+        kinds = [self.dataset is not None, self.with_seeds is not None, self.with_options is not None]
+        if sum(kinds) != 1:
+            raise ValueError("give exactly one of: dataset + attribute, with_seeds + without_seeds, "
+                             "with_options + without_options")
+        if self.dataset is not None and not self.attribute:
+            raise ValueError("a dataset vector needs an attribute (class:7, class:3-vs-8, thickness, slant)")
+        if self.with_seeds is not None and not (self.with_seeds and self.without_seeds):
+            raise ValueError("picked examples need at least one seed with and one without the attribute")
+        if self.with_options is not None and self.without_options is None:
+            raise ValueError("a text direction needs with_options and without_options")
+        return self
+
+
+class EvaluateSpec(_Job):
+    op: Literal["evaluate"] = "evaluate"
+    n: int = Field(default=2000, ge=10, le=20000)
+    seed: Seed = 0
+
+
+class WalkSpec(_Job):
+    op: Literal["walk"] = "walk"
+    keyframes: list[Source] = Field(min_length=2)
+    frames_per_segment: int = Field(default=8, ge=1, le=240)
+    method: Literal["slerp", "lerp"] = "slerp"
+
+    def sources(self) -> list[Source]:
+        return list(self.keyframes)
+
+
+class ProjectSpec(_Job):
+    op: Literal["project"] = "project"
+    dataset: str = "mnist"
+    split: Literal["train", "test"] = "test"
+    method: Literal["pca", "tsne", "umap"] = "pca"
+    limit: int = Field(default=2000, ge=10, le=10000)
+    seed: Seed = 0
+
+
+class AnomaliesSpec(_Job):
+    op: Literal["anomalies"] = "anomalies"
+    dataset: str = "mnist"
+    split: Literal["train", "test"] = "test"
+    limit: int = Field(default=2000, ge=10, le=10000)
+    ood_dataset: str | None = None  # e.g. fashion or animals: reports AUROC of in- vs out-of-distribution
+    top: int = Field(default=16, ge=1, le=64)
+
+
+JobSpec = Annotated[SampleSpec | InterpolateSpec | EditSpec | TraverseSpec | AnalogySpec | RoundtripSpec
+                    | FitVectorSpec | EvaluateSpec | WalkSpec | ProjectSpec | AnomaliesSpec, Field(discriminator="op")]
+OPS = ("sample", "interpolate", "edit", "traverse", "analogy", "roundtrip", "fit_vector", "evaluate", "walk",
+       "project", "anomalies")
+_adapter: TypeAdapter = TypeAdapter(JobSpec)
+
+
+def _format(exc: ValidationError) -> str:
+    parts = []
+    for e in exc.errors():
+        loc = ".".join(str(x) for x in e["loc"] if not (isinstance(x, str) and x.endswith("Spec")))
+        msg = e["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
+
+
+def output_count(spec: BaseModel) -> int:
+    """How many images a job will render (checked against the configured limit)."""
+    match spec.op:
+        case "sample":
+            return spec.n
+        case "interpolate":
+            return spec.steps
+        case "edit":
+            return len(spec.strengths)
+        case "traverse":
+            return len(spec.dims) * spec.steps
+        case "analogy":
+            return 4
+        case "walk":
+            return (len(spec.keyframes) - 1) * spec.frames_per_segment + 1
+        case "anomalies":
+            return spec.top
+    return 0
+
+
+def parse_spec(data: dict | BaseModel, settings: Settings | None = None, check_backend: bool = True) -> BaseModel:
+    """Validate a job spec (and the backend's options) or raise InputError; nothing is created."""
+    settings = settings or load_settings()
+    if isinstance(data, BaseModel):
+        data = data.model_dump()
+    if not isinstance(data, dict):
+        raise InputError(f"a job spec is a JSON object, got {type(data).__name__}")
+    if data.get("op") not in OPS:
+        raise InputError(f"unknown op {data.get('op')!r} (use one of {', '.join(OPS)})")
+    try:
+        spec = _adapter.validate_python(data)
+    except ValidationError as exc:
+        raise InputError(f"invalid {data.get('op')} job: {_format(exc)}") from None
+    count = output_count(spec)
+    if count > settings.max_images:
+        raise InputError(f"this {spec.op} job would make {count} images; the limit is {settings.max_images} "
+                         f"(STUDIO_MAX_IMAGES)")
+    if spec.op == "roundtrip" and spec.limit > 10000:
+        raise InputError(f"roundtrip limit is at most 10000 images, got {spec.limit}")
+    if check_backend:
+        from studio.registry import get_backend_class
+
+        cls = get_backend_class(spec.backend)
+        cls.parse_options(spec.options)
+        for src in spec.sources():
+            if src.options is not None:
+                cls.parse_options({**spec.options, **src.options})
+        for extra in (getattr(spec, "with_options", None), getattr(spec, "without_options", None)):
+            if extra is not None:
+                cls.parse_options({**spec.options, **extra})
+    return spec
+
+
+def spec_dict(spec: BaseModel) -> dict:
+    """The JSON-ready form of a spec (what queues and records carry)."""
+    return spec.model_dump(mode="json", exclude_none=True)

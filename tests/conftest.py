@@ -1,0 +1,37 @@
+"""Shared fixtures: every test session gets its own STUDIO_HOME, so nothing touches a user's home."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def studio_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A per-session STUDIO_HOME (datasets are cached there once per session)."""
+    home = tmp_path_factory.mktemp("studio-home")
+    old = os.environ.get("STUDIO_HOME")
+    os.environ["STUDIO_HOME"] = str(home)
+    yield home
+    if old is None:
+        os.environ.pop("STUDIO_HOME", None)
+    else:
+        os.environ["STUDIO_HOME"] = old
+
+
+@pytest.fixture
+def studio_cli():
+    """Run the `studio` CLI as a user would, in a subprocess; returns CompletedProcess."""
+    import subprocess
+
+    def run(*args: str, check: bool = False, timeout: float = 300, env: dict | None = None):
+        return subprocess.run([sys.executable, "-m", "studio", *args], capture_output=True, text=True, timeout=timeout,
+                              check=check, env={**os.environ, **(env or {})})
+
+    return run

@@ -1,0 +1,99 @@
+"""The CLI as a user runs it (a subprocess), on the example PCA plugin (cheap and deterministic)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from studio.record import read_record
+
+
+def pixels(path) -> np.ndarray:
+    return np.asarray(Image.open(path))
+
+
+def test_sample_writes_pngs_with_records_and_is_reproducible(studio_cli, tmp_path):
+    for d in ("a", "b"):
+        r = studio_cli("run", "sample", "--backend", "pca", "--n", "4", "--seed", "5", "--out", str(tmp_path / d))
+        assert r.returncode == 0, r.stderr
+    names = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert names == ["grid.png", "sample_000.png", "sample_001.png", "sample_002.png", "sample_003.png"]
+    for name in names:
+        assert np.array_equal(pixels(tmp_path / "a" / name), pixels(tmp_path / "b" / name))
+    record = read_record(tmp_path / "a" / "sample_002.png")
+    assert record["item"]["seed"] == 7 and record["spec"]["seed"] == 5
+    assert record["backend"] == "pca" and len(record["weights_sha256"]) == 64
+    assert {"torch", "latent-studio", "python"} <= set(record["versions"])
+    assert record["device"] == "cpu" and record["dtype"] == "float32"
+
+
+def test_one_seed_gives_the_same_image_in_any_batch(studio_cli, tmp_path):
+    studio_cli("run", "sample", "--backend", "pca", "--n", "1", "--seed", "7", "--out", str(tmp_path / "one"), check=True)
+    studio_cli("run", "sample", "--backend", "pca", "--n", "4", "--seed", "5", "--out", str(tmp_path / "four"), check=True)
+    assert np.array_equal(pixels(tmp_path / "one" / "sample_000.png"), pixels(tmp_path / "four" / "sample_002.png"))
+
+
+def test_interpolate_from_seeds_and_from_images(studio_cli, tmp_path):
+    r = studio_cli("run", "interpolate", "--backend", "pca", "--from-seed", "1", "--to-seed", "2", "--steps", "5",
+                   "--method", "slerp", "--out", str(tmp_path / "seeds"))
+    assert r.returncode == 0, r.stderr
+    files = {p.name for p in (tmp_path / "seeds").iterdir()}
+    assert {"strip.png", "walk.gif", "frame_000.png", "frame_004.png"} <= files
+    assert Image.open(tmp_path / "seeds" / "walk.gif").n_frames == 8  # there and back
+    a = tmp_path / "a.png"
+    b = tmp_path / "b.png"
+    Image.open(tmp_path / "seeds" / "frame_000.png").save(a)
+    Image.open(tmp_path / "seeds" / "frame_004.png").convert("RGB").resize((56, 56)).save(b)
+    r = studio_cli("run", "interpolate", "--backend", "pca", "--from-image", str(a), "--to-image", str(b),
+                   "--steps", "3", "--method", "lerp", "--out", str(tmp_path / "images"))
+    assert r.returncode == 0, r.stderr
+    assert "converted" in r.stderr  # the RGB 56x56 image was converted, and the user is told
+
+
+def test_traverse_and_analogy(studio_cli, tmp_path):
+    r = studio_cli("run", "traverse", "--backend", "pca", "--seed", "3", "--dims", "0-3", "--range", "-3,3",
+                   "--steps", "5", "--out", str(tmp_path / "t"))
+    assert r.returncode == 0, r.stderr
+    grid = Image.open(tmp_path / "t" / "grid.png")
+    assert grid.size == (5 * 28 + 6 * 2, 4 * 28 + 5 * 2)
+    r = studio_cli("run", "analogy", "--backend", "pca", "--a-seed", "1", "--b-seed", "2", "--c-seed", "3",
+                   "--out", str(tmp_path / "an"))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "an" / "result.png").is_file()
+
+
+def test_plugins_lists_backends_with_spaces_and_hashes(studio_cli):
+    r = studio_cli("plugins", "--json")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    pca = next(b for b in info["backends"] if b["name"] == "pca")
+    assert pca["entry_point"] == "pca" and pca["version"] == "0.1.0"
+    assert pca["spaces"] == [{"name": "z", "shape": [16], "prior": "gaussian", "roles": ["codec", "seed"]}]
+    assert len(pca["models"][0]["sha256"]) == 64
+    assert {"encode", "decode", "sample"} <= set(pca["capabilities"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "sample", "--backend", "nope", "--out", "{tmp}"], "unknown backend 'nope'"),
+    (["run", "sample", "--backend", "pca", "--n", "100000", "--out", "{tmp}"], "the limit is"),
+    (["run", "interpolate", "--backend", "pca", "--from-image", "{tmp}/missing.png", "--to-seed", "1"],
+     "does not exist"),
+    (["run", "interpolate", "--backend", "pca", "--from-image", "{tmp}/corrupt.png", "--to-seed", "1"],
+     "not a readable image"),
+    (["run", "interpolate", "--backend", "pca", "--from-seed", "1"], "give the end"),
+    (["run", "traverse", "--backend", "pca", "--seed", "1", "--dims", "14-17"], "dim"),
+    (["run", "traverse", "--backend", "pca", "--seed", "1", "--dims", "x"], "--dims must look like"),
+    (["run", "roundtrip", "--backend", "pca", "--dataset", "mnist", "--bits", "13"], "bits must be between 1 and 12"),
+    (["run", "edit", "--backend", "pca", "--vector", "nosuch", "--seed", "1"], "nosuch"),
+    (["run", "roundtrip", "--backend", "pca", "--dataset", "nosuchdata", "--bits", "4"], "unknown dataset"),
+])
+def test_bad_input_gets_one_line_and_no_traceback(studio_cli, tmp_path, args, message):
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    r = studio_cli(*[a.replace("{tmp}", str(tmp_path)) for a in args])
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr
+    assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr
+    assert message in r.stderr
