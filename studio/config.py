@@ -40,6 +40,7 @@ class Settings:
     lease_s: int = 30  # a running job's lease; its worker renews it every lease_s/3, an expired one is reissued
     visibility_timeout_s: int = 300  # Redis: an unacknowledged message is redelivered after this many seconds
     batch_max_images: int = 64  # micro-batching: at most this many images in one coalesced pass (1: off)
+    torch_threads: int = 0  # a worker's torch intra-op threads (0: torch's default, one per core)
 
     @property
     def store_path(self) -> Path:

@@ -141,8 +141,12 @@ class _Job:
 
 
 def _backend_record(backend: Backend) -> dict:
-    return {"backend": backend.name, "backend_version": backend.version, "model": backend.model.name,
-            "weights_sha256": backend.model.sha256, "device": backend.device, "dtype": backend.dtype}
+    record = {"backend": backend.name, "backend_version": backend.version, "model": backend.model.name,
+              "weights_sha256": backend.model.sha256, "device": backend.device, "dtype": backend.dtype}
+    runtime = backend.describe().get("runtime")  # backend-chosen speed options that can change pixels
+    if runtime:
+        record["runtime"] = runtime
+    return record
 
 
 # ----- the ops -----
@@ -151,7 +155,10 @@ def _sample(job: _Job) -> None:
     s = job.spec
     seeds = [s.seed + i for i in range(s.n)]
     point = random_point(job.backend, seeds, job.options, s.temperature, s.truncation)
-    frames = job.render(point)
+    _sample_outputs(job, seeds, job.render(point))
+
+
+def _sample_outputs(job: _Job, seeds: list[int], frames: list) -> None:
     for i, (seed, im) in enumerate(zip(seeds, frames, strict=True)):
         job.add_image(f"sample_{i:03d}.png", im, {"index": i, "seed": seed})
     job.add_image("grid.png", imgs.grid(frames), {"grid": True, "seeds": seeds})
@@ -397,4 +404,43 @@ def execute(spec: BaseModel | dict, runtime: Runtime | None = None, progress: Pr
     return job.result
 
 
-__all__ = ["Artifact", "JobResult", "Runtime", "execute", "interpolate_points", "batch_size", "take"]
+BATCHABLE_OPS = ("sample",)
+BATCH_VARYING = ("seed", "n")
+
+
+def execute_batch(specs: list[BaseModel | dict], runtime: Runtime | None = None,
+                  progress: Progress = no_progress) -> list[JobResult]:
+    """Run compatible sample specs (equal apart from seed and n) in one forward pass, one result per spec.
+
+    Noise is drawn per seed, so each result equals what `execute` gives for its spec alone (up to the
+    backend's batch invariance; the job queue's micro-batching runs through here).
+    """
+    runtime = runtime or Runtime()
+    parsed = [parse_spec(s, runtime.settings) for s in specs]
+    if not parsed:
+        return []
+
+    def shared(spec: BaseModel) -> dict:
+        return {k: v for k, v in spec_dict(spec).items() if k not in BATCH_VARYING}
+
+    if parsed[0].op not in BATCHABLE_OPS or any(shared(s) != shared(parsed[0]) for s in parsed[1:]):
+        raise InputError("only sample jobs that differ in nothing but seed and n can run as one batch")
+    started = time.perf_counter()
+    jobs = [_Job(s, runtime, progress, None) for s in parsed]
+    seeds = [[s.seed + i for i in range(s.n)] for s in parsed]
+    first = parsed[0]
+    point = random_point(jobs[0].backend, [x for group in seeds for x in group], jobs[0].options,
+                         first.temperature, first.truncation)
+    frames = jobs[0].render(point)
+    offset = 0
+    for job, group in zip(jobs, seeds, strict=True):
+        _sample_outputs(job, group, frames[offset:offset + len(group)])
+        offset += len(group)
+    seconds = round(time.perf_counter() - started, 4)
+    for job in jobs:
+        job.result.metrics.update(seconds=seconds, batched_with=len(jobs) - 1)
+    return [job.result for job in jobs]
+
+
+__all__ = ["Artifact", "JobResult", "Runtime", "execute", "execute_batch", "interpolate_points", "batch_size",
+           "take"]

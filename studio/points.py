@@ -78,10 +78,16 @@ def take(point: Point, index: int | slice) -> Point:
 
 def decode_batched(backend: Backend, point: Point, options: BaseModel | None = None, batch: int = 64,
                    progress: Progress = no_progress) -> torch.Tensor:
-    """Decode a point in chunks, reporting progress per chunk."""
+    """Decode a point in chunks, reporting progress per chunk and the backend's own steps within each chunk
+    (denoising steps, per-item work), so a progress callback that raises Cancelled stops at the next step."""
     n = batch_size(point)
+    chunks = max(1, (n + batch - 1) // batch)
     out = []
     for i, start in enumerate(range(0, n, batch)):
-        out.append(backend.decode(take(point, slice(start, start + batch)), options))
-        progress(i + 1, (n + batch - 1) // batch, "decoding")
+        def inner(step: int, total: int, message: str = "", preview: object = None, _i: int = i) -> None:
+            if total > 0:
+                progress(_i * total + step, chunks * total, message or "decoding", preview)
+
+        out.append(backend.decode(take(point, slice(start, start + batch)), options, progress=inner))
+        progress(i + 1, chunks, "decoding")
     return torch.cat(out)

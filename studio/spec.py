@@ -145,7 +145,7 @@ class RoundtripSpec(_Job):
 class FitVectorSpec(_Job):
     op: Literal["fit_vector"] = "fit_vector"
     name: str
-    method: Literal["mean", "balanced", "classifier"] = "balanced"
+    method: Literal["mean", "balanced", "classifier"] = "classifier"
     dataset: str | None = None
     attribute: str | None = None
     limit: int = Field(default=10000, ge=10)

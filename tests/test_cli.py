@@ -31,8 +31,9 @@ def test_sample_writes_pngs_with_records_and_is_reproducible(studio_cli, tmp_pat
 
 
 def test_one_seed_gives_the_same_image_in_any_batch(studio_cli, tmp_path):
-    studio_cli("run", "sample", "--backend", "pca", "--n", "1", "--seed", "7", "--out", str(tmp_path / "one"), check=True)
-    studio_cli("run", "sample", "--backend", "pca", "--n", "4", "--seed", "5", "--out", str(tmp_path / "four"), check=True)
+    for n, seed, name in (("1", "7", "one"), ("4", "5", "four")):
+        studio_cli("run", "sample", "--backend", "pca", "--n", n, "--seed", seed, "--out", str(tmp_path / name),
+                   check=True)
     assert np.array_equal(pixels(tmp_path / "one" / "sample_000.png"), pixels(tmp_path / "four" / "sample_002.png"))
 
 

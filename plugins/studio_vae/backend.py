@@ -1,0 +1,193 @@
+"""The VAE backend: one Gaussian latent `z` that is both where seeds live and what encode() returns."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from pydantic import BaseModel
+
+from studio.config import Settings
+from studio.contract import (
+    CODEC,
+    DECODE,
+    ENCODE,
+    SAMPLE,
+    SEED,
+    TRAIN,
+    Backend,
+    LatentSpace,
+    ModelInfo,
+    Point,
+    Progress,
+    no_progress,
+)
+from studio.errors import InputError, NotFound
+
+SHIPPED = Path(__file__).parent / "weights" / "mnist.safetensors"
+SPACE = "z"
+BATCH = 512
+DTYPES = {"auto": torch.float32, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+_sha_cache: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, cached by path, modification time and size."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    if key not in _sha_cache:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _sha_cache[key] = h.hexdigest()
+    return _sha_cache[key]
+
+
+def _model_info(name: str, path: Path, description: str) -> ModelInfo:
+    from studio.safetensors_io import read_metadata
+
+    extra: dict = {}
+    try:
+        meta = read_metadata(path)
+        extra = {k: meta[k] for k in ("dataset", "epochs", "seed") if k in meta}
+    except (OSError, ValueError):
+        description += " (unreadable metadata)"
+    return ModelInfo(name=name, path=str(path), sha256=file_sha256(path), description=description, extra=extra)
+
+
+def _resolve_device(device: str) -> str:
+    if device in ("", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+class VAEBackend(Backend):
+    """A convolutional VAE (latent 16) trained on MNIST; other models are any `<model_root>/vae/*.safetensors`."""
+
+    name: ClassVar[str] = "vae"
+    version: ClassVar[str] = "0.1.0"
+    description: ClassVar[str] = "Convolutional VAE, 16-d Gaussian latent, exact encoding by the posterior mean"
+    capabilities: ClassVar[frozenset[str]] = frozenset({SAMPLE, ENCODE, DECODE, TRAIN})
+
+    def __init__(self, model: ModelInfo, device: str = "cpu", dtype: str = "float32") -> None:
+        from .model import load_vae
+
+        if dtype not in DTYPES:
+            raise InputError(f"unknown dtype {dtype!r} (use one of {', '.join(DTYPES)})")
+        device = _resolve_device(device)
+        super().__init__(model, device, "float32" if dtype == "auto" else dtype)
+        self._torch_dtype = DTYPES[dtype]
+        net, metadata = load_vae(model.path)
+        self.net = net.to(device=self.device, dtype=self._torch_dtype)
+        self.metadata = metadata
+        self.config = net.config
+        self._space = LatentSpace(SPACE, (self.config.latent_dim,), "gaussian", frozenset({SEED, CODEC}),
+                                  coding_mean=_stat(metadata, "coding_mean", 0.0, self.config.latent_dim),
+                                  coding_std=_stat(metadata, "coding_std", 1.0, self.config.latent_dim))
+
+    # ----- discovery -----
+    @classmethod
+    def available_models(cls, settings: Settings) -> list[ModelInfo]:
+        """The shipped `mnist` weights, then `<model_root>/vae/*.safetensors` (name = file stem; first wins)."""
+        models: dict[str, ModelInfo] = {}
+        if SHIPPED.is_file():
+            models["mnist"] = _model_info("mnist", SHIPPED, "shipped: trained on MNIST by `studio train vae`")
+        for root in settings.model_root_paths:
+            folder = Path(root) / "vae"
+            if folder.is_dir():
+                for path in sorted(folder.glob("*.safetensors")):
+                    if path.is_file() and path.stem not in models:
+                        models[path.stem] = _model_info(path.stem, path, f"user weights in {folder}")
+        return list(models.values())
+
+    @classmethod
+    def load(cls, model: str | None, settings: Settings, device: str = "cpu", dtype: str = "float32") -> VAEBackend:
+        models = {m.name: m for m in cls.available_models(settings)}
+        if not models:
+            raise NotFound("no VAE weights are installed (train some with `studio train vae`)")
+        name = model or next(iter(models))
+        if name not in models:
+            raise NotFound(f"unknown VAE model {name!r} (available: {', '.join(models)})")
+        return cls(models[name], device=device, dtype=dtype)
+
+    @classmethod
+    def train(cls, dataset: str, epochs: int, out: str, seed: int, settings: Settings,
+              progress: Progress = no_progress, **kwargs: object) -> dict:
+        """Train with `studio_vae.train.train_vae`; kwargs: batch_size, lr, latent_dim, base_width, channels,
+        kl_weight, limit, threads, device (None values mean the default)."""
+        import inspect
+
+        from .train import train_vae
+
+        allowed = set(inspect.signature(train_vae).parameters) - {"dataset", "epochs", "out", "seed", "settings",
+                                                                   "progress"}
+        unknown = sorted(set(kwargs) - allowed)
+        if unknown:
+            raise InputError(f"unknown training options for vae: {', '.join(unknown)} "
+                             f"(known: {', '.join(sorted(allowed))})")
+        given = {k: v for k, v in kwargs.items() if v is not None}
+        return train_vae(dataset, epochs, out, seed, settings=settings, progress=progress, **given)  # type: ignore[arg-type]
+
+    # ----- the latent interface -----
+    def spaces(self, options: BaseModel | None = None) -> dict[str, LatentSpace]:
+        return {SPACE: self._space}
+
+    def image_shape(self, options: BaseModel | None = None) -> tuple[int, int, int]:
+        return (self.config.channels, self.config.size, self.config.size)
+
+    @torch.no_grad()
+    def decode(self, point: Point, options: BaseModel | None = None, progress: Progress = no_progress) -> torch.Tensor:
+        if SPACE not in point:
+            raise InputError(f"the VAE decodes a point with space {SPACE!r}; got {sorted(point) or 'none'}")
+        z = torch.as_tensor(point[SPACE])
+        d = self.config.latent_dim
+        if z.dim() != 2 or z.shape[1] != d:
+            raise InputError(f"VAE latents must have shape (N, {d}), got {tuple(z.shape)}")
+        if not torch.isfinite(z).all():
+            raise InputError("VAE latents contain NaN or infinite values")
+        out = []
+        total = max(1, -(-len(z) // BATCH))
+        for i, start in enumerate(range(0, len(z), BATCH)):
+            batch = z[start:start + BATCH].to(device=self.device, dtype=self._torch_dtype)
+            out.append(self.net.decode(batch).float().cpu())
+            progress(i + 1, total)
+        if not out:
+            return torch.zeros((0, *self.image_shape()), dtype=torch.float32)
+        return torch.cat(out).clamp(-1, 1)
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor, options: BaseModel | None = None, seed: int = 0,
+               progress: Progress = no_progress) -> Point:
+        """The posterior mean of each image (deterministic; `seed` is unused)."""
+        shape = self.image_shape()
+        images = torch.as_tensor(images)
+        if images.dim() != 4 or tuple(images.shape[1:]) != shape:
+            raise InputError(f"the VAE encodes images of shape (N, {', '.join(map(str, shape))}), "
+                             f"got {tuple(images.shape)}")
+        if not torch.isfinite(images).all():
+            raise InputError("images contain NaN or infinite values")
+        out = []
+        total = max(1, -(-len(images) // BATCH))
+        for i, start in enumerate(range(0, len(images), BATCH)):
+            batch = images[start:start + BATCH].to(device=self.device, dtype=self._torch_dtype).clamp(-1, 1)
+            out.append(self.net.encode_stats(batch)[0].float().cpu())
+            progress(i + 1, total)
+        z = torch.cat(out) if out else torch.zeros((0, self.config.latent_dim))
+        return {SPACE: z}
+
+    def describe(self) -> dict:
+        return {**super().describe(), "config": json.loads(self.config.to_json())}
+
+
+def _stat(metadata: dict[str, str], key: str, default: float, dim: int) -> tuple[float, ...] | float:
+    """Per-dimension coding statistics from the metadata; the default when absent or malformed."""
+    try:
+        values = tuple(float(v) for v in json.loads(metadata[key]))
+    except (KeyError, ValueError, TypeError):
+        return default
+    return values if len(values) == dim else default

@@ -1,0 +1,1 @@
+"""Weights the core ships: the project's MNIST classifier (see studio.classifier)."""

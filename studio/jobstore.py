@@ -1,0 +1,489 @@
+"""Durable job records: one SQLite file (WAL) in the store, shared by clients, workers and the UI.
+
+The broker only carries job ids; the truth about a job lives here, so history survives restarts of the
+UI, the workers and the broker. A worker *claims* a job with a lease (AI Horde style) and renews it while
+it runs; a job whose lease expires is reissued, and only the holder of the live lease may finish it. That
+is what makes redelivery safe: however many messages name a job, it runs once at a time and ends with
+exactly one result.
+
+States: QUEUED -> RUNNING -> SUCCEEDED | FAILED | CANCELLED (RUNNING -> QUEUED again on a retry).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from studio.errors import InputError, NotFound
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"
+STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+FINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
+ID_RE = re.compile(r"^[0-9a-f]{4,32}$")
+TIME_LIMIT_GRACE_S = 30.0
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    op TEXT NOT NULL,
+    backend TEXT NOT NULL,
+    model TEXT,
+    spec TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    queue TEXT NOT NULL,
+    batch_key TEXT,
+    images INTEGER NOT NULL DEFAULT 0,
+    created REAL NOT NULL,
+    started REAL,
+    attempt_started REAL,
+    finished REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    max_attempts INTEGER NOT NULL,
+    time_limit_s REAL NOT NULL,
+    progress REAL NOT NULL DEFAULT 0,
+    step INTEGER NOT NULL DEFAULT 0,
+    total INTEGER NOT NULL DEFAULT 0,
+    message TEXT NOT NULL DEFAULT '',
+    eta_s REAL,
+    preview TEXT,
+    error TEXT,
+    metrics TEXT,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    lease_owner TEXT,
+    lease_expires REAL,
+    worker TEXT,
+    leader TEXT,
+    parent TEXT,
+    staging TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, batch_key);
+CREATE TABLE IF NOT EXISTS events (
+    job_id TEXT NOT NULL,
+    ts REAL NOT NULL,
+    kind TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_job ON events (job_id);
+CREATE TABLE IF NOT EXISTS artifacts (
+    job_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    PRIMARY KEY (job_id, name)
+);
+CREATE TABLE IF NOT EXISTS workers (
+    id TEXT PRIMARY KEY,
+    info TEXT NOT NULL,
+    started REAL NOT NULL,
+    last_seen REAL NOT NULL,
+    job_id TEXT
+);
+"""
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """What a client records at submit time (the spec is already validated)."""
+
+    id: str
+    spec: dict
+    priority: int
+    queue: str
+    max_attempts: int
+    time_limit_s: float
+    batch_key: str | None = None
+    parent: str | None = None
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How one held job ends (see JobStore.finish_many)."""
+
+    job_id: str
+    state: str
+    error: str | None = None
+    metrics: dict | None = None
+    artifacts: list[dict] | None = None
+    staging: str | None = None
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class Requeued:
+    """A job put back in the queue: the caller publishes a new message for it."""
+
+    id: str
+    queue: str
+    priority: int
+
+
+class JobStore:
+    """Job records in `<store>/jobs.sqlite`. Safe to use from several threads and processes."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._conn().executescript(SCHEMA)
+
+    @classmethod
+    def from_settings(cls, settings) -> JobStore:  # noqa: ANN001 - Settings, imported lazily
+        return cls(settings.store_path / "jobs.sqlite")
+
+    # ----- connections -----
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None or getattr(self._local, "pid", None) != os.getpid():
+            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=30000")
+            self._local.conn, self._local.pid = conn, os.getpid()
+        return conn
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction that takes the write lock at once (so read-then-write is atomic)."""
+        db = self._conn()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    @staticmethod
+    def _event(db: sqlite3.Connection, job_id: str, kind: str, message: str, now: float | None = None) -> None:
+        db.execute("INSERT INTO events (job_id, ts, kind, message) VALUES (?, ?, ?, ?)",
+                   (job_id, now or time.time(), kind, message))
+
+    # ----- clients -----
+    def create(self, job: NewJob) -> None:
+        """Record a new QUEUED job."""
+        spec = job.spec
+        images = int(spec.get("n", 0)) if spec.get("op") == "sample" else 0
+        now = time.time()
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO jobs (id, state, op, backend, model, spec, priority, queue, batch_key, images, created, "
+                "max_attempts, time_limit_s, message, parent) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (job.id, QUEUED, spec["op"], spec["backend"], spec.get("model"), json.dumps(spec, sort_keys=True),
+                 job.priority, job.queue, job.batch_key, images, now, job.max_attempts, job.time_limit_s, "queued",
+                 job.parent))
+            self._event(db, job.id, "queued", f"queued on {job.queue} with priority {job.priority}", now)
+
+    def delete(self, job_id: str) -> None:
+        """Remove a job record that was never published (a failed submit leaves nothing behind)."""
+        with self._tx() as db:
+            db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+            db.execute("DELETE FROM events WHERE job_id = ?", (job_id,))
+
+    def resolve(self, job_id: str) -> str:
+        """A full job id from an id or a unique prefix of at least 4 characters."""
+        key = job_id.strip().lower()
+        if not ID_RE.match(key):
+            raise InputError(f"{job_id!r} is not a job id (hex characters, e.g. from `studio jobs`)")
+        rows = self._conn().execute("SELECT id FROM jobs WHERE id >= ? AND id < ? LIMIT 2",
+                                    (key, key + "\x7f")).fetchall()
+        exact = [r["id"] for r in rows if r["id"] == key]
+        if exact:
+            return exact[0]
+        if not rows:
+            raise NotFound(f"no job {job_id!r}")
+        if len(rows) > 1:
+            raise InputError(f"job id prefix {job_id!r} is ambiguous; give more characters")
+        return rows[0]["id"]
+
+    def get(self, job_id: str, events: bool = True, preview: bool = True) -> dict:
+        """The job's full record (the client's status dict)."""
+        job_id = self.resolve(job_id)
+        row = self._conn().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no job {job_id!r}")
+        out = self._record(row, preview)
+        out["artifacts"] = self.artifacts(job_id)
+        if events:
+            out["events"] = [dict(e) for e in self._conn().execute(
+                "SELECT ts, kind, message FROM events WHERE job_id = ? ORDER BY ts, rowid", (job_id,))]
+        return out
+
+    def list(self, state: str | None = None, limit: int = 100) -> list[dict]:
+        """History, newest first (previews left out)."""
+        if state is not None and state.upper() not in STATES:
+            raise InputError(f"unknown state {state!r} (use one of {', '.join(STATES)})")
+        if limit < 1:
+            raise InputError(f"limit must be at least 1, got {limit}")
+        where = " WHERE state = ?" if state else ""
+        sql = f"SELECT * FROM jobs{where} ORDER BY created DESC, rowid DESC LIMIT ?"
+        args = ((state.upper(),) if state else ()) + (limit,)
+        rows = self._conn().execute(sql, args).fetchall()
+        arts: dict[str, list] = {}
+        if rows:
+            marks = ",".join("?" * len(rows))
+            for a in self._conn().execute(f"SELECT * FROM artifacts WHERE job_id IN ({marks}) ORDER BY name",
+                                          [r["id"] for r in rows]):
+                arts.setdefault(a["job_id"], []).append(_artifact(a))
+        out = []
+        for r in rows:
+            rec = self._record(r, preview=False)
+            rec["artifacts"] = arts.get(r["id"], [])
+            out.append(rec)
+        return out
+
+    def state(self, job_id: str) -> str:
+        """Only the state of a job (a cheap read, for polling)."""
+        row = self._conn().execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no job {job_id!r}")
+        return row["state"]
+
+    def artifacts(self, job_id: str) -> list[dict]:
+        return [_artifact(a) for a in self._conn().execute(
+            "SELECT * FROM artifacts WHERE job_id = ? ORDER BY name", (job_id,))]
+
+    def request_cancel(self, job_id: str) -> dict:
+        """QUEUED: CANCELLED at once (it never runs). RUNNING: flagged; its worker stops at the next step."""
+        job_id = self.resolve(job_id)
+        now = time.time()
+        with self._tx() as db:
+            row = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row["state"] == QUEUED:
+                db.execute("UPDATE jobs SET state = ?, finished = ?, message = 'cancelled before it ran', "
+                           "cancel_requested = 1 WHERE id = ?", (CANCELLED, now, job_id))
+                self._event(db, job_id, "cancelled", "cancelled while queued", now)
+            elif row["state"] == RUNNING:
+                db.execute("UPDATE jobs SET cancel_requested = 1, message = 'cancelling' WHERE id = ?", (job_id,))
+                self._event(db, job_id, "cancel", "cancel requested while running", now)
+        return self.get(job_id)
+
+    # ----- workers: claims and leases -----
+    def claim(self, job_id: str, owner: str, worker: str, lease_s: float) -> tuple[dict | None, str]:
+        """Take the job's lease if it is free. Returns (job, "") or (None, why it was not claimed)."""
+        now = time.time()
+        peek = self._conn().execute("SELECT state, lease_expires FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if peek is not None and (peek["state"] in FINAL or (peek["state"] == RUNNING
+                                                             and (peek["lease_expires"] or 0) > now)):
+            # the common no-op (a batched job's own message, a duplicate): decided without the write lock
+            return None, (f"already {peek['state']}" if peek["state"] in FINAL
+                          else "running elsewhere under a live lease")
+        with self._tx() as db:
+            row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                return None, "unknown job"
+            if row["state"] in FINAL:
+                return None, f"already {row['state']}"
+            if row["state"] == RUNNING and (row["lease_expires"] or 0) > now:
+                return None, "running elsewhere under a live lease"
+            if row["cancel_requested"]:
+                self._finish_row(db, job_id, CANCELLED, now, message="cancelled")
+                return None, "cancelled"
+            attempts = row["attempts"] + 1
+            if attempts > row["max_attempts"]:
+                why = f"gave up after {row['attempts']} attempts"
+                self._finish_row(db, job_id, FAILED, now, error=why, message=why)
+                return None, why
+            if row["state"] == RUNNING:
+                self._event(db, job_id, "retry", f"worker {row['worker']} was lost (its lease expired); attempt "
+                            f"{attempts} of {row['max_attempts']}", now)
+            self._take(db, job_id, owner, worker, attempts, now, lease_s, None)
+        return self.get(job_id, events=False, preview=False), ""
+
+    def claim_batch(self, leader: dict, owner: str, worker: str, lease_s: float, max_images: int,
+                    limit: int = 256) -> list[dict]:
+        """Claim QUEUED jobs compatible with `leader` (same batch key) so they run in its forward pass."""
+        key = leader.get("batch_key")
+        room = max_images - int(leader.get("images") or 0)
+        if not key or room <= 0:
+            return []
+        peek = self._conn().execute("SELECT 1 FROM jobs WHERE state = ? AND batch_key = ? AND id != ? LIMIT 1",
+                                    (QUEUED, key, leader["id"])).fetchone()
+        if peek is None:  # nothing to coalesce: no write transaction
+            return []
+        now = time.time()
+        taken: list[str] = []
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT id, images, attempts, max_attempts FROM jobs WHERE state = ? AND batch_key = ? AND id != ? "
+                "AND cancel_requested = 0 ORDER BY priority DESC, created, rowid LIMIT ?",
+                (QUEUED, key, leader["id"], limit)).fetchall()
+            for r in rows:
+                if r["images"] > room or r["attempts"] >= r["max_attempts"]:
+                    continue
+                room -= r["images"]
+                self._take(db, r["id"], owner, worker, r["attempts"] + 1, now, lease_s, leader["id"])
+                taken.append(r["id"])
+        return [self.get(j, events=False, preview=False) for j in taken]
+
+    def _take(self, db: sqlite3.Connection, job_id: str, owner: str, worker: str, attempts: int, now: float,
+              lease_s: float, leader: str | None) -> None:
+        db.execute("UPDATE jobs SET state = ?, lease_owner = ?, lease_expires = ?, worker = ?, attempts = ?, "
+                   "started = COALESCE(started, ?), attempt_started = ?, leader = ?, progress = 0, step = 0, "
+                   "total = 0, eta_s = NULL, message = ? WHERE id = ?",
+                   (RUNNING, owner, now + lease_s, worker, attempts, now, now, leader,
+                    "running" if leader is None else f"running in a batch led by {leader}", job_id))
+        note = f"attempt {attempts} on {worker}" + (f", batched with {leader}" if leader else "")
+        self._event(db, job_id, "started", note, now)
+
+    def renew(self, owner: str, lease_s: float) -> dict[str, bool]:
+        """Renew the leases `owner` holds; returns {job id: cancel requested} for the jobs it still holds."""
+        now = time.time()
+        with self._tx() as db:
+            db.execute("UPDATE jobs SET lease_expires = ? WHERE lease_owner = ? AND state = ?",
+                       (now + lease_s, owner, RUNNING))
+            rows = db.execute("SELECT id, cancel_requested FROM jobs WHERE lease_owner = ? AND state = ?",
+                              (owner, RUNNING)).fetchall()
+        return {r["id"]: bool(r["cancel_requested"]) for r in rows}
+
+    def held(self, owner: str) -> dict[str, bool]:
+        """{job id: cancel requested} for the jobs `owner` still holds (a read; no renewal)."""
+        rows = self._conn().execute("SELECT id, cancel_requested FROM jobs WHERE lease_owner = ? AND state = ?",
+                                    (owner, RUNNING)).fetchall()
+        return {r["id"]: bool(r["cancel_requested"]) for r in rows}
+
+    def set_progress(self, owner: str, step: int, total: int, message: str, eta_s: float | None,
+                     preview: str | None = None) -> None:
+        progress = min(1.0, max(0.0, step / total)) if total > 0 else 0.0
+        with self._tx() as db:
+            if preview is None:
+                db.execute("UPDATE jobs SET progress = ?, step = ?, total = ?, message = ?, eta_s = ? "
+                           "WHERE lease_owner = ? AND state = ?", (progress, step, total, message, eta_s, owner,
+                                                                   RUNNING))
+            else:
+                db.execute("UPDATE jobs SET progress = ?, step = ?, total = ?, message = ?, eta_s = ?, preview = ? "
+                           "WHERE lease_owner = ? AND state = ?", (progress, step, total, message, eta_s, preview,
+                                                                   owner, RUNNING))
+
+    def finish(self, job_id: str, owner: str, state: str, error: str | None = None, metrics: dict | None = None,
+               artifacts: list[dict] | None = None, staging: str | None = None, message: str | None = None) -> bool:
+        """End a job the caller holds; False (and no change) when its lease was lost meanwhile."""
+        ending = Ending(job_id, state, error, metrics, artifacts, staging, message)
+        return job_id in self.finish_many(owner, [ending])
+
+    def finish_many(self, owner: str, endings: list[Ending]) -> set[str]:
+        """End several held jobs in one transaction (a micro-batch); returns the ids that were still held."""
+        now = time.time()
+        done: set[str] = set()
+        with self._tx() as db:
+            for e in endings:
+                cur = db.execute("SELECT lease_owner, state FROM jobs WHERE id = ?", (e.job_id,)).fetchone()
+                if cur is None or cur["lease_owner"] != owner or cur["state"] != RUNNING:
+                    continue
+                self._finish_row(db, e.job_id, e.state, now, error=e.error, metrics=e.metrics, staging=e.staging,
+                                 message=e.message or e.state.lower())
+                db.executemany("INSERT OR REPLACE INTO artifacts (job_id, name, kind, path, size) "
+                               "VALUES (?, ?, ?, ?, ?)",
+                               [(e.job_id, a["name"], a["kind"], a["path"], a["size"]) for a in e.artifacts or []])
+                done.add(e.job_id)
+        return done
+
+    def _finish_row(self, db: sqlite3.Connection, job_id: str, state: str, now: float, error: str | None = None,
+                    metrics: dict | None = None, staging: str | None = None, message: str = "") -> None:
+        db.execute("UPDATE jobs SET state = ?, finished = ?, error = ?, metrics = ?, staging = ?, message = ?, "
+                   "lease_owner = NULL, lease_expires = NULL, eta_s = NULL, "
+                   "progress = CASE WHEN ? = 'SUCCEEDED' THEN 1.0 ELSE progress END WHERE id = ?",
+                   (state, now, error, json.dumps(metrics, default=str) if metrics is not None else None, staging,
+                    message, state, job_id))
+        self._event(db, job_id, state.lower(), error or message, now)
+
+    def release(self, job_id: str, owner: str, reason: str) -> Requeued | None:
+        """Put a held job back in the queue for a retry (bounded by max_attempts at the next claim)."""
+        now = time.time()
+        with self._tx() as db:
+            row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None or row["lease_owner"] != owner or row["state"] != RUNNING:
+                return None
+            if row["attempts"] >= row["max_attempts"]:
+                why = f"{reason} (gave up after {row['attempts']} attempts)"
+                self._finish_row(db, job_id, FAILED, now, error=why, message=why)
+                return None
+            msg = f"retrying: {reason} (attempt {row['attempts'] + 1} of {row['max_attempts']} next)"
+            db.execute("UPDATE jobs SET state = ?, lease_owner = NULL, lease_expires = NULL, leader = NULL, "
+                       "message = ? WHERE id = ?", (QUEUED, msg, job_id))
+            self._event(db, job_id, "retry", msg, now)
+        return Requeued(job_id, row["queue"], row["priority"])
+
+    def reap(self, now: float | None = None) -> list[Requeued]:
+        """Reissue RUNNING jobs whose lease expired (their worker died); fail those past their time limit."""
+        now = now or time.time()
+        out: list[Requeued] = []
+        with self._tx() as db:
+            for row in db.execute("SELECT * FROM jobs WHERE state = ? AND lease_expires < ?",
+                                  (RUNNING, now)).fetchall():
+                if row["cancel_requested"]:
+                    self._finish_row(db, row["id"], CANCELLED, now, message="cancelled (its worker was lost)")
+                elif row["attempts"] >= row["max_attempts"]:
+                    why = f"its worker was lost {row['attempts']} times; gave up"
+                    self._finish_row(db, row["id"], FAILED, now, error=why, message=why)
+                else:
+                    msg = f"requeued: worker {row['worker']} was lost (attempt {row['attempts'] + 1} of " \
+                          f"{row['max_attempts']} next)"
+                    db.execute("UPDATE jobs SET state = ?, lease_owner = NULL, lease_expires = NULL, leader = NULL, "
+                               "message = ? WHERE id = ?", (QUEUED, msg, row["id"]))
+                    self._event(db, row["id"], "retry", msg, now)
+                    out.append(Requeued(row["id"], row["queue"], row["priority"]))
+            for row in db.execute("SELECT id, time_limit_s FROM jobs WHERE state = ? AND attempt_started + "
+                                  "time_limit_s + ? < ?", (RUNNING, TIME_LIMIT_GRACE_S, now)).fetchall():
+                why = f"time limit of {row['time_limit_s']:.0f} s exceeded"
+                self._finish_row(db, row["id"], FAILED, now, error=why, message=why)
+        return out
+
+    # ----- workers: advertisement -----
+    def worker_seen(self, worker_id: str, info: dict, job_id: str | None = None) -> None:
+        now = time.time()
+        with self._tx() as db:
+            db.execute("INSERT INTO workers (id, info, started, last_seen, job_id) VALUES (?, ?, ?, ?, ?) "
+                       "ON CONFLICT(id) DO UPDATE SET info = excluded.info, last_seen = excluded.last_seen, "
+                       "job_id = excluded.job_id", (worker_id, json.dumps(info, sort_keys=True), now, now, job_id))
+
+    def worker_gone(self, worker_id: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM workers WHERE id = ?", (worker_id,))
+
+    def workers(self, live_within_s: float) -> list[dict]:
+        """Workers that reported within the last `live_within_s` seconds."""
+        cutoff = time.time() - live_within_s
+        rows = self._conn().execute("SELECT * FROM workers WHERE last_seen >= ? ORDER BY started", (cutoff,))
+        return [{**json.loads(r["info"]), "id": r["id"], "started": r["started"], "last_seen": r["last_seen"],
+                 "job_id": r["job_id"]} for r in rows]
+
+    # ----- records -----
+    @staticmethod
+    def _record(row: sqlite3.Row, preview: bool) -> dict:
+        return {
+            "id": row["id"], "state": row["state"], "op": row["op"], "backend": row["backend"], "model": row["model"],
+            "progress": row["progress"], "step": row["step"], "total": row["total"], "message": row["message"],
+            "eta_s": row["eta_s"], "preview_png_b64": row["preview"] if preview else None, "error": row["error"],
+            "spec": json.loads(row["spec"]), "priority": row["priority"], "queue": row["queue"],
+            "created": row["created"], "started": row["started"], "finished": row["finished"],
+            "attempts": row["attempts"], "max_attempts": row["max_attempts"], "worker": row["worker"],
+            "batch_leader": row["leader"], "parent": row["parent"], "cancel_requested": bool(row["cancel_requested"]),
+            "metrics": json.loads(row["metrics"]) if row["metrics"] else None, "staging": row["staging"],
+            "batch_key": row["batch_key"], "images": row["images"], "time_limit_s": row["time_limit_s"],
+        }
+
+
+def _artifact(row: sqlite3.Row) -> dict:
+    return {"name": row["name"], "kind": row["kind"], "path": row["path"], "size": row["size"]}
+
+
+__all__ = ["CANCELLED", "FAILED", "FINAL", "QUEUED", "RUNNING", "STATES", "SUCCEEDED", "Ending", "JobStore",
+           "NewJob", "Requeued"]

@@ -1,0 +1,71 @@
+"""The creator web UI: a Gradio app on the job queue (the UI never runs a model itself).
+
+`build_app(client, settings)` returns the `gr.Blocks`; `launch(settings, host, port, client)` serves it (blocking)
+with safe defaults: loopback only unless auth is configured, uploads limited in bytes and pixels.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+if TYPE_CHECKING:
+    import gradio as gr
+
+    from studio.config import Settings
+    from studio.ui.jobs import QueueClient
+
+
+def build_app(client: QueueClient, settings: Settings) -> gr.Blocks:
+    """The studio's Gradio Blocks, built on a queue client."""
+    from studio.ui.app import build_app as build
+
+    return build(client, settings)
+
+
+def launch_kwargs(settings: Settings, host: str, port: int, share: bool = False) -> dict:
+    """Arguments for `Blocks.launch`: address, auth (required off loopback), upload limit, theme and CSS.
+
+    Raises InputError (before anything is served) for a non-loopback host or a share link without auth.
+    """
+    from studio.ui.security import launch_auth
+    from studio.ui.style import CSS, theme
+
+    auth = launch_auth(settings, host, share)
+    return {"server_name": host, "server_port": int(port), "share": share, "auth": auth,
+            "auth_message": "Latent Studio: sign in (STUDIO_UI_AUTH user and password, or any user with "
+                            "STUDIO_UI_TOKEN as the password)." if auth else None,
+            "allowed_paths": [str(settings.store_path)], "max_file_size": int(settings.max_upload_bytes),
+            "theme": theme(), "css": CSS, "show_error": False, "ssr_mode": False, "quiet": True,
+            "footer_links": ["api", "settings"]}
+
+
+def serve(settings: Settings, host: str | None = None, port: int | None = None, client: QueueClient | None = None,
+          share: bool = False) -> tuple[gr.Blocks, str]:
+    """Start the UI in a background thread; returns the app (call `.close()` to stop) and its local URL."""
+    host = host or settings.ui_host
+    port = settings.ui_port if port is None else port
+    kwargs = launch_kwargs(settings, host, port, share)  # refuse unsafe setups before building anything
+    if client is None:
+        from studio.client import StudioClient
+
+        client = StudioClient(settings)
+    demo = build_app(client, settings)
+    _, local_url, _ = demo.launch(prevent_thread_lock=True, **kwargs)
+    return demo, local_url
+
+
+def launch(settings: Settings, host: str | None = None, port: int | None = None, client: QueueClient | None = None,
+           share: bool = False) -> None:
+    """Serve the UI and block until interrupted."""
+    demo, url = serve(settings, host, port, client, share)
+    print(f"Latent Studio UI on {url}", flush=True)
+    try:
+        demo.block_thread()
+    finally:
+        demo.close()
+
+
+__all__ = ["build_app", "launch", "launch_kwargs", "serve"]

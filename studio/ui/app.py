@@ -1,0 +1,173 @@
+"""The page: a header with the backend and model pickers (and the prompt for text backends), then the tabs."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from studio.config import Settings
+from studio.ui.catalog import Catalog
+from studio.ui.context import TEXT, UIContext
+from studio.ui.jobs import JobRunner, QueueClient, ui_errors
+from studio.ui.scatter import DatasetImages
+from studio.ui.tabs import compress, edit, explore, generate, interpolate, plugins, queue
+from studio.ui.views import chips, esc, without_paths
+
+TABS = [("Generate", "generate", generate), ("Interpolate", "interpolate", interpolate), ("Edit", "edit", edit),
+        ("Compress", "compress", compress), ("Explore", "explore", explore), ("Queue", "queue", queue),
+        ("Plugins", "plugins", plugins)]
+HEADER = ('<h1>Latent Studio</h1><p class="ls-sub">Generate, walk, edit, compress and explore latent spaces. '
+          'Every action runs as a job on the queue.</p>')
+
+
+def backend_line(ctx: UIContext, backend: str | None) -> str:
+    """Capabilities of the chosen backend and whether any worker is there to run jobs."""
+    entry = ctx.catalog.get(backend)
+    parts = []
+    if entry is None:
+        parts.append('<span class="ls-error">No backend chosen.</span>' if not backend else
+                     f'<span class="ls-error">Backend {esc(backend)} is not installed.</span>')
+    else:
+        parts.append(f"<b>{esc(entry.name)}</b> v{esc(entry.version)} {chips(entry.capabilities)}")
+        if entry.error:
+            parts.append(f'<span class="ls-error">{esc(entry.error)}</span>')
+        elif not entry.models:
+            parts.append('<span class="ls-error">no models installed</span>')
+    try:
+        workers = ctx.client.workers()
+    except Exception:  # the page still works without the worker list
+        workers = []
+    if workers:
+        serving = [w for w in workers if not backend or backend in (w.get("backends") or [backend])]
+        parts.append(f'<span class="ls-muted">{len(workers)} worker(s) online, {len(serving)} serve this backend'
+                     "</span>")
+    else:
+        parts.append('<span class="ls-warn">No worker is running: jobs will wait in the queue. '
+                     'Start one with <code>studio worker</code>.</span>')
+    return " &nbsp; ".join(parts)
+
+
+def build_app(client: QueueClient, settings: Settings, catalog: Catalog | None = None) -> gr.Blocks:
+    """Build the studio's Gradio app on a queue client (nothing runs a model in this process)."""
+    catalog = catalog or Catalog(settings)
+    ctx = UIContext(client=client, settings=settings, catalog=catalog,
+                    runner=JobRunner(client, timeout_s=float(settings.job_time_limit_s) + 300.0),
+                    images=DatasetImages(settings))
+    default = catalog.default_backend()
+    models = catalog.models(default)
+    is_text = bool(catalog.get(default) and catalog.get(default).can(TEXT))
+
+    with gr.Blocks(title="Latent Studio", analytics_enabled=False) as demo:
+        with gr.Row(elem_id="ls-header", equal_height=True):
+            gr.HTML(HEADER, elem_id="ls-title")
+            backend = gr.Dropdown(catalog.names(), value=default, label="Backend", allow_custom_value=True,
+                                  scale=0, min_width=180, elem_id="backend-picker")
+            model = gr.Dropdown(models, value=models[0] if models else None, label="Model", allow_custom_value=True,
+                                scale=0, min_width=220, elem_id="model-picker")
+        line = gr.HTML(backend_line(ctx, default), elem_id="ls-backend-line")
+        with gr.Row(visible=is_text) as text_row:
+            prompt = gr.Textbox(value="", label="Prompt", placeholder="a watercolour fox in the snow", scale=4,
+                                elem_id="prompt")
+            negative = gr.Textbox(value="", label="Negative prompt", placeholder="blurry, text", scale=2)
+            steps = gr.Number(label="Denoising steps", value=0, precision=0, minimum=0, maximum=200, scale=1,
+                              info="0: the backend's default")
+            guidance = gr.Number(label="Guidance", value=0, minimum=0, maximum=30, scale=1,
+                                 info="0: the backend's default")
+        with gr.Accordion("Backend options (JSON, advanced)", open=False):
+            options_json = gr.Textbox(value="", label="Options", placeholder='{"steps": 20}', max_lines=3,
+                                      container=False)
+        ctx.components.update(backend=backend, model=model, prompt=prompt, negative_prompt=negative, steps=steps,
+                              guidance=guidance, options_json=options_json)
+
+        with gr.Tabs(selected="generate", elem_id="ls-tabs") as tabs:
+            ctx.components["tabs"] = tabs
+            tab_blocks = {}
+            for label, tab_id, module in TABS:
+                with gr.Tab(label, id=tab_id, elem_id=f"tab-{tab_id}") as tab:
+                    module.build(ctx)
+                tab_blocks[tab_id] = tab
+
+        _wire(ctx, demo, tab_blocks, text_row, line)
+    demo.queue(default_concurrency_limit=16)
+    return demo
+
+
+def _wire(ctx: UIContext, demo: gr.Blocks, tabs: dict, text_row: gr.Row, line: gr.HTML) -> None:
+    backend, model = ctx["backend"], ctx["model"]
+    vector, note = ctx["edit_vector"], ctx["edit_note"]
+    refresh_vectors = ctx["refresh_vectors"]
+
+    def on_backend(backend_: str, model_: str | None, vector_: str | None) -> tuple:
+        models = ctx.catalog.models(backend_)
+        chosen = model_ if model_ in models else (models[0] if models else None)
+        entry = ctx.catalog.get(backend_)
+        return (gr.update(choices=models, value=chosen), gr.update(visible=bool(entry and entry.can(TEXT))),
+                backend_line(ctx, backend_), *refresh_vectors(backend_, chosen, vector_))
+
+    backend.change(on_backend, inputs=[backend, model, vector], outputs=[model, text_row, line, vector, note],
+                   api_visibility="private")
+    model.change(refresh_vectors, inputs=[backend, model, vector], outputs=[vector, note], api_visibility="private")
+
+    preview_fn, preview_inputs, preview_out = ctx["compress_preview"]
+
+    def on_load(backend_: str, model_: str, vector_: str | None, *preview_args: object) -> tuple:
+        vectors = refresh_vectors(backend_, model_, vector_)
+        no_vectors = not ctx.catalog.vectors(backend_, model_)
+        return (backend_line(ctx, backend_), *vectors, gr.Accordion(open=no_vectors), preview_fn(*preview_args))
+
+    demo.load(on_load, inputs=[backend, model, vector, *preview_inputs],
+              outputs=[line, vector, note, ctx["edit_fit_box"], preview_out], api_visibility="private")
+
+    timer, auto = ctx["queue_timer"], ctx["queue_auto"]
+    refresh_all, refresh_inputs, refresh_outputs = ctx["queue_refresh"]
+    for tab_id, tab in tabs.items():
+        if tab_id == "queue":
+            tab.select(lambda on: gr.Timer(active=bool(on)), inputs=auto, outputs=timer, api_visibility="private",
+                       queue=False)
+            tab.select(refresh_all, inputs=refresh_inputs, outputs=refresh_outputs, api_visibility="private")
+        else:
+            tab.select(lambda: gr.Timer(active=False), outputs=timer, api_visibility="private", queue=False)
+    workers_fn, workers_out = ctx["plugins_refresh"]
+    tabs["plugins"].select(workers_fn, outputs=workers_out, api_visibility="private")
+    _api(ctx)
+
+
+PUBLIC_FIELDS = ("id", "state", "op", "backend", "model", "progress", "step", "total", "message", "eta_s", "error",
+                 "spec", "priority", "created", "started", "finished", "attempts", "max_attempts", "parent", "metrics")
+
+
+def public_job(job: dict) -> dict:
+    """A job status for API clients: no server paths or previews; artifacts by name and kind."""
+    out = without_paths({k: job.get(k) for k in PUBLIC_FIELDS})
+    out["artifacts"] = [{"name": a.get("name"), "kind": a.get("kind"), "size": a.get("size")}
+                        for a in job.get("artifacts") or []]
+    return out
+
+
+def _api(ctx: UIContext) -> None:
+    """Endpoints for programs: submit any job spec, follow it, list jobs."""
+    import json
+
+    @ui_errors
+    def submit(spec_json: str, priority: int = 5) -> str:
+        """Validate and queue a job spec (a JSON object, as `studio submit` builds); returns the job id at once."""
+        try:
+            spec = json.loads(spec_json)
+        except json.JSONDecodeError as exc:
+            from studio.errors import InputError
+
+            raise InputError(f"the job spec is not valid JSON: {exc.msg}") from None
+        return ctx.runner.submit(spec, priority=int(priority))
+
+    @ui_errors
+    def status(job_id: str) -> dict:
+        """A job's status: state, progress (0..1), message, error, timings, artifact names."""
+        return public_job(ctx.client.status(job_id))
+
+    @ui_errors
+    def jobs(state: str = "", limit: int = 50) -> list[dict]:
+        """Recent jobs, newest first (state: QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED or empty for all)."""
+        return [public_job(r) for r in ctx.client.jobs(state or None, limit=max(1, min(int(limit), 500)))]
+
+    gr.api(submit, api_name="submit")
+    gr.api(status, api_name="status")
+    gr.api(jobs, api_name="jobs")

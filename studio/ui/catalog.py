@@ -1,0 +1,107 @@
+"""What the pickers offer: installed backends, their models and capabilities, and stored attribute vectors.
+
+Read from the plugin registry without loading any weights (`describe_plugins(load_models=False)`), and from
+the vector store's metadata files.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from studio.config import Settings
+
+DATASETS = ["mnist", "fashion", "digits", "animals"]
+ATTRIBUTES = [f"class:{i}" for i in range(10)] + ["class:3-vs-8", "class:1-vs-7", "thickness", "slant"]
+PREFERRED = ("vae", "gan", "sd")
+
+
+@dataclass
+class BackendEntry:
+    name: str
+    version: str
+    description: str = ""
+    capabilities: list[str] = field(default_factory=list)
+    models: list[dict] = field(default_factory=list)
+    entry_point: str = ""
+    error: str | None = None
+
+    def can(self, capability: str) -> bool:
+        return capability in self.capabilities
+
+
+class Catalog:
+    """Backends and models, refreshed on demand (plugins can be installed while the studio runs)."""
+
+    def __init__(self, settings: Settings, describe: Callable[..., dict] | None = None) -> None:
+        self.settings = settings
+        self._describe = describe
+        self._lock = threading.Lock()
+        self._info: dict | None = None
+
+    def refresh(self) -> dict:
+        describe = self._describe
+        if describe is None:
+            from studio.plugins_info import describe_plugins
+
+            describe = describe_plugins
+        info = describe(self.settings, load_models=False)
+        with self._lock:
+            self._info = info
+        return info
+
+    @property
+    def info(self) -> dict:
+        if self._info is None:
+            return self.refresh()
+        return self._info
+
+    def backends(self) -> list[BackendEntry]:
+        return [BackendEntry(name=b["name"], version=b.get("version", ""), description=b.get("description", ""),
+                             capabilities=list(b.get("capabilities", [])), models=list(b.get("models", [])),
+                             entry_point=b.get("entry_point", ""), error=b.get("error"))
+                for b in self.info.get("backends", [])]
+
+    def plugin_errors(self) -> list[dict]:
+        return list(self.info.get("errors", []))
+
+    def names(self) -> list[str]:
+        return [b.name for b in self.backends()]
+
+    def get(self, name: str | None) -> BackendEntry | None:
+        return next((b for b in self.backends() if b.name == name), None)
+
+    def default_backend(self) -> str | None:
+        entries = self.backends()
+        with_models = [b.name for b in entries if b.models]
+        for name in PREFERRED:
+            if name in with_models:
+                return name
+        if with_models:
+            return with_models[0]
+        return entries[0].name if entries else None
+
+    def models(self, backend: str | None) -> list[str]:
+        entry = self.get(backend)
+        return [m["name"] for m in entry.models] if entry else []
+
+    def sha256(self, backend: str | None, model: str | None) -> str | None:
+        entry = self.get(backend)
+        if entry is None or not entry.models:
+            return None
+        chosen = next((m for m in entry.models if m["name"] == model), entry.models[0])
+        return chosen.get("sha256")
+
+    def vectors(self, backend: str | None, model: str | None) -> list[dict]:
+        """Stored vectors that belong to these weights (newest metadata wins on duplicate names)."""
+        from studio.vectorstore import list_vectors
+
+        if not backend:
+            return []
+        sha = self.sha256(backend, model)
+        try:
+            rows = list_vectors(self.settings, backend)
+        except Exception:  # an unreadable store must not break the page
+            return []
+        return [r for r in rows if sha is None or r.get("sha256", "")[:16] == sha[:16].lower()]

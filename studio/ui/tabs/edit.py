@@ -1,0 +1,222 @@
+"""Edit: apply an attribute vector with a strength slider (a live strip), build vectors from dataset attributes,
+or from examples picked out of a generated grid (the smile-vector workflow)."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from studio.errors import InputError
+from studio.ui.catalog import ATTRIBUTES, DATASETS
+from studio.ui.context import UIContext
+from studio.ui.inputs import parse_seeds, upload_ref
+from studio.ui.jobs import ui_errors
+
+
+def strengths_for(strength: float, frames: int) -> list[float]:
+    """The strip's strengths: from 0 (the original) to `strength` in `frames` steps."""
+    frames = max(2, int(frames))
+    return [round(strength * i / (frames - 1), 4) for i in range(frames)]
+
+
+def vector_choices(ctx: UIContext, backend: str | None, model: str | None) -> list[str]:
+    return [v["name"] for v in ctx.catalog.vectors(backend, model)]
+
+
+def vector_note(ctx: UIContext, backend: str | None, model: str | None, name: str | None) -> str:
+    vectors = {v["name"]: v for v in ctx.catalog.vectors(backend, model)}
+    if not vectors:
+        return ("No vectors for this model yet: build one below, from dataset attributes or from examples you "
+                "pick.")
+    v = vectors.get(name or "")
+    if v is None:
+        return f"{len(vectors)} vector(s) for this model."
+    parts = [f"space `{v.get('space')}`", v.get("method") or "", v.get("attribute") or ""]
+    if isinstance(v.get("auc"), (int, float)):
+        parts.append(f"AUC {v['auc']:.3f} as a classifier")
+    return " · ".join(p for p in parts if p)
+
+
+def _seed_list(seeds: list[int]) -> str:
+    return ", ".join(str(s) for s in seeds)
+
+
+def build(ctx: UIContext) -> None:
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1, min_width=300):
+            with gr.Row():
+                vector = gr.Dropdown([], label="Attribute vector", allow_custom_value=True, scale=4,
+                                     elem_id="edit-vector")
+                refresh = gr.Button("↻", scale=1, min_width=44, size="sm")
+            note = gr.Markdown("", label="Vector", elem_classes=["ls-status"])
+            kind = gr.Radio(["Seed", "Image"], value="Seed", label="Start from", container=False)
+            seed = gr.Number(label="Seed", value=0, precision=0, minimum=0)
+            image = gr.Image(label="Image", type="filepath", sources=["upload", "clipboard"], visible=False,
+                             height=180, elem_classes=["ls-pixel"])
+            strength = gr.Slider(-4.0, 4.0, value=2.0, step=0.1, label="Strength", elem_id="edit-strength",
+                                 info="Release the slider to update the strip.")
+            frames = gr.Slider(2, 9, value=5, step=1, label="Frames in the strip")
+            go = gr.Button("Apply", variant="primary", elem_id="edit-button")
+        with gr.Column(scale=3):
+            with gr.Row():
+                result = gr.Image(label="Result", type="filepath", interactive=False, height=280, scale=1,
+                                  elem_id="edit-result", elem_classes=["ls-pixel", "ls-big"],
+                                  buttons=["download", "fullscreen"])
+                with gr.Column(scale=2):
+                    strip = gr.Image(label="Strip: from the original (left) to the chosen strength (right)",
+                                     type="filepath", interactive=False, height=140, elem_id="edit-strip",
+                                     elem_classes=["ls-pixel", "ls-big"], buttons=["download", "fullscreen"])
+                    gr.Markdown("Release the strength slider and the strip re-renders. Negative strengths remove "
+                                "the attribute.", elem_classes=["ls-status"])
+            status = gr.Markdown("Choose a vector and a strength.", label="Status", elem_classes=["ls-status"],
+                                 elem_id="edit-status")
+
+    with gr.Accordion("Build a vector from dataset attributes", open=False, elem_id="fit-dataset") as fit_box:
+        with gr.Row():
+            fit_name = gr.Textbox(label="Vector name", value="thickness", max_lines=1)
+            fit_dataset = gr.Dropdown(DATASETS, value="mnist", label="Dataset", allow_custom_value=True)
+            fit_attribute = gr.Dropdown(ATTRIBUTES, value="thickness", label="Attribute", allow_custom_value=True,
+                                        info="class:C, class:A-vs-B, thickness or slant")
+        with gr.Row():
+            fit_method = gr.Radio(["balanced", "mean", "classifier"], value="balanced", label="Method",
+                                  info="balanced corrects for class imbalance (Tom White's bias correction)")
+            fit_limit = gr.Slider(100, 20000, value=5000, step=100, label="Images to use")
+        fit_go = gr.Button("Fit vector", variant="secondary", elem_id="fit-dataset-button")
+        fit_status = gr.Markdown("", label="Status", elem_classes=["ls-status"])
+
+    with gr.Accordion("Pick examples from a generated grid (the smile-vector workflow)", open=False):
+        gr.Markdown("Generate a grid, click an image, and add it to **with** or **without**. The vector is the "
+                    "difference between the two groups' mean latents.")
+        with gr.Row():
+            pick_seed = gr.Number(label="First seed", value=100, precision=0, minimum=0)
+            pick_count = gr.Slider(4, min(32, ctx.max_images), value=min(16, ctx.max_images), step=1,
+                                   label="Images")
+            pick_go = gr.Button("Generate grid", elem_id="pick-grid-button")
+        pick_gallery = gr.Gallery(label="Click an image to pick it", columns=8, height=260, allow_preview=False,
+                                  elem_classes=["ls-gallery", "ls-pixel"], format="png", elem_id="pick-gallery")
+        with gr.Row():
+            add_with = gr.Button("➕ With the attribute")
+            add_without = gr.Button("➖ Without it")
+            clear = gr.Button("Clear picks", size="sm")
+        with gr.Row():
+            with_seeds = gr.Textbox(label="Seeds WITH the attribute", placeholder="e.g. 101, 107, 112")
+            without_seeds = gr.Textbox(label="Seeds WITHOUT it", placeholder="e.g. 100, 103")
+        with gr.Row():
+            pick_name = gr.Textbox(label="Vector name", value="picked", max_lines=1)
+            pick_fit = gr.Button("Fit vector from picks", variant="secondary", elem_id="fit-picks-button")
+        pick_status = gr.Markdown("", label="Status", elem_classes=["ls-status"])
+    grid_state = gr.State({"first": 0, "count": 0})
+    picked = gr.State(None)
+
+    ctx.components.update(edit_vector=vector, edit_note=note, edit_fit_box=fit_box)
+    backend, model = ctx["backend"], ctx["model"]
+
+    kind.change(lambda k: (gr.update(visible=k == "Seed"), gr.update(visible=k == "Image")), inputs=kind,
+                outputs=[seed, image], api_visibility="private", queue=False)
+
+    def refresh_vectors(backend_: str, model_: str, current: str | None = None) -> tuple:
+        names = vector_choices(ctx, backend_, model_)
+        value = current if current in names else (names[0] if names else None)
+        return gr.update(choices=names, value=value), vector_note(ctx, backend_, model_, value)
+
+    refresh.click(refresh_vectors, inputs=[backend, model, vector], outputs=[vector, note], api_visibility="private")
+    vector.change(lambda b, m, v: vector_note(ctx, b, m, v), inputs=[backend, model, vector], outputs=note,
+                  api_visibility="private", queue=False)
+    ctx.components["refresh_vectors"] = refresh_vectors
+
+    @ui_errors
+    def edit(backend: str, model: str, prompt: str, negative_prompt: str, denoise_steps: float, guidance: float,
+             options_json: str, vector: str, source_kind: str, seed: float, image: str | None = None,
+             strength: float = 2.0, frames: float = 5, progress: gr.Progress = gr.Progress()) -> tuple:
+        """Apply `vector` at strengths 0..strength; returns the result image, the strip and a status line."""
+        if not vector:
+            raise InputError("choose an attribute vector first (or build one below)")
+        source = ({"image": upload_ref(image, ctx.settings, "image to edit")} if source_kind == "Image"
+                  else {"seed": int(seed or 0)})
+        strengths = strengths_for(float(strength), int(frames))
+        spec = {"op": "edit", **ctx.job_base(backend, model, prompt, negative_prompt, denoise_steps, guidance,
+                                             options_json),
+                "vector": vector, "strengths": strengths, "source": source}
+        done = ctx.runner.run(spec, progress)
+        paths = done.images("edit_")
+        shown = ", ".join(f"{k:+.2f}" for k in strengths)
+        return (paths[-1] if paths else None), done.path("strip.png"), \
+            done.summary() + f" · strength {float(strength):+.2f} (strip: {shown})"
+
+    edit_inputs = [*ctx.common_inputs(), vector, kind, seed, image, strength, frames]
+    go.click(edit, inputs=edit_inputs, outputs=[result, strip, status], api_name="edit", show_progress="full")
+    strength.release(edit, inputs=edit_inputs, outputs=[result, strip, status], api_visibility="private",
+                     show_progress="minimal", trigger_mode="always_last")
+
+    @ui_errors
+    def fit_from_dataset(backend: str, model: str, prompt: str, negative_prompt: str, denoise_steps: float,
+                         guidance: float, options_json: str, name: str, dataset: str, attribute: str, method: str,
+                         limit: float, progress: gr.Progress = gr.Progress()) -> tuple:
+        """Fit and store a vector from a dataset attribute; returns the refreshed vector picker and a status."""
+        spec = {"op": "fit_vector", **ctx.job_base(backend, model, prompt, negative_prompt, denoise_steps, guidance,
+                                                   options_json),
+                "name": (name or "").strip(), "dataset": dataset, "attribute": (attribute or "").strip(),
+                "method": method, "limit": int(limit)}
+        done = ctx.runner.run(spec, progress)
+        auc = done.metrics.get("auc")
+        auc_text = f" · AUC {auc:.3f}" if isinstance(auc, (int, float)) else ""
+        return spec["name"], done.summary() + f" · vector `{spec['name']}` saved{auc_text}"
+
+    fit_go.click(fit_from_dataset, inputs=[*ctx.common_inputs(), fit_name, fit_dataset, fit_attribute, fit_method,
+                                           fit_limit],
+                 outputs=[vector, fit_status], api_name="fit_vector_dataset", show_progress="full"
+                 ).then(refresh_vectors, inputs=[backend, model, vector], outputs=[vector, note],
+                        api_visibility="private")
+
+    @ui_errors
+    def pick_grid(backend: str, model: str, prompt: str, negative_prompt: str, denoise_steps: float, guidance: float,
+                  options_json: str, first_seed: float, count: float, progress: gr.Progress = gr.Progress()) -> tuple:
+        spec = {"op": "sample", **ctx.job_base(backend, model, prompt, negative_prompt, denoise_steps, guidance,
+                                               options_json),
+                "seed": int(first_seed or 0), "n": int(count)}
+        done = ctx.runner.run(spec, progress)
+        seeds = done.metrics.get("seeds") or [spec["seed"] + i for i in range(spec["n"])]
+        items = [(p, f"seed {s}") for p, s in zip(done.images("sample_"), seeds, strict=False)]
+        return items, {"first": spec["seed"], "count": len(items), "seeds": seeds}, None
+
+    pick_go.click(pick_grid, inputs=[*ctx.common_inputs(), pick_seed, pick_count],
+                  outputs=[pick_gallery, grid_state, picked], api_visibility="undocumented", show_progress="full")
+
+    def on_pick(state: dict, evt: gr.SelectData) -> int | None:
+        seeds = state.get("seeds") or []
+        return seeds[evt.index] if isinstance(evt.index, int) and 0 <= evt.index < len(seeds) else None
+
+    pick_gallery.select(on_pick, inputs=grid_state, outputs=picked, api_visibility="private", queue=False)
+
+    def add(seed_: int | None, text: str) -> str:
+        if seed_ is None:
+            gr.Warning("Click an image in the grid first.")
+            return text
+        seeds = parse_seeds(text, "seeds")
+        return _seed_list(seeds if seed_ in seeds else [*seeds, int(seed_)])
+
+    add_with.click(add, inputs=[picked, with_seeds], outputs=with_seeds, api_visibility="private", queue=False)
+    add_without.click(add, inputs=[picked, without_seeds], outputs=without_seeds, api_visibility="private",
+                      queue=False)
+    clear.click(lambda: ("", ""), outputs=[with_seeds, without_seeds], api_visibility="private", queue=False)
+
+    @ui_errors
+    def fit_from_picks(backend: str, model: str, prompt: str, negative_prompt: str, denoise_steps: float,
+                       guidance: float, options_json: str, name: str, with_seeds: str, without_seeds: str,
+                       progress: gr.Progress = gr.Progress()) -> tuple:
+        """Fit and store a vector from picked seeds (mean latent with minus without)."""
+        pos, neg = parse_seeds(with_seeds, "seeds with"), parse_seeds(without_seeds, "seeds without")
+        if not pos or not neg:
+            raise InputError("pick at least one image WITH the attribute and one WITHOUT it")
+        overlap = sorted(set(pos) & set(neg))
+        if overlap:
+            raise InputError(f"seeds {_seed_list(overlap)} are in both groups")
+        spec = {"op": "fit_vector", **ctx.job_base(backend, model, prompt, negative_prompt, denoise_steps, guidance,
+                                                   options_json),
+                "name": (name or "").strip(), "with_seeds": pos, "without_seeds": neg}
+        done = ctx.runner.run(spec, progress)
+        return spec["name"], done.summary() + f" · vector `{spec['name']}` from {len(pos)} with / {len(neg)} without"
+
+    pick_fit.click(fit_from_picks, inputs=[*ctx.common_inputs(), pick_name, with_seeds, without_seeds],
+                   outputs=[vector, pick_status], api_name="fit_vector_picks", show_progress="full"
+                   ).then(refresh_vectors, inputs=[backend, model, vector], outputs=[vector, note],
+                          api_visibility="private")

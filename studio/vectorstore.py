@@ -1,0 +1,128 @@
+"""Named attribute vectors on disk, keyed by backend and weights.
+
+Layout: `<settings.vectors_path>/<backend>/<weights sha256[:16]>/<name>.safetensors` holds the tensor
+(key "vector"); `<name>.json` beside it holds the metadata: at least `space` (the latent space the vector
+lives in), plus what the fit reported (method, attribute, auc, ...) and name, backend, sha256, shape,
+created. A vector belongs to one set of weights: another model of the same backend does not see it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from studio.errors import InputError, NotFound
+
+if TYPE_CHECKING:
+    import torch
+
+    from studio.config import Settings
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+SHA_PATTERN = re.compile(r"[0-9a-fA-F]{16,64}")
+TENSOR_KEY = "vector"
+
+
+def check_name(name: str, what: str = "vector name") -> str:
+    """Return `name` if it is a safe file name stem, else raise InputError."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise InputError(f"{what} {name!r} is invalid: use 1-64 letters, digits, '_', '.', '-', "
+                         "starting with a letter or digit")
+    return name
+
+
+def _dir(settings: Settings, backend: str, weights_sha256: str) -> Path:
+    check_name(backend, "backend name")
+    if not isinstance(weights_sha256, str) or not SHA_PATTERN.fullmatch(weights_sha256):
+        raise InputError(f"weights sha256 {weights_sha256!r} is not a hex digest")
+    return Path(settings.vectors_path) / backend / weights_sha256[:16].lower()
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def save_vector(settings: Settings, backend: str, weights_sha256: str, name: str, vector: torch.Tensor,
+                meta: dict) -> Path:
+    """Store `vector` under `name` for these weights (replacing one of the same name); return its path."""
+    from safetensors.torch import save
+
+    check_name(name)
+    if not isinstance(meta, dict) or not isinstance(meta.get("space"), str) or not meta["space"]:
+        raise InputError("vector metadata must name the latent space the vector lives in ('space')")
+    folder = _dir(settings, backend, weights_sha256)
+    record = {**meta, "name": name, "backend": backend, "sha256": weights_sha256.lower(),
+              "shape": list(vector.shape), "created": datetime.now(UTC).isoformat(timespec="seconds")}
+    try:
+        text = json.dumps(record, indent=2, sort_keys=True, default=_jsonable)
+    except TypeError as exc:
+        raise InputError(f"vector metadata is not JSON-serialisable: {exc}") from None
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.safetensors"
+    tensor = vector.detach().to("cpu").float().contiguous()
+    _atomic_write(path, save({TENSOR_KEY: tensor}, metadata={"space": meta["space"], "name": name}))
+    _atomic_write(folder / f"{name}.json", text.encode())
+    return path
+
+
+def _jsonable(value: object) -> object:
+    if hasattr(value, "tolist"):  # numpy scalars and arrays, tensors
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+
+
+def _names(folder: Path) -> list[str]:
+    if not folder.is_dir():
+        return []
+    return sorted(p.stem for p in folder.glob("*.safetensors") if (folder / f"{p.stem}.json").is_file())
+
+
+def load_vector(settings: Settings, backend: str, weights_sha256: str, name: str) -> tuple[torch.Tensor, dict]:
+    """Load a stored vector and its metadata; NotFound names the vectors that exist for these weights."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    check_name(name)
+    folder = _dir(settings, backend, weights_sha256)
+    path, meta_path = folder / f"{name}.safetensors", folder / f"{name}.json"
+    if not (path.is_file() and meta_path.is_file()):
+        known = ", ".join(_names(folder)) or "none"
+        raise NotFound(f"no vector {name!r} for backend {backend!r} with weights {weights_sha256[:16]} "
+                       f"(stored: {known})")
+    try:
+        tensors = load_file(str(path))
+        meta = json.loads(meta_path.read_text())
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise InputError(f"stored vector {name!r} is unreadable ({path}): {exc}") from None
+    if TENSOR_KEY not in tensors:
+        raise InputError(f"stored vector {name!r} holds no {TENSOR_KEY!r} tensor ({path})")
+    return tensors[TENSOR_KEY], meta
+
+
+def list_vectors(settings: Settings, backend: str | None = None) -> list[dict]:
+    """Metadata of every stored vector (of one backend if given), sorted by backend, weights and name.
+
+    An unreadable metadata file is listed with an `error` entry instead of its fields.
+    """
+    root = Path(settings.vectors_path)
+    if backend is not None:
+        check_name(backend, "backend name")
+    backends = [root / backend] if backend is not None else sorted(p for p in root.glob("*") if p.is_dir())
+    out = []
+    for backend_dir in backends:
+        for sha_dir in sorted(p for p in backend_dir.glob("*") if p.is_dir()):
+            for name in _names(sha_dir):
+                try:
+                    meta = json.loads((sha_dir / f"{name}.json").read_text())
+                except (OSError, ValueError) as exc:
+                    meta = {"error": f"unreadable metadata: {exc}"}
+                out.append({"name": name, "backend": backend_dir.name, "sha256": sha_dir.name, **meta})
+    return out

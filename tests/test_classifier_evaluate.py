@@ -1,0 +1,140 @@
+"""The project's MNIST classifier and the sample-quality metrics built on it (FLD, confident share)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import pytest
+import torch
+
+from studio.classifier import FEATURES, load_classifier
+from studio.config import Settings, load_settings
+from studio.contract import SEED, Backend, LatentSpace, ModelInfo
+from studio.errors import InputError
+from studio.evaluate import confident_share, evaluate_backend, frechet_distance
+
+
+@pytest.fixture
+def settings(studio_home: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The session's tmp STUDIO_HOME (from conftest), where datasets are cached once."""
+    monkeypatch.setenv("STUDIO_HOME", str(studio_home))
+    return load_settings()
+
+
+@pytest.fixture(scope="module")
+def mnist_test(studio_home: Path):
+    from studio.datasets import load_dataset
+
+    return load_dataset("mnist", "test", settings=load_settings({"STUDIO_HOME": str(studio_home)}))
+
+
+class PoolBackend(Backend):
+    """A stand-in generator: seed i 'decodes' to image i of a fixed pool (optionally distorted)."""
+
+    name: ClassVar[str] = "pool"
+    version: ClassVar[str] = "0"
+    pool: torch.Tensor
+    shape: tuple[int, int, int] = (1, 28, 28)
+
+    @classmethod
+    def available_models(cls, settings: Settings) -> list[ModelInfo]:
+        return [ModelInfo("pool", "", "")]
+
+    @classmethod
+    def load(cls, model, settings, device="cpu", dtype="float32") -> PoolBackend:
+        return cls(ModelInfo("pool", "", ""))
+
+    def spaces(self, options=None) -> dict[str, LatentSpace]:
+        return {"index": LatentSpace("index", (1,), "none", frozenset({SEED}))}
+
+    def image_shape(self, options=None) -> tuple[int, int, int]:
+        return self.shape
+
+    def sample_prior(self, space, seeds, options=None) -> torch.Tensor:
+        return torch.tensor([[float(s)] for s in seeds])
+
+    def decode(self, point, options=None, progress=None) -> torch.Tensor:
+        return self.pool[point["index"][:, 0].long() % len(self.pool)]
+
+
+def test_classifier_is_accurate_on_mnist_test_images(mnist_test) -> None:
+    model = load_classifier()
+    proba = model.predict_proba(mnist_test.images[:1000])
+    assert proba.shape == (1000, 10)
+    assert torch.allclose(proba.sum(1), torch.ones(1000), atol=1e-5)
+    accuracy = float((proba.argmax(1).numpy() == mnist_test.labels[:1000]).mean())
+    assert accuracy >= 0.97
+    assert load_classifier() is model and not model.training
+
+
+def test_classifier_features_and_input_checks(mnist_test) -> None:
+    model = load_classifier()
+    feats = model.features(mnist_test.images[:600])
+    assert feats.shape == (600, FEATURES) and 64 <= FEATURES <= 128
+    assert torch.allclose(feats[:3], model.features(mnist_test.images[:3]), atol=1e-5)  # batching does not matter
+    with pytest.raises(InputError, match="shape"):
+        model.predict_proba(torch.zeros(2, 3, 28, 28))
+
+
+def test_frechet_distance_is_zero_for_same_data_and_grows_with_a_shift() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(2000, 8))
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-8)
+    shifts = [frechet_distance(a, a + s) for s in (0.5, 1.0, 2.0)]
+    assert shifts == pytest.approx([8 * 0.25, 8 * 1.0, 8 * 4.0], rel=1e-6)  # mean term only: d * s^2
+    # Scale: cov I vs 4I gives tr(I + 4I - 2 * 2I) = d, up to sampling error.
+    assert frechet_distance(a, 2 * rng.normal(size=(20000, 8))) == pytest.approx(8.0, rel=0.1)
+    with pytest.raises(InputError):
+        frechet_distance(a, a[:, :4])
+
+
+def test_frechet_distance_matches_the_scipy_formula() -> None:
+    from scipy import linalg
+
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(500, 6)) @ rng.normal(size=(6, 6))
+    b = rng.normal(size=(400, 6)) @ rng.normal(size=(6, 6)) + 0.3
+    ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    expected = ((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(ca + cb - 2 * linalg.sqrtm(ca @ cb).real)
+    assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-6)
+
+
+def test_confident_share_separates_digits_from_noise(mnist_test) -> None:
+    assert confident_share(mnist_test.images[:300]) >= 0.9
+    noise = torch.rand(300, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    assert confident_share(noise) < confident_share(mnist_test.images[:300])
+    assert confident_share(mnist_test.images[:300], threshold=1.01) == 0.0
+
+
+def test_evaluate_backend_scores_real_digits_near_the_floor_and_noise_far_above(settings: Settings,
+                                                                                  mnist_test) -> None:
+    real = PoolBackend.load(None, settings)
+    real.pool = mnist_test.images[:400]
+    steps: list[tuple[int, int]] = []
+    good = evaluate_backend(real, n=300, seed=0, settings=settings, progress=lambda s, t, *a: steps.append((s, t)))
+    assert set(good) >= {"fld", "fld_floor", "confident_share", "n"} and good["n"] == 300
+    assert steps[-1] == (2, 2)
+    assert good["fld"] < 2 * good["fld_floor"] and good["confident_share"] > 0.9
+
+    blurred = PoolBackend.load(None, settings)
+    blurred.pool = torch.nn.functional.avg_pool2d(mnist_test.images[:400], 5, 1, 2)
+    bad = evaluate_backend(blurred, n=300, seed=0, settings=settings)
+    assert bad["fld"] > 3 * bad["fld_floor"] and bad["fld_floor"] == pytest.approx(good["fld_floor"])
+
+
+def test_evaluate_backend_refuses_other_image_shapes(settings: Settings) -> None:
+    faces = PoolBackend.load(None, settings)
+    faces.shape = (3, 64, 64)
+    with pytest.raises(InputError, match="evaluate needs 1x28x28 images"):
+        evaluate_backend(faces, n=100, settings=settings)
+
+
+def test_evaluate_shipped_vae(settings: Settings) -> None:
+    from studio_vae.backend import VAEBackend
+
+    result = evaluate_backend(VAEBackend.load("mnist", settings), n=500, seed=0, settings=settings)
+    assert 0 < result["fld_floor"] < result["fld"]
+    assert result["confident_share"] >= 0.3  # blurry VAE samples: measured 0.47 at n=500
+    assert max(result["class_share"]) < 0.3  # samples cover the digits, not one class

@@ -1,0 +1,54 @@
+"""Every installed backend passes the conformance kit (the same checks third-party plugins run)."""
+
+from __future__ import annotations
+
+import pytest
+
+from studio.conformance import CHECKS, check_backend, parametrize_with_checks
+from studio.registry import load_registry
+
+INSTALLED = sorted(load_registry().backends)
+TARGETS: list = [name for name in INSTALLED]
+if "gan" in INSTALLED:
+    TARGETS.append(("gan", "faces"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tiny_sd_model(studio_home):
+    """SD ships no weights: build the tiny pipeline into the default model root so `sd` can be checked."""
+    if "sd" in INSTALLED:
+        from studio_sd.tiny import build_tiny_sd
+
+        build_tiny_sd(studio_home / "models" / "sd" / "tiny")
+
+
+def test_the_built_in_backends_are_installed():
+    assert {"vae", "gan", "sd", "pca"} <= set(INSTALLED)
+    assert not load_registry().errors, load_registry().errors
+
+
+@parametrize_with_checks(TARGETS)
+def test_backend_conforms(backend, check):
+    check(backend)
+
+
+def test_a_broken_backend_fails_the_checks():
+    """The kit can fail: a backend that ignores its seeds and returns out-of-range images is caught."""
+    import torch
+
+    from studio.config import load_settings
+    from studio.registry import get_backend_class
+
+    base = get_backend_class("pca").load(None, load_settings())
+
+    class Broken(type(base)):
+        def decode(self, point, options=None, progress=None):
+            return torch.rand(point["z"].shape[0], 1, 28, 28) * 3
+
+    broken = Broken(base.model)
+    broken.__dict__.update(base.__dict__)
+    results = {r.name: r for r in check_backend(broken)}
+    assert set(results) == {c.__name__ for c in CHECKS}
+    assert not results["check_shapes_and_range"].passed
+    assert not results["check_determinism"].passed
+    assert results["check_declarations"].passed

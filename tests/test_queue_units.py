@@ -1,0 +1,364 @@
+"""Fast tests of the queue's parts without worker processes: routing, config, job store, artifact store,
+runtime cache, client validation, micro-batch execution, the embedded broker."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from studio_workers import routing
+
+from studio.config import load_settings
+from studio.errors import Cancelled, InputError, NotFound, StudioError
+from studio.jobstore import JobStore, NewJob
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory: pytest.TempPathFactory):
+    """The toy backends registered in this process (through a real entry point)."""
+    from studio_workers.testing import install_toy_plugin
+
+    from studio.registry import load_registry
+
+    folder = install_toy_plugin(tmp_path_factory.mktemp("toy-plugin"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("STUDIO_PLUGINS", "toy")
+        mp.syspath_prepend(str(folder))
+        load_registry(refresh=True)
+        yield load_registry()
+    if str(folder) in sys.path:
+        sys.path.remove(str(folder))
+    load_registry(refresh=True)
+
+
+@pytest.fixture
+def settings_(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("STUDIO_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("STUDIO_BROKER_URL", raising=False)
+    return load_settings()
+
+
+def _store(tmp_path: Path) -> JobStore:
+    return JobStore(tmp_path / "jobs.sqlite")
+
+
+def _new(job_id: str, n: int = 1, seed: int = 0, priority: int = 5, key: str | None = None,
+         max_attempts: int = 3) -> NewJob:
+    spec = {"op": "sample", "backend": "toy", "n": n, "seed": seed}
+    return NewJob(id=job_id, spec=spec, priority=priority, queue="t.any.toy", max_attempts=max_attempts,
+                  time_limit_s=60.0, batch_key=key)
+
+
+# ----- routing and configuration -----
+
+def test_routing_keeps_gpu_only_backends_off_cpu_workers() -> None:
+    backends = {"vae": frozenset({"cpu", "cuda"}), "sd": frozenset({"cuda"}), "cpuonly": frozenset({"cpu"})}
+    assert routing.queue_name("s", "sd", backends["sd"]) == "s.gpu.sd"
+    assert routing.worker_queues("s", "cpu", backends) == ["s.cpu.cpuonly", "s.any.vae"]
+    assert routing.worker_queues("s", "cuda:1", backends) == ["s.cpu.cpuonly", "s.gpu.sd", "s.any.vae"]
+    assert routing.full_queue_names("s", ["any.vae", "s.gpu.sd", " "]) == ["s.any.vae", "s.gpu.sd"]
+
+
+def test_priority_maps_to_each_broker_and_is_checked() -> None:
+    assert [routing.broker_priority(p, "redis") for p in (0, 5, 9)] == [9, 4, 0]  # Redis serves 0 first
+    assert [routing.broker_priority(p, "amqp") for p in (0, 5, 9)] == [0, 5, 9]
+    for bad in (-1, 10, 2.5, True, "5"):
+        with pytest.raises(InputError, match="priority"):
+            routing.check_priority(bad)
+
+
+def test_batch_key_ignores_seed_and_count_only() -> None:
+    base = {"op": "sample", "backend": "vae", "n": 1, "seed": 0, "temperature": 1.0, "options": {}}
+    key = routing.batch_key(base, 64)
+    assert key and key == routing.batch_key({**base, "seed": 9, "n": 3}, 64)
+    assert key != routing.batch_key({**base, "temperature": 0.5}, 64)
+    assert key != routing.batch_key({**base, "options": {"steps": 2}}, 64)
+    assert routing.batch_key({**base, "n": 64}, 64) is None
+    assert routing.batch_key({**base, "op": "evaluate"}, 64) is None
+    assert routing.batch_key(base, 1) is None
+
+
+def test_celery_config_is_json_only_late_ack_prefetch_one(settings_) -> None:
+    from studio_workers.app import celery_config
+
+    conf = celery_config(settings_, "redis://127.0.0.1:6379/3")
+    assert conf["task_serializer"] == conf["result_serializer"] == "json"
+    assert conf["accept_content"] == ["json"] and conf["result_accept_content"] == ["json"]
+    assert conf["task_acks_late"] and conf["task_reject_on_worker_lost"] and conf["worker_prefetch_multiplier"] == 1
+    assert conf["task_soft_time_limit"] == settings_.job_time_limit_s < conf["task_time_limit"]
+    opts = conf["broker_transport_options"]
+    assert opts["priority_steps"] == list(range(10))
+    assert opts["visibility_timeout"] == settings_.visibility_timeout_s
+    assert opts["global_keyprefix"] == f"{settings_.queue_prefix}:"
+    amqp = celery_config(settings_, "amqp://guest:guest@127.0.0.1:5672//")
+    assert amqp["task_queue_max_priority"] == 9 and "broker_transport_options" not in amqp
+    with pytest.raises(InputError, match="not a Redis or RabbitMQ URL"):
+        celery_config(settings_, "sqlite:///x.db")
+
+
+def test_new_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("STUDIO_HOME", str(tmp_path))
+    monkeypatch.setenv("STUDIO_LEASE_S", "7")
+    monkeypatch.setenv("STUDIO_QUEUE_PREFIX", "abc")
+    monkeypatch.setenv("STUDIO_BATCH_MAX_IMAGES", "8")
+    s = load_settings()
+    assert (s.lease_s, s.queue_prefix, s.batch_max_images, s.visibility_timeout_s) == (7, "abc", 8, 300)
+
+
+# ----- the job store -----
+
+def test_claim_lease_and_finish_only_by_the_holder(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    store.create(_new("aaaa0001"))
+    job, why = store.claim("aaaa0001", "w1/x", "w1", lease_s=30)
+    assert job["state"] == "RUNNING" and job["attempts"] == 1 and why == ""
+    assert store.claim("aaaa0001", "w2/y", "w2", lease_s=30) == (None, "running elsewhere under a live lease")
+    assert not store.finish("aaaa0001", "w2/y", "SUCCEEDED")
+    assert store.renew("w1/x", 30) == {"aaaa0001": False}
+    assert store.finish("aaaa0001", "w1/x", "SUCCEEDED", metrics={"n": 1},
+                        artifacts=[{"name": "a.png", "kind": "image", "path": "/x/a.png", "size": 3}])
+    done = JobStore(tmp_path / "jobs.sqlite").get("aaaa")  # a fresh connection: durable; a prefix resolves
+    assert done["state"] == "SUCCEEDED" and done["progress"] == 1.0 and done["metrics"] == {"n": 1}
+    assert done["artifacts"] == [{"name": "a.png", "kind": "image", "path": "/x/a.png", "size": 3}]
+    assert store.claim("aaaa0001", "w3/z", "w3", 30) == (None, "already SUCCEEDED")
+
+
+def test_expired_lease_is_reissued_then_bounded(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    store.create(_new("bbbb0001", max_attempts=2))
+    store.claim("bbbb0001", "w1/x", "w1", lease_s=0.01)
+    time.sleep(0.02)
+    requeued = store.reap()
+    assert [r.id for r in requeued] == ["bbbb0001"]
+    job = store.get("bbbb0001")
+    assert job["state"] == "QUEUED" and "was lost" in job["message"]
+    assert store.claim("bbbb0001", "w2/y", "w2", lease_s=0.01)[0]["attempts"] == 2
+    assert not store.finish("bbbb0001", "w1/x", "SUCCEEDED")  # the lost worker cannot finish it any more
+    time.sleep(0.02)
+    assert store.reap() == []
+    job = store.get("bbbb0001")
+    assert job["state"] == "FAILED" and "gave up" in job["error"]
+    assert [e["kind"] for e in job["events"]].count("retry") == 1
+
+
+def test_cancel_queued_and_running(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    store.create(_new("cccc0001"))
+    store.create(_new("cccc0002"))
+    assert store.request_cancel("cccc0001")["state"] == "CANCELLED"
+    assert store.claim("cccc0001", "w/x", "w", 30) == (None, "already CANCELLED")
+    store.claim("cccc0002", "w/y", "w", 30)
+    job = store.request_cancel("cccc0002")
+    assert job["state"] == "RUNNING" and job["cancel_requested"]
+    assert store.held("w/y") == {"cccc0002": True}
+
+
+def test_claim_batch_takes_compatible_queued_jobs_up_to_the_image_budget(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    for i, n in enumerate([2, 3, 4, 1, 9]):
+        store.create(_new(f"dddd000{i}", n=n, seed=i, key="k", priority=5 if i != 3 else 9))
+    store.create(_new("dddd0099", n=1, key="other"))
+    leader, _ = store.claim("dddd0000", "w/x", "w", 30)
+    taken = store.claim_batch(leader, "w/x", "w", 30, max_images=8)
+    assert [j["id"] for j in taken] == ["dddd0003", "dddd0001"]  # priority first; 2 + 1 + 3 = 6; 4 won't fit
+    assert all(j["state"] == "RUNNING" and j["batch_leader"] == "dddd0000" for j in taken)
+    assert store.get("dddd0002")["state"] == "QUEUED" and store.get("dddd0099")["state"] == "QUEUED"
+
+
+def test_history_lists_newest_first_and_filters(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    for i in range(3):
+        store.create(_new(f"eeee000{i}"))
+    store.request_cancel("eeee0001")
+    assert [j["id"] for j in store.list()] == ["eeee0002", "eeee0001", "eeee0000"]
+    assert [j["id"] for j in store.list("cancelled")] == ["eeee0001"]
+    with pytest.raises(InputError, match="unknown state"):
+        store.list("DONE")
+    with pytest.raises(InputError, match="not a job id"):
+        store.get("../etc")
+    with pytest.raises(NotFound):
+        store.get("ffff")
+    store.create(_new("eeee1000"))
+    with pytest.raises(InputError, match="ambiguous"):
+        store.get("eeee")
+
+
+def test_artifact_store_publishes_one_result_and_recovers_a_half_finished_one(tmp_path: Path) -> None:
+    from studio.executor import JobResult
+    from studio.store import ArtifactStore
+
+    store = ArtifactStore(tmp_path)
+    result = JobResult()
+    result.add_json("m.json", {"a": 1})
+    staging, listed = store.stage("abcd1234", result)
+    assert listed[0]["path"] == str(tmp_path / "jobs" / "abcd1234" / "m.json")
+    job = {"id": "abcd1234", "state": "SUCCEEDED", "staging": staging, "artifacts": listed, "finished": time.time()}
+    store.recover(job)  # too soon: its worker may still be renaming it
+    assert not store.job_dir("abcd1234").exists()
+    assert store.path(job, "m.json").read_text().strip().startswith("{")  # asked for: recovered, renamed into place
+    store.publish("abcd1234", staging)  # the worker's own rename, after a reader's recovery: no error
+    other, _ = store.stage("abcd1234", result)
+    store.discard(other)
+    assert [p.name for p in (tmp_path / "jobs").iterdir()] == ["abcd1234"]
+    for bad in ("../x", "", "a/b"):
+        with pytest.raises(InputError):
+            store.path(job, bad)
+    with pytest.raises(NotFound, match="no artifact"):
+        store.path(job, "missing.png")
+
+
+# ----- runtime -----
+
+def test_model_cache_evicts_least_recently_used_under_budget(toy, settings_, monkeypatch) -> None:
+    import dataclasses
+
+    from studio_workers.runtime import WorkerRuntime, model_bytes
+    from studio_workers.testing import ToyBackend
+
+    class Big(ToyBackend):
+        def memory_bytes(self) -> int:
+            return 600 * 2**20
+
+    loads = []
+    monkeypatch.setattr(ToyBackend, "load", classmethod(
+        lambda cls, model, settings, device="cpu", dtype="float32": loads.append(model) or Big(
+            ToyBackend.available_models(settings)[0], device, dtype)))
+    rt = WorkerRuntime(dataclasses.replace(settings_, model_cache_mb=1000))
+    a = rt.get_backend("toy", "a")
+    assert rt.get_backend("toy", "a") is a and loads == ["a"]  # warm
+    rt.get_backend("toy", "b")  # 1200 MB > 1000: a is evicted
+    assert [m for m in loads] == ["a", "b"] and rt.evictions == 1
+    rt.get_backend("toy", "a")
+    assert loads == ["a", "b", "a"] and len(rt.loaded()) == 1
+    assert model_bytes(ToyBackend(ToyBackend.available_models(settings_)[0])) == 8 * 64 * 4  # its weight tensor
+
+
+def test_gpu_only_backend_is_refused_on_a_cpu_runtime(toy, settings_) -> None:
+    from studio_workers.runtime import WorkerRuntime
+
+    rt = WorkerRuntime(settings_)
+    assert rt.device_for(frozenset({"cpu", "cuda"}), "x") == ("cpu", "float32")
+    with pytest.raises(InputError, match="runs only on cuda"):
+        rt.device_for(frozenset({"cuda"}), "toygpu")
+
+
+# ----- executing -----
+
+def test_execute_batch_matches_separate_runs_pixel_for_pixel(toy, settings_) -> None:
+    import io
+
+    from PIL import Image
+
+    from studio.executor import Runtime, execute, execute_batch
+
+    specs = [{"op": "sample", "backend": "toy", "n": n, "seed": s, "temperature": 0.8} for n, s in [(1, 5), (3, 0)]]
+    runtime = Runtime(settings_)
+    batched = execute_batch(specs, runtime)
+    for spec, res in zip(specs, batched, strict=True):
+        alone = execute(spec, runtime)
+        assert [a.name for a in alone.artifacts] == [a.name for a in res.artifacts]
+        for x, y in zip(alone.artifacts, res.artifacts, strict=True):
+            pixels = [np.asarray(Image.open(io.BytesIO(a.data))) for a in (x, y)]
+            assert np.array_equal(*pixels), x.name
+        assert res.metrics["seeds"] == alone.metrics["seeds"]
+    with pytest.raises(InputError, match="differ in nothing but seed"):
+        execute_batch([specs[0], {**specs[1], "temperature": 1.0}], runtime)
+
+
+def test_progress_callback_stops_on_cancel_time_limit_and_lost_lease(tmp_path: Path, settings_) -> None:
+    import dataclasses
+
+    from studio_workers.jobs import Execution, LeaseLost, TimeLimitExceeded, WorkerContext, preview_b64
+
+    from studio.store import ArtifactStore
+
+    store = _store(tmp_path)
+    ctx = WorkerContext(app=None, settings=dataclasses.replace(settings_, lease_s=30), store=store,  # type: ignore
+                        artifacts=ArtifactStore(tmp_path / "store"), runtime=None, broker="redis")  # type: ignore
+    store.create(_new("ffff0001"))
+    job, _ = store.claim("ffff0001", "w/x", "w", 30)
+    ex = Execution(ctx, "w/x", [job])
+    ex.progress(1, 4, "decoding")
+    assert store.get("ffff0001")["step"] == 0  # a job's first 0.15 s write no progress rows (short jobs: none)
+    ex._started -= 1
+    ex.progress(1, 4, "decoding")
+    assert store.get("ffff0001")["step"] == 1
+    store.request_cancel("ffff0001")
+    time.sleep(0.06)
+    with pytest.raises(Cancelled):
+        ex.progress(2, 4, "decoding")
+    ex.deadline = time.monotonic() - 1
+    with pytest.raises(TimeLimitExceeded, match="time limit"):
+        ex.check()
+    ex.deadline = time.monotonic() + 60
+    store.finish("ffff0001", "w/x", "CANCELLED")
+    time.sleep(0.06)
+    with pytest.raises(LeaseLost):
+        ex.check()
+    import torch
+
+    assert preview_b64(torch.zeros(2, 1, 8, 8)) and preview_b64(None) is None
+
+
+# ----- the client without a broker -----
+
+def test_client_rejects_bad_input_and_creates_nothing(toy, settings_) -> None:
+    from studio.broker import BrokerUnavailable
+    from studio.client import StudioClient
+
+    client = StudioClient(settings_)
+    for spec, match in [({"op": "sample", "backend": "nope"}, "unknown backend"),
+                        ({"op": "sample", "backend": "toy", "n": 0}, "n: Input should be greater"),
+                        ({"op": "sample", "backend": "toy", "n": 1000}, "limit is"),
+                        ({"op": "fly", "backend": "toy"}, "unknown op"),
+                        ("sample", "JSON object")]:
+        with pytest.raises(StudioError, match=match):
+            client.submit(spec)  # type: ignore[arg-type]
+    with pytest.raises(BrokerUnavailable, match="no broker is running"):
+        client.submit({"op": "sample", "backend": "toy", "n": 1})
+    assert client.jobs() == []
+    assert client.workers() == []
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.dictionaries(st.sampled_from(["op", "backend", "n", "seed", "options", "start", "end", "steps", "dims",
+                                        "source", "keyframes", "vector", "bits", "limit", "temperature"]),
+                       st.one_of(st.none(), st.booleans(), st.integers(-3, 100), st.floats(), st.text(max_size=6),
+                                 st.sampled_from(["sample", "walk", "toy", "edit"]),
+                                 st.lists(st.integers(0, 3), max_size=2),
+                                 st.dictionaries(st.text(max_size=4), st.integers(), max_size=2))))
+def test_fuzzed_specs_are_rejected_with_a_clean_error(toy, spec: dict) -> None:
+    from studio.client import StudioClient
+
+    try:
+        StudioClient(load_settings()).validate(spec)
+    except StudioError as exc:
+        assert str(exc) and "\n" not in str(exc)
+
+
+def test_embedded_broker_persists_across_restarts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import redis
+
+    from studio.broker import embedded_running, resolve_broker_url, start_embedded
+
+    monkeypatch.setenv("STUDIO_HOME", str(tmp_path / ("h" * 90)))  # a long home: the socket moves to /tmp
+    monkeypatch.delenv("STUDIO_BROKER_URL", raising=False)
+    s = load_settings()
+    first = start_embedded(s)
+    try:
+        assert first.owned and len(str(first.socket)) <= 100 and resolve_broker_url(s) == first.url
+        assert not start_embedded(s).owned  # a second start finds it running
+        redis.Redis(unix_socket_path=str(first.socket)).rpush("q", "job")
+    finally:
+        first.stop()
+    assert not embedded_running(s)
+    second = start_embedded(s)
+    try:
+        assert redis.Redis(unix_socket_path=str(second.socket)).lrange("q", 0, -1) == [b"job"]
+    finally:
+        second.stop()

@@ -1,0 +1,139 @@
+"""`studio up`: the whole studio on one machine — the embedded Redis (unless STUDIO_BROKER_URL is set), one
+worker process (restarted if it dies), and the front end (the UI when `studio.ui` is installed)."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+from studio.broker import ensure_broker, redacted
+from studio.config import Settings
+from studio.errors import StudioError
+
+STOP_GRACE_S = 20.0
+WORKER_FIRST_S = 30.0  # `up` loads the UI once its worker is serving (or after this long)
+
+
+class WorkerSupervisor(threading.Thread):
+    """Runs `python -m studio_workers` and starts it again when it exits unexpectedly (with a backoff)."""
+
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+        super().__init__(name="studio-worker-supervisor", daemon=True)
+        self.argv = argv
+        self.env = env
+        self.process: subprocess.Popen | None = None
+        self.stopping = threading.Event()
+        self.restarts = 0
+
+    def spawn(self) -> subprocess.Popen:
+        self.process = subprocess.Popen(self.argv, env=self.env, stdin=subprocess.DEVNULL)
+        return self.process
+
+    def run(self) -> None:
+        backoff = 1.0
+        while not self.stopping.is_set():
+            proc = self.process or self.spawn()
+            started = time.monotonic()
+            code = proc.wait()
+            if self.stopping.is_set():
+                return
+            backoff = 1.0 if time.monotonic() - started > 60 else min(backoff * 2, 30.0)
+            sys.stderr.write(f"studio up: the worker exited with status {code}; restarting in {backoff:.0f} s\n")
+            self.process = None
+            self.restarts += 1
+            if self.stopping.wait(backoff):
+                return
+
+    def stop(self) -> None:
+        self.stopping.set()
+        proc = self.process
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)  # warm shutdown: the running job finishes (or is redelivered)
+        try:
+            proc.wait(STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def find_ui() -> Callable[..., None] | None:
+    """`studio.ui.launch` when the UI is installed, else None."""
+    if importlib.util.find_spec("studio.ui") is None:
+        return None
+    try:
+        module = importlib.import_module("studio.ui")
+    except Exception as exc:  # a broken UI must not stop the queue from serving
+        sys.stderr.write(f"studio up: the UI failed to load ({type(exc).__name__}: {exc}); serving without it\n")
+        return None
+    return getattr(module, "launch", None)
+
+
+def _wait_for_worker(client: object, supervisor: WorkerSupervisor, timeout: float) -> None:
+    """Until the worker advertises itself (or exits, or `timeout` passes)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        proc = supervisor.process
+        if proc is None or proc.poll() is not None:
+            return
+        if any(w.get("pid") == proc.pid for w in client.workers()):  # type: ignore[attr-defined]
+            return
+        time.sleep(0.05)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def run_up(settings: Settings, host: str | None = None, port: int | None = None, ui: bool = True,
+           concurrency: int = 1, worker: bool = True) -> None:
+    """Start broker, worker and front end; block until interrupted; then stop what was started here."""
+    from studio.client import StudioClient
+
+    url, embedded = ensure_broker(settings)
+    settings = dataclasses.replace(settings, broker_url=url)
+    env = {**os.environ, "STUDIO_BROKER_URL": url, "STUDIO_HOME": str(settings.home)}
+    supervisor = WorkerSupervisor([sys.executable, "-m", "studio_workers", "--concurrency", str(concurrency)], env)
+    client = StudioClient(settings)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        where = f"embedded Redis at {settings.home / 'broker'}" if embedded is not None else redacted(url)
+        if worker:
+            proc = supervisor.spawn()
+            supervisor.start()
+            workers = f"worker pid {proc.pid}"
+        else:
+            workers = "no worker here"
+        print(f"studio up: broker {where}; {workers}; store {settings.store_path}", flush=True)
+        if worker and ui:  # on a small machine the UI's imports would slow the worker down: it goes second
+            _wait_for_worker(client, supervisor, WORKER_FIRST_S)
+        launch = find_ui() if ui else None
+        if launch is not None:
+            launch(settings, host or settings.ui_host, port or settings.ui_port, client)
+        elif not worker:
+            raise StudioError("nothing to serve: --no-ui and --no-worker (or no UI installed) leave only the broker")
+        else:
+            print("studio up: no UI here; submit with `studio submit sample -b vae -n 16`, follow with "
+                  "`studio status ID` or `studio jobs`, or use studio.client.StudioClient. Ctrl-C stops.", flush=True)
+            while supervisor.is_alive():
+                time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        supervisor.stop()
+        client.close()
+        if embedded is not None:
+            embedded.stop()
+        print("studio up: stopped", flush=True)
+
+
+__all__ = ["WorkerSupervisor", "find_ui", "run_up"]
