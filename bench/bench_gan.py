@@ -3,7 +3,8 @@ the sample quality (FLD against its floor).
 
     .venv/bin/python bench/bench_gan.py --limit 100 --steps 0,10,20,40,60,100 --fld-n 2000 --json out.json
 
-PSNR is measured on [0, 1] images (peak 1), averaged over images. Times are wall-clock on the CPU with the
+PSNR is measured on [0, 1] images (peak 1), averaged over images; class_kept is the share of reconstructions
+the project's MNIST classifier puts in the same class as their originals. Times are wall-clock on the CPU with the
 given thread count; on a shared machine, note the load average the script prints.
 """
 
@@ -51,7 +52,14 @@ def main() -> None:
                      "threads": args.threads, "load_average": os.getloadavg(), "inversion": []}
     print(f"model {backend.model.name} ({backend.model.sha256[:12]}), {len(images)} MNIST test images, "
           f"{args.threads} thread(s), load average {os.getloadavg()[0]:.1f}")
-    print(f"{'steps':>6} {'restarts':>8} {'psnr_db':>8} {'psnr_min':>8} {'>=16dB':>7} {'s/image':>8}")
+    classes = None
+    if tuple(images.shape[1:]) == (1, 28, 28) and backend.image_shape() == (1, 28, 28):
+        from studio.classifier import load_classifier
+
+        classifier = load_classifier()
+        classes = classifier.predict(images)
+    print(f"{'steps':>6} {'restarts':>8} {'psnr_db':>8} {'psnr_min':>8} {'>=16dB':>7} {'class_kept':>10} "
+          f"{'s/image':>8}")
     for steps in [int(s) for s in args.steps.split(",") if s.strip()]:
         fields = {"invert_steps": steps, "invert_features": args.features, "invert_encoder": not args.no_encoder}
         if args.restarts is not None:
@@ -65,9 +73,12 @@ def main() -> None:
         row = {"steps": steps, "restarts": options.invert_restarts, "psnr": round(float(psnr.mean()), 3),
                "psnr_min": round(float(psnr.min()), 3), "share_16db": round(float((psnr >= 16).float().mean()), 3),
                "seconds_per_image": round(seconds / len(images), 4)}
+        if classes is not None:
+            row["class_kept"] = round(float((classifier.predict(recon) == classes).float().mean()), 3)
         results["inversion"].append(row)
         print(f"{steps:>6} {row['restarts']:>8} {row['psnr']:>8.2f} {row['psnr_min']:>8.2f} "
-              f"{row['share_16db']:>7.2f} {row['seconds_per_image']:>8.3f}", flush=True)
+              f"{row['share_16db']:>7.2f} {row.get('class_kept', float('nan')):>10.3f} "
+              f"{row['seconds_per_image']:>8.3f}", flush=True)
     if args.fld_n:
         from studio.evaluate import evaluate_backend
 

@@ -259,7 +259,7 @@ def _analogy(job: _Job) -> None:
 
 
 def _roundtrip(job: _Job) -> None:
-    from studio.ops.compression import roundtrip, side_by_side
+    from studio.ops.compression import roundtrip, roundtrip_panel
 
     s = job.spec
     if s.image is not None:
@@ -278,16 +278,14 @@ def _roundtrip(job: _Job) -> None:
     job.result.add_json("metrics.json", res.metrics)
     if s.image is not None:
         orig = imgs.to_pil(x)[0]
-        recon = imgs.to_pil(res.reconstructions)[0]
         job.add_image("original.png", orig, {"role": "original"})
-        job.add_image("reconstruction.png", recon, {"role": "reconstruction", "bits": s.bits})
-        for fmt in ("jpeg", "webp"):
-            base = res.baselines[0].get(fmt)
-            if base is not None:
-                job.add_image(f"{fmt}.png", base, {"role": f"{fmt} baseline"})
+        job.add_image("reconstruction.png", imgs.to_pil(res.reconstructions)[0], {"role": "reconstruction"})
+        for base in (res.jpeg[0], res.webp[0]):
+            shown = base.matched or base.smallest  # over budget when nothing fits: said in the metrics and panel
+            suffix = "jpg" if base.format.lower().startswith("jp") else "webp"
+            job.result.artifacts.append(Artifact(f"baseline.{suffix}", shown.data, "binary"))
         job.result.artifacts.append(Artifact("latent.bin", res.payloads[0], "binary"))
-        panel = side_by_side(orig, recon, res.baselines[0], res.metrics)
-        job.add_image("side_by_side.png", panel, {"role": "comparison"})
+        job.add_image("side_by_side.png", roundtrip_panel(res, orig), {"role": "comparison"})
     else:
         k = min(16, len(x))
         pairs = imgs.to_pil(torch.cat([x[:k], res.reconstructions[:k]]))

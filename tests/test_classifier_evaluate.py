@@ -108,6 +108,7 @@ def test_confident_share_separates_digits_from_noise(mnist_test) -> None:
     assert confident_share(mnist_test.images[:300], threshold=1.01) == 0.0
 
 
+@pytest.mark.slow
 def test_evaluate_backend_scores_real_digits_near_the_floor_and_noise_far_above(settings: Settings,
                                                                                   mnist_test) -> None:
     real = PoolBackend.load(None, settings)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 
@@ -45,6 +46,16 @@ def tiny_tutorial_generator(seed: int = 0, nc: int = 3) -> Generator:
         for _ in range(3):
             generator(torch.randn(16, 8))
     return generator.eval()
+
+
+class RunsCode:
+    """Unpickling this calls os.makedirs(path): what weights_only loading must refuse."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (os.makedirs, (self.path,))
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -173,6 +184,7 @@ def test_import_round_trip(settings, tmp_path, layout):
     assert torch.allclose(backend.decode({"z": z}), expected, atol=1e-6)
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_import_refuses_corrupt_files_code_and_wrong_layouts(settings, tmp_path):
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(b"PK\x03\x04 this is not a checkpoint")
@@ -182,8 +194,14 @@ def test_import_refuses_corrupt_files_code_and_wrong_layouts(settings, tmp_path)
 
     code = tmp_path / "code.pth"  # a pickle that would call a function when unpickled
     code.write_bytes(pickle.dumps({"netG_state_dict": Path("/tmp")}))
-    with pytest.raises(InputError, match="cannot be read"):
+    with pytest.raises(InputError, match="objects other than tensors"):
         import_dcgan_tutorial(code, "x", settings)
+
+    marker = tmp_path / "code-ran"
+    torch.save({"netG_state_dict": RunsCode(str(marker))}, code)
+    with pytest.raises(InputError, match="objects other than tensors"):
+        import_dcgan_tutorial(code, "x", settings)
+    assert not marker.exists()
 
     wrong = tmp_path / "wrong.pth"
     torch.save({"netG_state_dict": {"fc.weight": torch.zeros(3, 3)}}, wrong)
@@ -249,6 +267,7 @@ def test_inversion_is_deterministic_and_init_is_used():
     assert torch.equal(exact, target_z)  # the perfect init wins the restarts
 
 
+@pytest.mark.slow  # the first MNIST load in a fresh STUDIO_HOME builds the data cache (several seconds)
 def test_inversion_improves_psnr_on_mnist_test_images(mnist_backend):
     from studio.datasets import load_dataset
 

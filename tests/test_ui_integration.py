@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import socket
 import time
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ SHOTS = ROOT / "test-output" / "ui"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-MAX_PIXELS = 200 * 200  # the UI refuses bigger uploads (STUDIO_MAX_UPLOAD_PIXELS)
+MAX_PIXELS = 300 * 300  # the UI refuses bigger uploads (STUDIO_MAX_UPLOAD_PIXELS); the drawing canvas is 280x280
 
 
 @dataclass
@@ -177,8 +178,10 @@ def test_compress_compares_with_jpeg_and_webp(api, stack: Stack, tmp_path: Path)
                                         split="test", index=3, bits=8, api_name="/compress")
     captions = [p["caption"] for p in panels]
     assert captions[0] == "Original" and captions[1].startswith("Latent codec, 8 bits · ")
-    assert "dB" in captions[1] and "SSIM" in captions[1] and captions[1].endswith(" B")
+    assert all("dB" in c and "SSIM" in c and c.endswith(" B") for c in captions[1:]), captions
     assert captions[2].startswith("JPEG") and captions[3].startswith("WebP")
+    with Image.open(_path(panels[2])) as jpeg:
+        assert jpeg.format == "JPEG"  # the baseline file itself, as the encoder wrote it
     methods = [row[0] for row in table["data"]]
     assert methods[0] == "latent codec" and methods[1].startswith("JPEG") and methods[2].startswith("WebP")
     assert "bytes" in status
@@ -186,7 +189,7 @@ def test_compress_compares_with_jpeg_and_webp(api, stack: Stack, tmp_path: Path)
         assert original.size == recon.size == (28, 28)
 
     big = tmp_path / "big.png"
-    Image.new("L", (300, 300), 128).save(big)  # 90,000 pixels > MAX_PIXELS
+    Image.new("L", (400, 400), 128).save(big)  # 160,000 pixels > MAX_PIXELS
     from gradio_client.exceptions import AppError
 
     with pytest.raises(AppError, match="pixels; the limit is"):
@@ -244,6 +247,36 @@ def test_submit_status_cancel_retry_replay(api, stack: Stack) -> None:
     assert "vae" in cards and "toy" in cards and "serves" in workers
     assert {b["name"] for b in info["backends"]} == {"vae", "toy", "toygpu"}
     assert all("path" not in m for b in info["backends"] for m in b["models"])
+
+
+def test_auth_is_enforced_when_configured(tmp_path: Path) -> None:
+    """With STUDIO_UI_AUTH set, the page and the API need the user and password."""
+    import dataclasses
+
+    from gradio_client import Client
+    from gradio_client.exceptions import AuthenticationError
+
+    from studio.config import load_settings
+    from studio.ui import serve
+
+    class NoJobs:
+        def jobs(self, state: str | None = None, limit: int = 100) -> list:
+            return []
+
+        def workers(self) -> list:
+            return []
+
+    settings = dataclasses.replace(load_settings({"STUDIO_HOME": str(tmp_path / "home")}),
+                                   ui_auth="ana:correct-horse")
+    demo, url = serve(settings, host="127.0.0.1", port=_free_port(), client=NoJobs())
+    try:
+        with pytest.raises(AuthenticationError):
+            Client(url, verbose=False)
+        with pytest.raises(ValueError, match="Could not login"):
+            Client(url, auth=("ana", "wrong-password"), verbose=False)
+        assert Client(url, auth=("ana", "correct-horse"), verbose=False).predict(api_name="/jobs") == []
+    finally:
+        demo.close()
 
 
 # ----- Part 2: the page in a real browser -----
@@ -318,6 +351,19 @@ def test_browser_generate_edit_and_every_tab(page, stack: Stack) -> None:
     assert before.shape == after.shape and np.abs(before - after).mean() > 1.0  # a visibly different edit
     _shot(page, "edit")
 
+    page.get_by_text("Pick examples from a generated grid").click()  # the smile-vector workflow
+    page.click("#pick-grid-button")
+    page.wait_for_function("document.querySelectorAll('#pick-gallery img').length >= 16")
+    for index, button in ((0, "With the attribute"), (3, "With the attribute"), (5, "Without it")):
+        page.locator("#pick-gallery .thumbnail-item").nth(index).click()
+        time.sleep(0.3)
+        page.get_by_role("button", name=button).click()
+    page.wait_for_function("document.querySelector('#pick-without textarea, #pick-without input').value === '105'")
+    assert page.locator("#pick-with textarea, #pick-with input").first.input_value() == "100, 103"
+    page.click("#fit-picks-button")
+    page.wait_for_selector("#pick-status :text('2 with / 1 without')")
+    _shot(page, "edit-picks")
+
     _tab(page, "Explore")
     page.click("#project-button")
     page.wait_for_selector("#explore-scatter circle")
@@ -328,6 +374,8 @@ def test_browser_generate_edit_and_every_tab(page, stack: Stack) -> None:
     dot.click()
     page.wait_for_selector("#explore-point img")
     page.mouse.move(5, 5)
+    page.click("#anomalies-button")
+    page.wait_for_selector("#anomalies-auroc :text('AUROC')")
     _shot(page, "explore")
 
     _tab(page, "Queue")
@@ -343,6 +391,25 @@ def test_browser_generate_edit_and_every_tab(page, stack: Stack) -> None:
     page.wait_for_function("document.querySelectorAll('#compress-panels img').length >= 2")
     page.wait_for_selector("#compress-table :text('latent codec')")
     _shot(page, "compress")
+    first_job = re.search(r"job (\w+)", page.inner_text("#compress-status")).group(1)
+    page.get_by_label("Draw", exact=True).check()  # draw a stroke (white on black) and compress the drawing
+    canvas = page.locator("#compress-sketch canvas").first
+    canvas.scroll_into_view_if_needed()
+    time.sleep(0.5)
+    box = canvas.bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.25)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.55, box["y"] + box["height"] * 0.75, steps=12)
+    page.mouse.up()
+    page.click("#compress-button")
+    try:
+        page.wait_for_function(f"!document.querySelector('#compress-status').innerText.includes({first_job!r})"
+                               " && document.querySelector('#compress-status').innerText.includes('finished')",
+                               timeout=20_000)
+    except Exception:
+        _shot(page, "compress-drawing-failed")
+        raise
+    _shot(page, "compress-drawing")
 
     assert all((SHOTS / f"{n}.png").is_file() for n in
                ("generate", "interpolate", "edit", "compress", "explore", "queue", "plugins"))
@@ -350,6 +417,7 @@ def test_browser_generate_edit_and_every_tab(page, stack: Stack) -> None:
 
 def test_browser_send_to_generate_restores_parameters(page, stack: Stack) -> None:
     """Pick a generated grid in the history, see its record, and send its parameters back to Generate."""
+    _tab(page, "Generate")
     page.locator("#generate-seed input").fill("0")
     _tab(page, "Queue")
     page.click("#queue-refresh")
@@ -361,4 +429,20 @@ def test_browser_send_to_generate_restores_parameters(page, stack: Stack) -> Non
     page.click("#send-to-generate")
     page.wait_for_selector("#generate-button", state="visible")
     page.wait_for_function("document.querySelector('#generate-seed input').value !== '0'")
-    assert page.locator("#generate-seed input").input_value() == "11"  # the grid the browser test generated
+    # the newest grid in the history is the smile-vector workflow's pick grid: seeds 100..115
+    assert page.locator("#generate-seed input").input_value() == "100"
+
+
+def test_browser_failure_shows_its_one_line_message(page, stack: Stack) -> None:
+    _tab(page, "Generate")
+    page.get_by_text("Backend options (JSON, advanced)").click()
+    options = page.locator("#ls-options textarea, #ls-options input").first
+    options.fill('{"no_such_option": 1}')
+    page.click("#generate-button")
+    toast = page.locator("[data-testid=toast-body]").first
+    toast.wait_for()
+    text = toast.inner_text()
+    _shot(page, "error")
+    options.fill("")
+    assert "invalid options for backend 'vae'" in text and "no_such_option" in text
+    assert "Traceback" not in text and 'File "' not in text

@@ -386,7 +386,7 @@ def test_strip_strengths_go_from_the_original_to_the_chosen_strength() -> None:
     from studio.ui.tabs.edit import strengths_for
 
     assert strengths_for(2.0, 5) == [0.0, 0.5, 1.0, 1.5, 2.0]
-    assert strengths_for(-1.0, 3) == [0.0, -0.5, -1.0]
+    assert strengths_for(-1.0, 3) == [0.0, -0.5, -1.0] and str(strengths_for(-1.0, 3)[0]) == "0.0"
 
 
 def test_the_page_has_the_seven_tabs_and_the_documented_endpoints(settings, tmp_path) -> None:

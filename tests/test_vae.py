@@ -126,6 +126,7 @@ def test_plugin_registers_through_its_hook() -> None:
     assert seen == [VAEBackend]
 
 
+@pytest.mark.slow
 def test_training_is_deterministic_by_seed(settings: Settings, tmp_path: Path) -> None:
     steps: list[tuple[int, int, str]] = []
     args = dict(dataset="mnist", epochs=1, seed=7, settings=settings, limit=256, batch_size=64, base_width=4)

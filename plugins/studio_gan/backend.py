@@ -56,13 +56,16 @@ class GANOptions(BaseModel):
                                          description="weight of the feature (perceptual) term")
     invert_prior_weight: float = Field(_DEFAULT_INVERSION.prior_weight, ge=0, le=100,
                                        description="weight of the term keeping |z| near sqrt(nz)")
+    invert_init_jitter: float = Field(_DEFAULT_INVERSION.init_jitter, ge=0, le=10,
+                                      description="spread of the restarts around the encoder's guess")
     invert_features: Literal["auto", "classifier", "pyramid", "none"] = Field(
         "auto", description="feature term: the MNIST classifier (auto for 1x28x28 models), a pixel pyramid, or none")
     invert_encoder: bool = Field(True, description="start one restart from the model's learned encoder, if it has one")
 
     def inversion(self) -> InversionSettings:
         return InversionSettings(steps=self.invert_steps, restarts=self.invert_restarts, lr=self.invert_lr,
-                                 feature_weight=self.invert_feature_weight, prior_weight=self.invert_prior_weight)
+                                 feature_weight=self.invert_feature_weight, prior_weight=self.invert_prior_weight,
+                                 init_jitter=self.invert_init_jitter)
 
 
 def faces_checkpoint() -> Path | None:

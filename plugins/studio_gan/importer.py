@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -97,10 +98,19 @@ def read_tutorial_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     if p.stat().st_size > MAX_CHECKPOINT_BYTES:
         raise InputError(f"checkpoint {str(path)!r} is larger than {MAX_CHECKPOINT_BYTES} bytes")
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols it reads fine
+            obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # weights_only refuses code; any failure means "not a safe tensor checkpoint"
-        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"checkpoint {str(path)!r} cannot be read as tensors only: {reason}") from None
+        lines = [ln.strip() for ln in str(exc).replace("WeightsUnpickler error:", "\n").splitlines() if ln.strip()]
+        if lines and lines[0].startswith("Weights only load failed"):
+            details = [ln for ln in lines[1:] if "GLOBAL" in ln or "Unsupported" in ln]
+            reason = "it holds objects other than tensors; refused without running them" + (
+                f": {details[0][:120]}" if details else "")
+        else:
+            reason = f"{type(exc).__name__}: {lines[0][:160]}" if lines else type(exc).__name__
+        raise InputError(f"checkpoint {str(path)!r} cannot be read as a tensors-only torch checkpoint "
+                         f"({reason})") from None
     if isinstance(obj, dict) and "netG_state_dict" in obj:
         obj = obj["netG_state_dict"]
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):

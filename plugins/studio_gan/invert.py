@@ -4,9 +4,10 @@ Adam optimises a batch of latents (every image times every restart at once). The
   pixel MSE + feature_weight * feature MSE + prior_weight * ((|z| - sqrt(nz)) / sqrt(nz))^2
 where the features are a frozen network's (the project's MNIST classifier) or a cheap multi-scale pixel
 and gradient pyramid, and the prior term keeps z on the shell where the Gaussian prior's mass lies.
-Restart 0 starts from a learned encoder's guess when one is given; the others start from prior samples
-drawn from `seed`. The learning rate decays on a cosine; each latent's best point seen is kept, and the
-restart with the lowest loss wins.
+Without a guess, the restarts start from prior samples drawn from `seed`; with a learned encoder's guess,
+restart 0 starts at the guess and the others at the guess plus `init_jitter` times those samples. The
+learning rate decays on a cosine; each latent's best point seen is kept, and the restart with the lowest
+loss wins.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class InversionSettings:
     lr: float = 0.08
     feature_weight: float = 0.05
     prior_weight: float = 0.05
+    init_jitter: float = 0.3
 
 
 def pyramid_features(images: torch.Tensor) -> torch.Tensor:
@@ -93,13 +95,15 @@ def invert(generator: torch.nn.Module, images: torch.Tensor, nz: int, seed: int 
            init: torch.Tensor | None = None, progress: Progress = no_progress) -> tuple[torch.Tensor, torch.Tensor]:
     """Invert `generator` at `images` (NCHW in [-1, 1], on the generator's device and dtype).
 
-    `init` (N, nz), e.g. a learned encoder's output, replaces restart 0's random start. Returns the best
-    latents (N, nz) and their losses (N,). Calls progress(step, total) once per optimisation step.
+    `init` (N, nz), e.g. a learned encoder's output, is restart 0's start and the centre of the others.
+    Returns the best latents (N, nz) and their losses (N,). Calls progress(step, total) once per optimisation step.
     """
     n, r = images.shape[0], settings.restarts
     start = torch.randn(n, r, nz, generator=torch.Generator("cpu").manual_seed(int(seed)))
-    if init is not None:
-        start[:, 0] = init.detach().float().cpu()
+    if init is not None:  # restart 0 at the guess, the others jittered around it
+        guess = init.detach().float().cpu().unsqueeze(1)
+        start = guess + settings.init_jitter * start
+        start[:, 0] = guess[:, 0]
     start = start.to(device=images.device, dtype=images.dtype)
     per_group = max(1, MAX_LATENTS_PER_GROUP // r)
     groups = [(i, min(i + per_group, n)) for i in range(0, n, per_group)]

@@ -118,12 +118,14 @@ def train_encoder(generator: Generator, steps: int, batch_size: int = 128, width
 
 
 def train_gan(dataset: str, epochs: int, out: str | Path, seed: int = 0, settings: Settings | None = None,
-              progress: Progress = no_progress, nz: int = 64, ngf: int = 64, ndf: int = 64, size: int = 28,
-              channels: int = 1, batch_size: int = 64, lr: float = 2e-4, ema_decay: float = 0.999,
-              class_weight: float = 1.0, encoder_steps: int = 3000, encoder_width: int = 32, limit: int | None = None,
-              threads: int = 1, on_epoch: Callable[[int, Generator], None] | None = None) -> dict:
+              progress: Progress = no_progress, nz: int = 64, ngf: int = 48, ndf: int = 48, size: int = 28,
+              channels: int = 1, batch_size: int = 64, lr: float = 2e-4, lr_decay_from: float = 0.6,
+              ema_decay: float = 0.999, class_weight: float = 1.0, encoder_steps: int = 2000,
+              encoder_width: int = 32, limit: int | None = None, threads: int = 1,
+              on_epoch: Callable[[int, Generator], None] | None = None) -> dict:
     """Train a DCGAN on `dataset` (any name `studio.datasets.load_dataset` accepts) and write it to `out`.
 
+    Both learning rates stay at `lr` until the fraction `lr_decay_from` of the steps, then fall linearly to 0.
     The generator starts at 7x7 for 28/56/112-pixel images and at 4x4 for powers of two (the tutorial).
     Writes generator (EMA) and, when `encoder_steps` > 0, an inversion encoder. Returns metrics.
     With `class_weight` > 0 and a labelled dataset, the discriminator also learns the labels (an auxiliary
@@ -158,6 +160,8 @@ def train_gan(dataset: str, epochs: int, out: str | Path, seed: int = 0, setting
     n_batches = len(images) // batch_size
     if n_batches < 1:
         raise InputError(f"dataset {dataset!r} has {len(images)} images, fewer than one batch of {batch_size}")
+    if not 0.0 <= lr_decay_from <= 1.0:
+        raise InputError(f"lr_decay_from must lie in [0, 1], got {lr_decay_from}")
     total = epochs * n_batches + encoder_steps
     began = time.perf_counter()
     with deterministic_torch(threads, seed):
@@ -167,6 +171,10 @@ def train_gan(dataset: str, epochs: int, out: str | Path, seed: int = 0, setting
         ema = copy.deepcopy(generator)
         opt_g = torch.optim.Adam(generator.parameters(), lr=lr, betas=(0.5, 0.999))
         opt_d = torch.optim.Adam(discriminator.parameters(), lr=lr, betas=(0.5, 0.999))
+        gan_steps = epochs * n_batches
+        decay_start = int(lr_decay_from * gan_steps)
+        schedules = [torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (gan_steps - s) / max(
+            gan_steps - decay_start, 1))) for opt in (opt_g, opt_d)]
         order_rng = torch.Generator().manual_seed(seed)
         ones, zeros = torch.ones(batch_size), torch.zeros(batch_size)
         step, history = 0, []
@@ -192,6 +200,8 @@ def train_gan(dataset: str, epochs: int, out: str | Path, seed: int = 0, setting
                 opt_g.zero_grad(set_to_none=True)
                 loss_g.backward()
                 opt_g.step()
+                for schedule in schedules:
+                    schedule.step()
                 _update_ema(ema, generator, ema_decay if step >= n_batches // 2 else 0.0)
                 step += 1
                 sums += torch.tensor([loss_d.item(), loss_g.item(), torch.sigmoid(d_real).mean().item(),
@@ -216,7 +226,7 @@ def train_gan(dataset: str, epochs: int, out: str | Path, seed: int = 0, setting
                 z = torch.randn(1024, nz)
                 encoder_loss = round(F.mse_loss(encoder(ema(z)), z).item(), 4)
     training = {"dataset": dataset, "epochs": epochs, "seed": seed, "batch_size": batch_size, "lr": lr,
-                "class_weight": class_weight if n_classes else 0.0,
+                "lr_decay_from": lr_decay_from, "class_weight": class_weight if n_classes else 0.0,
                 "ndf": ndf, "ema_decay": ema_decay, "limit": limit, "images": len(images),
                 "encoder_steps": encoder_steps, "threads": threads, "history": history,
                 "encoder_latent_mse": encoder_loss}

@@ -8,7 +8,6 @@ import hashlib
 import json
 import os
 import re
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING
 from studio.config import resolve_under
 from studio.contract import ModelInfo
 from studio.errors import InputError, NotFound
+from studio.hashing import file_sha256
 
 if TYPE_CHECKING:
     from studio.config import Settings
@@ -26,8 +26,6 @@ if TYPE_CHECKING:
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")
 REQUIRED_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-HASH_CACHE_FILE = "sd-weights-sha256.json"
-_hash_lock = threading.Lock()
 
 
 def sd_dirs(settings: Settings) -> list[Path]:
@@ -35,43 +33,14 @@ def sd_dirs(settings: Settings) -> list[Path]:
     return [root / "sd" for root in settings.model_root_paths]
 
 
-def _file_sha256(path: Path, cache: dict) -> str:
-    real = path.resolve()
-    stat = real.stat()
-    key = str(real)
-    hit = cache.get(key)
-    if hit and hit.get("size") == stat.st_size and hit.get("mtime_ns") == stat.st_mtime_ns:
-        return hit["sha256"]
-    digest = hashlib.sha256()
-    with open(real, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    cache[key] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest.hexdigest()}
-    return cache[key]["sha256"]
-
-
 def weights_sha256(folder: Path, cache_dir: Path | None = None) -> str:
     """A stable hash over a pipeline folder's weight files: sha256 of their sorted relative names and
-    per-file sha256s. Per-file hashes are cached by size and mtime in `cache_dir`."""
+    per-file sha256s (cached by size and mtime, on disk in `cache_dir` when given)."""
     files = sorted(p for p in folder.rglob("*") if p.suffix in WEIGHT_SUFFIXES and p.is_file()
                    and not any(part.startswith(".") for part in p.relative_to(folder).parts))
-    cache_file = cache_dir / HASH_CACHE_FILE if cache_dir else None
-    with _hash_lock:
-        cache: dict = {}
-        if cache_file and cache_file.is_file():
-            try:
-                cache = json.loads(cache_file.read_text())
-            except (OSError, json.JSONDecodeError):
-                cache = {}
-        before = json.dumps(cache, sort_keys=True)
-        total = hashlib.sha256()
-        for f in files:
-            total.update(f"{f.relative_to(folder).as_posix()}\0{_file_sha256(f, cache)}\n".encode())
-        if cache_file and json.dumps(cache, sort_keys=True) != before:
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(cache, sort_keys=True))
-            os.replace(tmp, cache_file)
+    total = hashlib.sha256()
+    for f in files:
+        total.update(f"{f.relative_to(folder).as_posix()}\0{file_sha256(f, cache_dir)}\n".encode())
     return total.hexdigest()
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import ClassVar
@@ -26,27 +25,12 @@ from studio.contract import (
     no_progress,
 )
 from studio.errors import InputError, NotFound
+from studio.hashing import file_sha256
 
 SHIPPED = Path(__file__).parent / "weights" / "mnist.safetensors"
 SPACE = "z"
 BATCH = 512
 DTYPES = {"auto": torch.float32, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-_sha_cache: dict[tuple[str, int, int], str] = {}
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, cached by path, modification time and size."""
-    st = path.stat()
-    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
-    if key not in _sha_cache:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        _sha_cache[key] = h.hexdigest()
-    return _sha_cache[key]
-
 
 def _model_info(name: str, path: Path, description: str) -> ModelInfo:
     from studio.safetensors_io import read_metadata

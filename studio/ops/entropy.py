@@ -65,8 +65,7 @@ class FrequencyTables:
     def information_bits(self, symbols: np.ndarray) -> float:
         """The ideal code length of `symbols` under these tables, in bits (sum of -log2 p)."""
         sym = self._checked(symbols)
-        rows = self.cumulative[self.index]
-        freq = np.take_along_axis(rows, sym[:, None] + 1, 1) - np.take_along_axis(rows, sym[:, None], 1)
+        freq = self.cumulative[self.index, sym + 1] - self.cumulative[self.index, sym]
         return float(self.precision * len(sym) - np.log2(freq).sum())
 
     def _checked(self, symbols: np.ndarray) -> np.ndarray:
@@ -134,9 +133,8 @@ def gaussian_tables(levels: int, mean: np.ndarray | float, std: np.ndarray | flo
 def encode_symbols(symbols: np.ndarray, tables: FrequencyTables) -> bytes:
     """Arithmetic-code one message: symbol d (in [0, levels)) under table `tables.index[d]`."""
     sym = tables._checked(symbols)
-    rows = tables.cumulative[tables.index]
-    starts = np.take_along_axis(rows, sym[:, None], 1)[:, 0].tolist()
-    ends = np.take_along_axis(rows, sym[:, None] + 1, 1)[:, 0].tolist()
+    starts = tables.cumulative[tables.index, sym].tolist()
+    ends = tables.cumulative[tables.index, sym + 1].tolist()
     shift = tables.precision
     low, high, pending = 0, TOP, 0
     bits: list[int] = []

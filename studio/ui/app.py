@@ -74,7 +74,7 @@ def build_app(client: QueueClient, settings: Settings, catalog: Catalog | None =
                                  info="0: the backend's default")
         with gr.Accordion("Backend options (JSON, advanced)", open=False):
             options_json = gr.Textbox(value="", label="Options", placeholder='{"steps": 20}', max_lines=3,
-                                      container=False)
+                                      elem_id="ls-options", container=False)
         ctx.components.update(backend=backend, model=model, prompt=prompt, negative_prompt=negative, steps=steps,
                               guidance=guidance, options_json=options_json)
 

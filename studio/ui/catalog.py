@@ -40,11 +40,15 @@ class Catalog:
         self._lock = threading.Lock()
         self._info: dict | None = None
 
-    def refresh(self) -> dict:
+    def refresh(self, rescan: bool = False) -> dict:
+        """Describe the backends again; `rescan` also re-reads the installed entry points."""
         describe = self._describe
         if describe is None:
             from studio.plugins_info import describe_plugins
+            from studio.registry import load_registry
 
+            if rescan:
+                load_registry(refresh=True)
             describe = describe_plugins
         info = describe(self.settings, load_models=False)
         with self._lock:

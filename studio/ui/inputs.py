@@ -119,10 +119,6 @@ def trusted_path(path: str | None, settings: Settings) -> str:
     return str(resolved)
 
 
-GENERATE_FIELDS = ("backend", "model", "seed", "n", "temperature", "truncation", "prompt", "negative_prompt",
-                   "steps", "guidance", "options")
-
-
 def generate_params(record: dict) -> dict:
     """Generate-tab parameters that reproduce an image from its record.
 

@@ -12,12 +12,15 @@ CSS = """
 .ls-pixel img, .ls-pixel canvas, .ls-gallery img { image-rendering: pixelated; }
 .ls-gallery .thumbnail-item img, .ls-gallery img { background: #111; }
 .ls-gallery .caption-label { font-size: 11px; padding: 0 5px; opacity: .85; }
+#compress-panels .caption-label { white-space: normal; max-width: 92%; text-align: left; line-height: 1.3;
+  padding: 2px 6px; }
 .ls-big .image-container, .ls-big .image-frame { width: 100%; height: 100%; }
 .ls-big .image-frame img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
 .ls-status p { margin: 0; font-size: 0.92rem; color: var(--body-text-color-subdued); }
 .ls-chip { display: inline-block; padding: 1px 8px; margin: 2px 4px 2px 0; border-radius: 999px; font-size: 12px;
   background: var(--color-accent-soft); color: var(--body-text-color); border: 1px solid var(--border-color-accent); }
-.ls-jobs { width: 100%; border-collapse: collapse; font-size: 14px; }
+.ls-jobs { width: 100%; border-collapse: collapse; font-size: 14px; border: none !important; }
+.ls-jobs th, .ls-jobs td { border-left: none !important; border-right: none !important; }
 .ls-jobs th, .ls-jobs td { padding: 6px 8px; border-bottom: 1px solid var(--border-color-primary); text-align: left;
   vertical-align: middle; }
 .ls-jobs th { font-weight: 600; color: var(--body-text-color-subdued); }

@@ -38,8 +38,9 @@ def took(job: dict) -> str:
 
 def progress_bar(fraction: float | None, state: str) -> str:
     value = 1.0 if state == "SUCCEEDED" else max(0.0, min(1.0, float(fraction or 0.0)))
+    label = "" if state in ("FAILED", "CANCELLED") else f"<small>{value:.0%}</small>"
     return (f'<div class="ls-bar ls-{STATE_CLASS.get(state, "queued")}" title="{value:.0%}">'
-            f'<span style="width:{value * 100:.1f}%"></span></div><small>{value:.0%}</small>')
+            f'<span style="width:{value * 100:.1f}%"></span></div>{label}')
 
 
 def job_table(jobs: Sequence[dict], now: float | None = None) -> str:

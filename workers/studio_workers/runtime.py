@@ -144,10 +144,11 @@ class WorkerRuntime(Runtime):
             torch.cuda.empty_cache()
 
     def loaded(self) -> list[dict]:
-        """What is warm now: backend, model, device and size, least recently used first."""
-        with self._lock:
-            return [{"backend": b.name, "model": b.model.name, "device": b.device, "dtype": b.dtype,
-                     "mb": round(size / 2**20, 2)} for b, size in self._cache.values()]
+        """What is warm now: backend, model, device and size, least recently used first (no lock: a model
+        being loaded must not hold up the worker's advertisement)."""
+        entries = list(self._cache.values())
+        return [{"backend": b.name, "model": b.model.name, "device": b.device, "dtype": b.dtype,
+                 "mb": round(size / 2**20, 2)} for b, size in entries]
 
 
 __all__ = ["WorkerRuntime", "model_bytes", "worker_device"]

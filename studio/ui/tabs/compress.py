@@ -46,7 +46,7 @@ def build(ctx: UIContext) -> None:
                                    elem_classes=["ls-pixel", "ls-big"], elem_id="compress-preview")
             upload = gr.Image(label="Upload an image", type="filepath", sources=["upload", "clipboard"],
                               visible=False, height=220, elem_classes=["ls-pixel"])
-            sketch = gr.Sketchpad(label="Draw (white on black, like MNIST)", type="numpy", visible=False,
+            sketch = gr.Sketchpad(label="Draw", type="numpy", visible=False, elem_id="compress-sketch",
                                   value=_blank_canvas(), canvas_size=(CANVAS, CANVAS), fixed_canvas=True,
                                   layers=False, transforms=(),
                                   brush=gr.Brush(colors=["#ffffff"], default_color="#ffffff", default_size=18,
@@ -56,12 +56,12 @@ def build(ctx: UIContext) -> None:
             go = gr.Button("Compress", variant="primary", elem_id="compress-button")
         with gr.Column(scale=3):
             panels = gr.Gallery(label="Original · reconstruction · JPEG · WebP at the same bytes", columns=4,
-                                height=300, object_fit="contain", format="png", elem_id="compress-panels",
+                                height="auto", object_fit="contain", format="png", elem_id="compress-panels",
                                 elem_classes=["ls-gallery", "ls-pixel"], buttons=["download", "fullscreen"])
             table = gr.Dataframe(headers=["Method", "PSNR", "SSIM", "Bytes"], value=[], interactive=False,
                                  label="At the same number of bytes", elem_id="compress-table")
             status = gr.Markdown("Pick an image and press **Compress**.", label="Status",
-                                 elem_classes=["ls-status"])
+                                 elem_classes=["ls-status"], elem_id="compress-status")
 
     source.change(lambda s: (gr.update(visible=s == "Dataset"), gr.update(visible=s == "Upload"),
                              gr.update(visible=s == "Draw")),
@@ -95,16 +95,16 @@ def build(ctx: UIContext) -> None:
         m = done.metrics
         ours = panel_label(f"Latent codec, {int(bits)} bits", m.get("psnr"), m.get("ssim"), m.get("bytes_per_image"))
         items = [(done.path("original.png"), "Original"), (done.path("reconstruction.png"), ours)]
-        for fmt, name in (("jpeg", "JPEG"), ("webp", "WebP")):
-            path = done.path(f"{fmt}.png")
-            if path and m.get(f"{fmt}_bytes") is not None:
-                items.append((path, panel_label(name, m.get(f"{fmt}_psnr"), m.get(f"{fmt}_ssim"),
-                                                m.get(f"{fmt}_bytes"))))
+        for fmt, name, suffix in (("jpeg", "JPEG", "jpg"), ("webp", "WebP", "webp")):
+            path = done.path(f"baseline.{suffix}") or done.path(f"{fmt}.png")
+            if m.get(f"{fmt}_bytes") is not None:
+                caption = panel_label(f"{name}, same bytes", m.get(f"{fmt}_psnr"), m.get(f"{fmt}_ssim"),
+                                      m.get(f"{fmt}_bytes"))
             else:
-                smallest = m.get(f"{fmt}_min_bytes")
-                note = f"{name} cannot get this small" + (f": its smallest file is {smallest:.0f} B"
-                                                          if isinstance(smallest, (int, float)) else "")
-                items.append((path or placeholder(note), note))
+                caption = panel_label(f"{name} cannot get this small; its smallest file",
+                                      m.get(f"{fmt}_psnr_at_min_bytes"), m.get(f"{fmt}_ssim_at_min_bytes"),
+                                      m.get(f"{fmt}_min_bytes"))
+            items.append((path or placeholder(caption), caption))
         items = [(p, c) for p, c in items if p is not None]
         return items, compression_rows(m), done.summary() + f" · {m.get('bytes_per_image', 0):.0f} bytes, " \
             f"{m.get('bpp', 0):.3f} bits per pixel"

@@ -15,7 +15,7 @@ from studio.ui.jobs import ui_errors
 def strengths_for(strength: float, frames: int) -> list[float]:
     """The strip's strengths: from 0 (the original) to `strength` in `frames` steps."""
     frames = max(2, int(frames))
-    return [round(strength * i / (frames - 1), 4) for i in range(frames)]
+    return [round(strength * i / (frames - 1), 4) + 0.0 for i in range(frames)]  # + 0.0: no -0.0
 
 
 def vector_choices(ctx: UIContext, backend: str | None, model: str | None) -> list[str]:
@@ -79,7 +79,7 @@ def build(ctx: UIContext) -> None:
         with gr.Row():
             fit_method = gr.Radio(["balanced", "mean", "classifier"], value="balanced", label="Method",
                                   info="balanced corrects for class imbalance (Tom White's bias correction)")
-            fit_limit = gr.Slider(100, 20000, value=5000, step=100, label="Images to use")
+            fit_limit = gr.Slider(100, 20000, value=3000, step=100, label="Images to use")
         fit_go = gr.Button("Fit vector", variant="secondary", elem_id="fit-dataset-button")
         fit_status = gr.Markdown("", label="Status", elem_classes=["ls-status"])
 
@@ -91,19 +91,20 @@ def build(ctx: UIContext) -> None:
             pick_count = gr.Slider(4, min(32, ctx.max_images), value=min(16, ctx.max_images), step=1,
                                    label="Images")
             pick_go = gr.Button("Generate grid", elem_id="pick-grid-button")
-        pick_gallery = gr.Gallery(label="Click an image to pick it", columns=8, height=260, allow_preview=False,
+        pick_gallery = gr.Gallery(label="Click an image to pick it", columns=8, height="auto", allow_preview=False,
                                   elem_classes=["ls-gallery", "ls-pixel"], format="png", elem_id="pick-gallery")
         with gr.Row():
-            add_with = gr.Button("➕ With the attribute")
-            add_without = gr.Button("➖ Without it")
+            add_with = gr.Button("With the attribute", icon=None)
+            add_without = gr.Button("Without it")
             clear = gr.Button("Clear picks", size="sm")
         with gr.Row():
-            with_seeds = gr.Textbox(label="Seeds WITH the attribute", placeholder="e.g. 101, 107, 112")
-            without_seeds = gr.Textbox(label="Seeds WITHOUT it", placeholder="e.g. 100, 103")
+            with_seeds = gr.Textbox(label="Seeds WITH the attribute", placeholder="e.g. 101, 107, 112",
+                                    elem_id="pick-with")
+            without_seeds = gr.Textbox(label="Seeds WITHOUT it", placeholder="e.g. 100, 103", elem_id="pick-without")
         with gr.Row():
             pick_name = gr.Textbox(label="Vector name", value="picked", max_lines=1)
             pick_fit = gr.Button("Fit vector from picks", variant="secondary", elem_id="fit-picks-button")
-        pick_status = gr.Markdown("", label="Status", elem_classes=["ls-status"])
+        pick_status = gr.Markdown("", label="Status", elem_classes=["ls-status"], elem_id="pick-status")
     grid_state = gr.State({"first": 0, "count": 0})
     picked = gr.State(None)
 

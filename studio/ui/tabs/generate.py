@@ -53,8 +53,7 @@ def build(ctx: UIContext) -> None:
         seeds = done.metrics.get("seeds") or [spec["seed"] + i for i in range(spec["n"])]
         images = done.images("sample_")
         items = [(path, f"seed {s}") for path, s in zip(images, seeds, strict=False)]
-        summary = {"job_id": done.job_id, "seeds": seeds, "images": images, "grid": done.path("grid.png"),
-                   "metrics": done.metrics}
+        summary = {"job_id": done.job_id, "seeds": seeds, "metrics": done.metrics}
         return items, done.summary() + f" · {len(items)} images", summary
 
     go.click(generate, inputs=[*ctx.common_inputs(), seed, n, temperature, truncation],

@@ -21,7 +21,7 @@ def build(ctx: UIContext) -> None:
     @ui_errors
     def rescan() -> tuple:
         """Describe installed plugins (versions, capabilities, models, errors) and live workers."""
-        info = ctx.catalog.refresh()
+        info = ctx.catalog.refresh(rescan=True)
         return plugin_cards(info), workers_view(ctx.client.workers()), without_paths(info)
 
     details = gr.JSON(visible=False)

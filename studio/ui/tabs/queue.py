@@ -12,7 +12,7 @@ from studio.ui.context import UIContext
 from studio.ui.inputs import generate_params, read_png_record, trusted_path
 from studio.ui.jobs import ui_errors
 from studio.ui.tabs.generate import restore_outputs, restore_targets
-from studio.ui.views import job_table
+from studio.ui.views import job_table, without_paths
 
 STATES = ["all", "QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"]
 MAIN_ARTIFACTS = ("grid.png", "strip.png", "side_by_side.png", "plot.png", "top_anomalies.png", "comparison.png",
@@ -40,10 +40,11 @@ def main_image(job: dict) -> str | None:
 
 def build(ctx: UIContext) -> None:
     client = ctx.client
-    with gr.Row(equal_height=True):
+    with gr.Row(equal_height=False):
         state = gr.Dropdown(STATES, value="all", label="Show", scale=2, min_width=160)
-        auto = gr.Checkbox(value=True, label=f"Refresh every {REFRESH_S:g} s", scale=1, min_width=160)
-        refresh = gr.Button("Refresh now", scale=1, min_width=120, elem_id="queue-refresh")
+        with gr.Column(scale=1, min_width=200):
+            auto = gr.Checkbox(value=True, label=f"Refresh every {REFRESH_S:g} s")
+            refresh = gr.Button("Refresh now", size="sm", elem_id="queue-refresh")
     table = gr.HTML(job_table([]), elem_id="queue-table")
     with gr.Row(equal_height=False):
         job = gr.Dropdown([], label="Job", allow_custom_value=True, scale=2, elem_id="queue-job",
@@ -61,12 +62,12 @@ def build(ctx: UIContext) -> None:
     gr.Markdown("### History")
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
-            history = gr.Gallery(label="Recent results (click one to see its record)", columns=6, height=420,
-                                 elem_classes=["ls-gallery", "ls-pixel"], format="png", elem_id="queue-history",
-                                 allow_preview=False)
+            history = gr.Gallery(label="Recent results (click one to see its record)", columns=5, height="auto",
+                                 object_fit="contain", elem_classes=["ls-gallery", "ls-pixel"], format="png",
+                                 elem_id="queue-history", allow_preview=False)
         with gr.Column(scale=2):
             record = gr.JSON(label="Record (embedded in the PNG)", elem_id="queue-record")
-            download = gr.File(label="Download the PNG (it carries its record)", interactive=False)
+            download = gr.File(label="Download the PNG (it carries its record)", interactive=False, height=100)
             with gr.Row():
                 send = gr.Button("Send to Generate", variant="primary", elem_id="send-to-generate")
                 replay_image = gr.Button("Replay this image")
@@ -102,7 +103,7 @@ def build(ctx: UIContext) -> None:
     def status_of(job_id: str) -> dict:
         st = dict(client.status(job_id))
         st.pop("preview_png_b64", None)
-        return st
+        return without_paths(st)
 
     @ui_errors
     def on_job(job_id: str | None) -> dict | None:
