@@ -98,6 +98,10 @@ def run_up(settings: Settings, host: str | None = None, port: int | None = None,
     """Start broker, worker and front end; block until interrupted; then stop what was started here."""
     from studio.client import StudioClient
 
+    if ui and importlib.util.find_spec("studio.ui") is not None:  # refuse an unsafe address before anything starts
+        from studio.ui.security import launch_auth
+
+        launch_auth(settings, host or settings.ui_host, False)
     url, embedded = ensure_broker(settings)
     settings = dataclasses.replace(settings, broker_url=url)
     env = {**os.environ, "STUDIO_BROKER_URL": url, "STUDIO_HOME": str(settings.home)}
