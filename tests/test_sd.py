@@ -14,6 +14,7 @@ from studio_sd.tiny import build_sd_pipeline, build_tiny_sd
 from studio.config import load_settings
 from studio.contract import CODEC, CONDITION, SEED
 from studio.errors import Cancelled, InputError, NotFound
+from studio.hashing import CACHE_FILE
 
 PROMPT = "a photo of a smiling cat"
 
@@ -84,7 +85,7 @@ def test_available_models_lists_folders_under_sd(settings, roots):
     models = SDBackend.available_models(settings)
     assert [m.name for m in models] == ["tiny"]
     assert len(models[0].sha256) == 64 and models[0].sha256 == weights_sha256(settings.model_root_paths[0] / "sd/tiny")
-    assert (settings.cache_path / "sd-weights-sha256.json").is_file()  # per-file hashes cached
+    assert (settings.cache_path / CACHE_FILE).is_file()  # per-file hashes cached on disk
 
 
 def test_load_by_name_and_by_relative_folder(settings, backend):

@@ -90,7 +90,7 @@ class Discriminator(nn.Module):
     (AC-GAN style) that shares the discriminator's features.
     """
 
-    def __init__(self, config: GeneratorConfig, ndf: int, n_classes: int = 0) -> None:
+    def __init__(self, config: GeneratorConfig, ndf: int, n_classes: int = 0, extra_layers: int = 0) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Conv2d(config.nc, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True)]
         width = ndf
@@ -98,6 +98,8 @@ class Discriminator(nn.Module):
             layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width * 2),
                        nn.LeakyReLU(0.2, True)]
             width *= 2
+        for _ in range(extra_layers):  # 3x3 layers at the lowest resolution: a less linear judgement of shape
+            layers += [nn.Conv2d(width, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.LeakyReLU(0.2, True)]
         self.body = nn.Sequential(*layers, MinibatchStd())
         self.head = nn.Conv2d(width + 1, 1 + n_classes, config.start, 1, 0, bias=False)
 

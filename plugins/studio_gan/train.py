@@ -118,8 +118,8 @@ def train_encoder(generator: Generator, steps: int, batch_size: int = 128, width
 
 
 def train_gan(dataset: str, epochs: int, out: str | Path, seed: int = 0, settings: Settings | None = None,
-              progress: Progress = no_progress, nz: int = 64, ngf: int = 48, ndf: int = 48, size: int = 28,
-              channels: int = 1, batch_size: int = 64, lr: float = 2e-4, lr_decay_from: float = 0.6,
+              progress: Progress = no_progress, nz: int = 64, ngf: int = 48, ndf: int = 48, d_extra_layers: int = 0,
+              size: int = 28, channels: int = 1, batch_size: int = 64, lr: float = 2e-4, lr_decay_from: float = 0.6,
               ema_decay: float = 0.999, class_weight: float = 1.0, encoder_steps: int = 2000,
               encoder_width: int = 32, limit: int | None = None, threads: int = 1,
               on_epoch: Callable[[int, Generator], None] | None = None) -> dict:
@@ -165,7 +165,7 @@ def train_gan(dataset: str, epochs: int, out: str | Path, seed: int = 0, setting
     total = epochs * n_batches + encoder_steps
     began = time.perf_counter()
     with deterministic_torch(threads, seed):
-        generator, discriminator = Generator(config), Discriminator(config, ndf, n_classes)
+        generator, discriminator = Generator(config), Discriminator(config, ndf, n_classes, d_extra_layers)
         generator.apply(init_dcgan_weights)
         discriminator.apply(init_dcgan_weights)
         ema = copy.deepcopy(generator)
@@ -227,7 +227,8 @@ def train_gan(dataset: str, epochs: int, out: str | Path, seed: int = 0, setting
                 encoder_loss = round(F.mse_loss(encoder(ema(z)), z).item(), 4)
     training = {"dataset": dataset, "epochs": epochs, "seed": seed, "batch_size": batch_size, "lr": lr,
                 "lr_decay_from": lr_decay_from, "class_weight": class_weight if n_classes else 0.0,
-                "ndf": ndf, "ema_decay": ema_decay, "limit": limit, "images": len(images),
+                "ndf": ndf, "d_extra_layers": d_extra_layers, "ema_decay": ema_decay, "limit": limit,
+                "images": len(images),
                 "encoder_steps": encoder_steps, "threads": threads, "history": history,
                 "encoder_latent_mse": encoder_loss}
     save_weights(out, tensors, weights_metadata(config, encoder_width if encoder_steps > 0 else None, training))
