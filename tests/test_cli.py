@@ -90,6 +90,8 @@ def test_plugins_lists_backends_with_spaces_and_hashes(studio_cli):
     (["run", "roundtrip", "--backend", "pca", "--dataset", "mnist", "--bits", "13"], "bits must be between 1 and 12"),
     (["run", "edit", "--backend", "pca", "--vector", "nosuch", "--seed", "1"], "nosuch"),
     (["run", "roundtrip", "--backend", "pca", "--dataset", "nosuchdata", "--bits", "4"], "unknown dataset"),
+    (["run", "edit", "--backend", "pca", "--seed", "1", "--colour", "red"], "No such option: --colour"),
+    (["run", "sample"], "Missing option '--backend'"),
 ])
 def test_bad_input_gets_one_line_and_no_traceback(studio_cli, tmp_path, args, message):
     (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")

@@ -136,6 +136,13 @@ def _first_line(exc: BaseException) -> str:
     return (text[0] if text else type(exc).__name__)[:300]
 
 
+def silence_optional_dependency_warnings() -> None:
+    """transformers warns at import that torchvision is missing (the studio never needs it): keep stderr clean."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.set_verbosity_error()
+
+
 @contextmanager
 def quiet_loading() -> Iterator[None]:
     """Switch off diffusers' and transformers' tqdm bars while loading or saving (the studio reports its own
@@ -170,6 +177,7 @@ def load_pipeline(source: Path | str, runtime: RuntimeOptions, settings: Setting
 
     `safety_checker`: "auto" loads it when the checkpoint has one, "0" never loads it.
     """
+    silence_optional_dependency_warnings()
     from diffusers import StableDiffusionPipeline
 
     from .optimise import torch_dtype

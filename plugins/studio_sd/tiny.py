@@ -132,6 +132,10 @@ def build_sd_pipeline(arch: Arch = "tiny", seed: int = 0, trained_vae: bool = Tr
     text encoder still has CLIP ViT-L's 49408-token embedding, so its cost is the real one.
     """
     import torch
+
+    from .models import silence_optional_dependency_warnings
+
+    silence_optional_dependency_warnings()
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 

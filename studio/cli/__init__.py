@@ -22,9 +22,22 @@ def _register() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: every StudioError becomes one line on stderr and exit status 2."""
+    try:  # typer >= 0.20 vendors click as typer._click; older versions use click itself
+        from typer._click import exceptions as click_errors
+    except ImportError:  # pragma: no cover
+        from click import exceptions as click_errors
+
     _register()
     try:
-        app(args=argv, standalone_mode=True)
+        code = app(args=argv, standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
+    except click_errors.UsageError as exc:  # a wrong flag or a missing argument: one line, like any bad input
+        where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+        sys.stderr.write(f"error: {exc.format_message()}{where}\n")
+        sys.exit(2)
+    except typer.Abort:
+        sys.stderr.write("aborted\n")
+        sys.exit(130)
     except StudioError as exc:
         sys.stderr.write(f"error: {exc}\n")
         sys.exit(2)

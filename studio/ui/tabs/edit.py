@@ -77,8 +77,9 @@ def build(ctx: UIContext) -> None:
             fit_attribute = gr.Dropdown(ATTRIBUTES, value="thickness", label="Attribute", allow_custom_value=True,
                                         info="class:C, class:A-vs-B, thickness or slant")
         with gr.Row():
-            fit_method = gr.Radio(["balanced", "mean", "classifier"], value="balanced", label="Method",
-                                  info="balanced corrects for class imbalance (Tom White's bias correction)")
+            fit_method = gr.Radio(["classifier", "balanced", "mean"], value="classifier", label="Method",
+                                  info="classifier: a linear classifier's normal (keeps the class best); balanced: "
+                                       "Tom White's bias correction; mean: the plain mean difference")
             fit_limit = gr.Slider(100, 20000, value=3000, step=100, label="Images to use")
         fit_go = gr.Button("Fit vector", variant="secondary", elem_id="fit-dataset-button")
         fit_status = gr.Markdown("", label="Status", elem_classes=["ls-status"])
