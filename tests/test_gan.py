@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from studio_gan.backend import GANBackend, GANOptions
-from studio_gan.importer import import_dcgan_tutorial, infer_config, load_weights, sha256_file
+from studio_gan.importer import import_dcgan_tutorial, infer_config, load_weights
 from studio_gan.invert import InversionSettings, invert
 from studio_gan.models import Generator, GeneratorConfig
 from studio_gan.train import train_gan
@@ -17,6 +17,7 @@ from studio_gan.train import train_gan
 from studio.config import load_settings
 from studio.contract import CODEC, SEED
 from studio.errors import InputError, NotFound
+from studio.hashing import file_sha256
 
 SHIPPED = Path(__file__).resolve().parents[1] / "plugins" / "studio_gan" / "weights" / "mnist.safetensors"
 
@@ -99,7 +100,7 @@ def test_shipped_mnist_declares_its_space_and_shape(mnist_backend):
     assert z_space.roles == frozenset({SEED, CODEC}) and z_space.prior == "gaussian"
     assert z_space.shape == (mnist_backend.config.nz,)
     assert mnist_backend.image_shape() == (1, 28, 28)
-    assert mnist_backend.model.sha256 == sha256_file(SHIPPED)
+    assert mnist_backend.model.sha256 == file_sha256(SHIPPED)
 
 
 def test_sample_shapes_range_and_determinism(mnist_backend):
@@ -146,7 +147,7 @@ def test_faces_model_converts_from_the_package_and_makes_faces(settings):
     models = {m.name: m for m in GANBackend.available_models(settings)}
     assert {"mnist", "faces"} <= set(models)
     converted = settings.model_root_paths[0] / "gan" / "faces.safetensors"
-    assert converted.is_file() and models["faces"].sha256 == sha256_file(converted)
+    assert converted.is_file() and models["faces"].sha256 == file_sha256(converted)
     backend = GANBackend.load("faces", settings)
     assert backend.image_shape() == (3, 64, 64) and backend.config.nz == 100 and backend.config.ngf == 64
     assert sum(p.numel() for p in backend.generator.parameters()) == 3_576_704
@@ -175,7 +176,7 @@ def test_import_round_trip(settings, tmp_path, layout):
     torch.save(checkpoint, path)
     info = import_dcgan_tutorial(path, "tiny", settings)
     assert Path(info.path) == settings.model_root_paths[0] / "gan" / "tiny.safetensors"
-    assert info.extra["nz"] == 8 and info.extra["size"] == 16 and info.sha256 == sha256_file(info.path)
+    assert info.extra["nz"] == 8 and info.extra["size"] == 16 and info.sha256 == file_sha256(info.path)
     assert "tiny" in {m.name for m in GANBackend.available_models(settings)}
     backend = GANBackend.load("tiny", settings)
     z = backend.sample_prior("z", [4, 5])

@@ -8,7 +8,6 @@ against the architecture before anything is written.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import warnings
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 from studio.config import Settings, load_settings, resolve_under
 from studio.contract import ModelInfo
 from studio.errors import InputError, NotFound
+from studio.hashing import file_sha256
 from studio.safetensors_io import read_metadata, save_weights
 
 from .models import Encoder, Generator, GeneratorConfig
@@ -26,23 +26,6 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 RESERVED_NAMES = frozenset({"mnist", "faces"})
 MAX_CHECKPOINT_BYTES = 2 * 1024**3
 MODEL_SUBDIR = "gan"
-_sha_cache: dict[tuple[str, int, int], str] = {}
-
-
-def sha256_file(path: str | Path) -> str:
-    """The sha256 of a file, cached per (path, size, mtime)."""
-    p = Path(path)
-    st = p.stat()
-    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _sha_cache:
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _sha_cache[key] = h.hexdigest()
-    return _sha_cache[key]
-
-
 def model_dir(settings: Settings) -> Path:
     """Where imported and converted GAN weights go: `<first model root>/gan`."""
     return settings.model_root_paths[0] / MODEL_SUBDIR
@@ -155,7 +138,7 @@ def model_info(name: str, path: Path, description: str) -> ModelInfo:
         extra["encoder"] = "encoder_width" in meta
     except (OSError, ValueError, UnicodeDecodeError) as exc:  # listed, but loading it reports the problem
         extra = {"error": f"unreadable header: {type(exc).__name__}"}
-    return ModelInfo(name=name, path=str(path), sha256=sha256_file(path), description=description, extra=extra)
+    return ModelInfo(name=name, path=str(path), sha256=file_sha256(path), description=description, extra=extra)
 
 
 def load_weights(path: str | Path) -> tuple[Generator, Encoder | None, dict[str, str]]:
