@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import os
 import struct
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,9 +52,12 @@ def _cached(settings: Settings, key: str, build) -> dict[str, np.ndarray]:
             return {k: z[k] for k in z.files}
     arrays = build()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    tmp.replace(path)
+    tmp = path.with_name(f"{key}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.npz")  # concurrent writers never collide
+    try:
+        np.savez_compressed(tmp, **arrays)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return arrays
 
 

@@ -143,3 +143,26 @@ def test_fit_a_vector_then_edit_with_it(studio_cli, tmp_path):
     ink = thickness(to_tensor(ims, (1, 28, 28)))
     assert ink[0] < ink[1] < ink[2]
     assert read_record(tmp_path / "edit_002.png")["item"]["strength"] == 2.0
+
+
+def test_progress_bar_keeps_one_bar_while_the_message_changes(monkeypatch):
+    """Training reports losses in every message; the bar must carry on (true rate and ETA), not restart."""
+    import io
+    import re
+    import sys
+    import time
+
+    from studio.cli.common import Bar
+
+    err = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    bar = Bar("train gan", force=True)
+    for step in range(1, 101):
+        bar(step, 100, f"loss {step / 7:.3f}")
+        time.sleep(0.002)
+    bar(1, 50, "encoder")  # a new phase gets a new bar
+    bar.close()
+    shown = err.getvalue()
+    rates = [float(r) for r in re.findall(r"([\d.]+)it/s", shown)]
+    assert rates and max(rates) < 1000  # 2 ms a step: at most 500 steps/s, never a fresh bar's absurd rate
+    assert "train gan: loss " in shown and "/50 " in shown

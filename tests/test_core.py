@@ -33,6 +33,7 @@ def test_spec_accepts_a_valid_job():
     ({"op": "interpolate", "backend": "pca", "start": {"seed": 1}, "end": {}}, "give either a seed or an image"),
     ({"op": "edit", "backend": "pca", "vector": "../etc", "source": {"seed": 1}}, "vector names use letters"),
     ({"op": "sample", "backend": "pca", "colour": "red"}, "Extra inputs are not permitted"),
+    ({"op": "evaluate", "backend": "pca", "n": 20000, "repeats": 4}, "n x repeats must be at most 60000"),
 ])
 def test_bad_specs_get_one_clear_line(data, message):
     with pytest.raises((InputError, NotFound)) as info:
@@ -128,3 +129,28 @@ def test_help_does_not_import_torch():
     code = "import sys; from studio.cli import main, _register; _register(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_dataset_cache_survives_concurrent_builders(tmp_path, monkeypatch):
+    """Two workers building the same dataset cache at once both get the arrays, and one complete file remains."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    from studio.datasets import _cached
+
+    monkeypatch.setenv("STUDIO_HOME", str(tmp_path))
+    settings = load_settings()
+    arrays = {"images": np.arange(2_000_000, dtype=np.uint8), "labels": np.arange(10)}
+    all_built = threading.Barrier(4)
+
+    def build() -> dict:
+        all_built.wait(timeout=30)  # every builder saves at the same moment
+        return arrays
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: _cached(settings, "race", build), range(4)))
+    assert all(np.array_equal(r["images"], arrays["images"]) for r in results)
+    assert sorted(p.name for p in settings.cache_path.iterdir()) == ["race.npz"]
+    assert np.array_equal(_cached(settings, "race", lambda: {})["labels"], arrays["labels"])

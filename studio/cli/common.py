@@ -96,21 +96,18 @@ class Bar:
         self.desc = desc
         self.enabled = force or sys.stderr.isatty()
         self._bar = None
-        self._key: tuple | None = None
 
     def __call__(self, step: int, total: int, message: str = "", preview: object = None) -> None:
         if not self.enabled:
             return
         from tqdm import tqdm
 
-        key = (message, total)
-        if self._bar is None or key != self._key:
+        if self._bar is None or total != self._bar.total or step < self._bar.n:  # a new phase: a new bar
             self.close()
-            self._bar = tqdm(total=total, desc=f"{self.desc}: {message}" if message else self.desc, file=sys.stderr,
-                             leave=False)
-            self._key = key
-        self._bar.n = step
-        self._bar.refresh()
+            self._bar = tqdm(total=total, desc=self.desc, file=sys.stderr, leave=False)
+        if message:  # the message changes every step (losses): update it in place, keeping rate and ETA
+            self._bar.set_description_str(f"{self.desc}: {message}", refresh=False)
+        self._bar.update(step - self._bar.n)
 
     def close(self) -> None:
         if self._bar is not None:
