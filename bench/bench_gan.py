@@ -87,7 +87,8 @@ def main() -> None:
         quality["seconds"] = round(time.perf_counter() - started, 1)
         results["quality"] = quality
         print(f"FLD {quality['fld']:.3f}  floor {quality['fld_floor']:.3f}  ratio {quality['fld_ratio']:.2f}  "
-              f"confident {quality['confident_share']:.3f}  (n={args.fld_n})")
+              f"confident {quality['confident_share']:.3f}  (means of {quality['repeats']} draws of n={args.fld_n}; "
+              f"FLD range {quality['fld_range']}, floor range {quality['fld_floor_range']})")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

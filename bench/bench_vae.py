@@ -43,7 +43,8 @@ def main() -> None:
         "test_images": len(test), "test_psnr": round(float(psnr_per_image(test.images, rec).mean()), 3),
         "test_psnr_pooled": round(10 * torch.log10(torch.tensor(1.0 / pooled_mse)).item(), 3),
         "roundtrip_seconds": round(psnr_seconds, 2),
-        **{k: quality[k] for k in ("n", "seed", "confident_share", "fld", "fld_floor", "fld_ratio", "class_share")},
+        **{k: quality[k] for k in ("n", "repeats", "seed", "confident_share", "fld", "fld_floor", "fld_ratio",
+                                   "fld_range", "fld_floor_range", "class_share")},
         "evaluate_seconds": round(time.perf_counter() - started, 2),
     }
     print(json.dumps(result, indent=2))

@@ -323,7 +323,7 @@ def _evaluate(job: _Job) -> None:
     from studio.evaluate import evaluate_backend
 
     s = job.spec
-    metrics = evaluate_backend(job.backend, n=s.n, seed=s.seed, settings=job.settings,
+    metrics = evaluate_backend(job.backend, n=s.n, seed=s.seed, repeats=s.repeats, settings=job.settings,
                                progress=job.sub_progress("evaluating"))
     job.result.metrics.update(metrics)
     job.result.add_json("metrics.json", metrics)

@@ -180,7 +180,15 @@ class FitVectorSpec(_Job):
 class EvaluateSpec(_Job):
     op: Literal["evaluate"] = "evaluate"
     n: int = Field(default=2000, ge=10, le=20000)
+    repeats: int = Field(default=5, ge=1, le=20)
     seed: Seed = 0
+
+    @model_validator(mode="after")
+    def _fits_the_training_set(self) -> EvaluateSpec:
+        if self.n * self.repeats > 60000:
+            raise ValueError(f"n x repeats must be at most 60000 (disjoint MNIST training subsets), "
+                             f"got {self.n} x {self.repeats}")
+        return self
 
 
 class WalkSpec(_Job):

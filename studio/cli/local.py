@@ -138,11 +138,13 @@ def train(backend: Annotated[str, typer.Argument(help="Backend to train (vae, ga
 
 
 def evaluate(backend: ops.Backend, model: ops.Model = None,
-             n: Annotated[int, typer.Option("--n", "-n", help="Number of samples.")] = 2000,
+             n: Annotated[int, typer.Option("--n", "-n", help="Number of samples per draw.")] = 2000,
+             repeats: Annotated[int, typer.Option(help="Draws of n averaged (samples and floor).")] = 5,
              seed: Annotated[int, typer.Option(help="First seed.")] = 0,
              as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """Sample quality: FLD and its floor in the project's MNIST classifier features."""
-    run_spec({"op": "evaluate", "backend": backend, "model": model, "n": n, "seed": seed}, None, as_json)
+    run_spec({"op": "evaluate", "backend": backend, "model": model, "n": n, "repeats": repeats, "seed": seed}, None,
+             as_json)
 
 
 def import_weights(backend: Annotated[str, typer.Argument(help="Backend (gan).")],

@@ -150,10 +150,11 @@ def walk(backend: Backend, model: Model = None,
 
 
 def evaluate(backend: Backend, model: Model = None,
-             n: Annotated[int, typer.Option("--n", "-n", help="Number of samples.")] = 2000,
+             n: Annotated[int, typer.Option("--n", "-n", help="Number of samples per draw.")] = 2000,
+             repeats: Annotated[int, typer.Option(help="Draws of n averaged (samples and floor).")] = 5,
              seed: Annotated[int, typer.Option(help="First seed.")] = 0) -> dict:
     """Sample quality: FLD (Fréchet distance in the project's MNIST classifier features) and its floor."""
-    return {"op": "evaluate", "backend": backend, "model": model, "n": n, "seed": seed}
+    return {"op": "evaluate", "backend": backend, "model": model, "n": n, "repeats": repeats, "seed": seed}
 
 
 def project(backend: Backend, model: Model = None,
