@@ -33,17 +33,18 @@ def main() -> None:
 
     import torch
     from studio_gan.backend import GANBackend, GANOptions
-    from studio_gan.importer import load_weights, sha256_file
+    from studio_gan.importer import load_weights
 
     from studio.config import load_settings
     from studio.contract import ModelInfo
     from studio.datasets import load_dataset
+    from studio.hashing import file_sha256
 
     torch.set_num_threads(args.threads)
     settings = load_settings()
     if args.weights:
         generator, encoder, _ = load_weights(args.weights)
-        backend = GANBackend(ModelInfo("bench", args.weights, sha256_file(args.weights)), generator, encoder,
+        backend = GANBackend(ModelInfo("bench", args.weights, file_sha256(args.weights)), generator, encoder,
                              settings=settings)
     else:
         backend = GANBackend.load(args.model, settings)

@@ -86,11 +86,21 @@ def test_generator_sizes(size, start, n_up):
     assert infer_config(Generator(config).state_dict()) == config
 
 
+def test_generator_with_a_mapping_network_round_trips_its_config():
+    config = GeneratorConfig(nz=6, ngf=2, nc=1, size=28, start=7, mapping=2, mapping_width=16)
+    generator = Generator(config).eval()
+    assert tuple(generator(torch.randn(3, 6)).shape) == (3, 1, 28, 28)
+    assert infer_config(generator.state_dict()) == config
+    assert GeneratorConfig.from_metadata(config.metadata()) == config
+
+
 def test_generator_config_refuses_impossible_sizes():
     with pytest.raises(ValueError):
         GeneratorConfig(nz=5, ngf=2, nc=1, size=30, start=4).validate()
     with pytest.raises(ValueError):
         GeneratorConfig(nz=5, ngf=2, nc=2, size=16, start=4).validate()
+    with pytest.raises(ValueError):
+        GeneratorConfig(nz=5, ngf=2, nc=1, size=16, start=4, mapping=2, mapping_width=0).validate()
 
 
 # ----- the shipped MNIST model -----
@@ -293,8 +303,8 @@ def test_default_inversion_reaches_16_db_on_mnist(mnist_backend):
 # ----- training -----
 
 def test_training_is_deterministic_by_seed(settings, tmp_path):
-    kwargs = dict(settings=settings, nz=8, ngf=4, ndf=4, batch_size=16, limit=48, encoder_steps=3,
-                  encoder_width=4)
+    kwargs = dict(settings=settings, nz=8, ngf=4, ndf=4, mapping=1, mapping_width=8, batch_size=16, limit=48,
+                  encoder_steps=3, encoder_width=4)
     steps = []
     metrics = train_gan("digits", 1, tmp_path / "a.safetensors", seed=3,
                         progress=lambda step, total, message="", preview=None: steps.append((step, total)), **kwargs)
@@ -305,7 +315,7 @@ def test_training_is_deterministic_by_seed(settings, tmp_path):
     assert a.read_bytes() == b.read_bytes()
     assert a.read_bytes() != c.read_bytes()
     generator, encoder, meta = load_weights(a)
-    assert generator.config == GeneratorConfig(nz=8, ngf=4, nc=1, size=28, start=7)
+    assert generator.config == GeneratorConfig(nz=8, ngf=4, nc=1, size=28, start=7, mapping=1, mapping_width=8)
     assert encoder is not None and meta["format"] == "studio-gan/1"
     assert tuple(generator(torch.randn(2, 8)).shape) == (2, 1, 28, 28)
 

@@ -42,8 +42,12 @@ def infer_config(state: dict[str, torch.Tensor]) -> GeneratorConfig:
     if first.shape[2] != first.shape[3]:
         raise ValueError(f"first layer kernel is not square: {tuple(first.shape)}")
     start = int(first.shape[2])
+    mapping = sorted(((int(m.group(1)), v) for k, v in state.items()
+                      if (m := re.fullmatch(r"mapping\.(\d+)\.weight", k)) and isinstance(v, torch.Tensor)),
+                     key=lambda item: item[0])
     config = GeneratorConfig(nz=int(first.shape[0]), ngf=int(last.shape[0]), nc=int(last.shape[1]),
-                             size=start * 2 ** (len(convs) - 1), start=start)
+                             size=start * 2 ** (len(convs) - 1), start=start, mapping=max(len(mapping) - 1, 0),
+                             mapping_width=int(mapping[0][1].shape[0]) if len(mapping) > 1 else 0)
     config.validate()
     return config
 

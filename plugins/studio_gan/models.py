@@ -23,6 +23,8 @@ class GeneratorConfig:
     nc: int = 3
     size: int = 64
     start: int = 4
+    mapping: int = 0  # hidden layers of an optional MLP z -> z' before the tutorial stack (0: none, the tutorial)
+    mapping_width: int = 0
 
     @property
     def n_up(self) -> int:
@@ -39,8 +41,10 @@ class GeneratorConfig:
             raise ValueError(f"generator must make 1 or 3 channels, not {self.nc}")
         if self.start * 2 ** self.n_up != self.size or self.n_up < 1:
             raise ValueError(f"size {self.size} is not start {self.start} times a power of two")
-        if self.size > 512 or self.nz > 4096 or self.ngf > 1024:
+        if self.size > 512 or self.nz > 4096 or self.ngf > 1024 or self.mapping > 16 or self.mapping_width > 8192:
             raise ValueError(f"generator config is implausibly large: {self}")
+        if min(self.mapping, self.mapping_width) < 0 or (self.mapping > 0) != (self.mapping_width > 0):
+            raise ValueError(f"mapping layers and width must both be 0 or both positive: {self}")
 
     def widths(self) -> list[int]:
         """Channel counts after each layer, ending with the image channels."""
@@ -51,13 +55,18 @@ class GeneratorConfig:
 
     @classmethod
     def from_metadata(cls, meta: dict[str, str]) -> GeneratorConfig:
-        cfg = cls(**{k: int(meta[k]) for k in ("nz", "ngf", "nc", "size", "start")})
+        cfg = cls(**{k: int(meta[k]) for k in ("nz", "ngf", "nc", "size", "start", "mapping", "mapping_width")
+                     if k in meta})
         cfg.validate()
         return cfg
 
 
 class Generator(nn.Module):
-    """The DCGAN-tutorial generator: z (N, nz) -> images (N, nc, size, size) in [-1, 1]."""
+    """The DCGAN-tutorial generator: z (N, nz) -> images (N, nc, size, size) in [-1, 1].
+
+    With `config.mapping` > 0, a small MLP (`mapping.*`, as in StyleGAN's mapping network) first maps z to
+    the stack's input; it lets the generator cut the Gaussian latent into sharper regions (one per digit).
+    """
 
     def __init__(self, config: GeneratorConfig) -> None:
         super().__init__()
@@ -69,8 +78,20 @@ class Generator(nn.Module):
             layers += [nn.BatchNorm2d(c_in), nn.ReLU(True), nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False)]
         layers.append(nn.Tanh())
         self.main = nn.Sequential(*layers)
+        self.mapping: nn.Sequential | None = None
+        if config.mapping:
+            mlp: list[nn.Module] = []
+            width = config.nz
+            for _ in range(config.mapping):
+                mlp += [nn.Linear(width, config.mapping_width), nn.LeakyReLU(0.2, True)]
+                width = config.mapping_width
+            mlp.append(nn.Linear(width, config.nz))
+            self.mapping = nn.Sequential(*mlp)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        z = z.reshape(z.shape[0], -1)
+        if self.mapping is not None:
+            z = self.mapping(z)
         return self.main(z.reshape(z.shape[0], -1, 1, 1))
 
 

@@ -118,9 +118,10 @@ def train_encoder(generator: Generator, steps: int, batch_size: int = 128, width
 
 
 def train_gan(dataset: str, epochs: int, out: str | Path, seed: int = 0, settings: Settings | None = None,
-              progress: Progress = no_progress, nz: int = 64, ngf: int = 48, ndf: int = 48, d_extra_layers: int = 0,
-              size: int = 28, channels: int = 1, batch_size: int = 64, lr: float = 2e-4, lr_decay_from: float = 0.6,
-              ema_decay: float = 0.999, class_weight: float = 1.0, encoder_steps: int = 2000,
+              progress: Progress = no_progress, nz: int = 64, ngf: int = 48, ndf: int = 48, d_extra_layers: int = 1,
+              mapping: int = 2, mapping_width: int = 256, mapping_lr_scale: float = 0.1, size: int = 28,
+              channels: int = 1, batch_size: int = 64, lr: float = 1.6e-3, lr_decay_from: float = 0.5,
+              ema_decay: float = 0.999, class_weight: float = 3.0, encoder_steps: int = 2000,
               encoder_width: int = 32, limit: int | None = None, threads: int = 1,
               on_epoch: Callable[[int, Generator], None] | None = None) -> dict:
     """Train a DCGAN on `dataset` (any name `studio.datasets.load_dataset` accepts) and write it to `out`.
@@ -143,7 +144,8 @@ def train_gan(dataset: str, epochs: int, out: str | Path, seed: int = 0, setting
     if batch_size < 2:
         raise InputError(f"batch_size must be at least 2, got {batch_size}")
     start = 7 if size % 7 == 0 else 4
-    config = GeneratorConfig(nz=nz, ngf=ngf, nc=channels, size=size, start=start)
+    config = GeneratorConfig(nz=nz, ngf=ngf, nc=channels, size=size, start=start, mapping=mapping,
+                             mapping_width=mapping_width if mapping else 0)
     try:
         config.validate()
     except ValueError as exc:
@@ -169,7 +171,10 @@ def train_gan(dataset: str, epochs: int, out: str | Path, seed: int = 0, setting
         generator.apply(init_dcgan_weights)
         discriminator.apply(init_dcgan_weights)
         ema = copy.deepcopy(generator)
-        opt_g = torch.optim.Adam(generator.parameters(), lr=lr, betas=(0.5, 0.999))
+        groups: list[dict] = [{"params": list(generator.main.parameters()), "lr": lr}]
+        if generator.mapping is not None:  # a slower mapping network (as in StyleGAN) keeps training stable
+            groups.append({"params": list(generator.mapping.parameters()), "lr": lr * mapping_lr_scale})
+        opt_g = torch.optim.Adam(groups, betas=(0.5, 0.999))
         opt_d = torch.optim.Adam(discriminator.parameters(), lr=lr, betas=(0.5, 0.999))
         gan_steps = epochs * n_batches
         decay_start = int(lr_decay_from * gan_steps)
