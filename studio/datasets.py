@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
-import os
+import io
 import struct
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np
 
 from studio.config import Settings, load_settings, resolve_under
 from studio.errors import InputError, NotFound
+from studio.files import atomic_write
 
 NAMES = ("mnist", "fashion", "animals", "digits", "folder:PATH")
 SPLITS = ("train", "test", "all")
@@ -52,12 +52,9 @@ def _cached(settings: Settings, key: str, build) -> dict[str, np.ndarray]:
             return {k: z[k] for k in z.files}
     arrays = build()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{key}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.npz")  # concurrent writers never collide
-    try:
-        np.savez_compressed(tmp, **arrays)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    atomic_write(path, buffer.getvalue())
     return arrays
 
 

@@ -9,13 +9,13 @@ created. A vector belongs to one set of weights: another model of the same backe
 from __future__ import annotations
 
 import json
-import os
 import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from studio.errors import InputError, NotFound
+from studio.files import atomic_write
 
 if TYPE_CHECKING:
     import torch
@@ -42,12 +42,6 @@ def _dir(settings: Settings, backend: str, weights_sha256: str) -> Path:
     return Path(settings.vectors_path) / backend / weights_sha256[:16].lower()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-
-
 def save_vector(settings: Settings, backend: str, weights_sha256: str, name: str, vector: torch.Tensor,
                 meta: dict) -> Path:
     """Store `vector` under `name` for these weights (replacing one of the same name); return its path."""
@@ -66,8 +60,8 @@ def save_vector(settings: Settings, backend: str, weights_sha256: str, name: str
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.safetensors"
     tensor = vector.detach().to("cpu").float().contiguous()
-    _atomic_write(path, save({TENSOR_KEY: tensor}, metadata={"space": meta["space"], "name": name}))
-    _atomic_write(folder / f"{name}.json", text.encode())
+    atomic_write(path, save({TENSOR_KEY: tensor}, metadata={"space": meta["space"], "name": name}))
+    atomic_write(folder / f"{name}.json", text.encode())
     return path
 
 
