@@ -71,15 +71,13 @@ class MnistClassifier(nn.Module):
 
 @lru_cache(maxsize=1)
 def _load(path: str) -> MnistClassifier:
-    from safetensors.torch import load_file
-
-    from studio.safetensors_io import read_metadata
+    from studio.safetensors_io import load_tensors, read_metadata
 
     if not Path(path).is_file():
         raise NotFound(f"classifier weights {path} are missing (run studio.classifier.train_classifier())")
     config = json.loads(read_metadata(path).get("config", "{}"))
     model = MnistClassifier(width=int(config.get("width", 16)), features=int(config.get("features", FEATURES)))
-    model.load_state_dict(load_file(path))
+    model.load_state_dict(load_tensors(path))
     return model.eval().requires_grad_(False)
 
 

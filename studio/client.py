@@ -57,15 +57,34 @@ def _live_window(settings: Settings) -> float:
 
 
 class StudioClient:
-    """Submit and follow jobs. Connects to STUDIO_BROKER_URL or the embedded Redis when it first submits."""
+    """Submit and follow jobs. Connects to STUDIO_BROKER_URL or the embedded Redis when it first submits.
 
-    def __init__(self, settings: Settings | None = None) -> None:
+    `user` scopes every call to that user (studio.users): their submits are theirs, and they see and act on only
+    their own jobs (another user's job is "not found"), unless they are an admin. None: the single-user default.
+    """
+
+    def __init__(self, settings: Settings | None = None, user: str | None = None) -> None:
         self.settings = settings or load_settings()
         self.store = JobStore.from_settings(self.settings)
         self.artifacts = ArtifactStore.from_settings(self.settings)
         self._app: Celery | None = None
         self._broker = ""
         self._lock = threading.Lock()
+        self._scope(user)
+
+    def _scope(self, user: str | None) -> None:
+        from studio.users import viewer_for
+
+        self.user = user
+        self.viewer = viewer_for(self.settings, user)
+
+    def for_user(self, user: str | None) -> StudioClient:
+        """This client scoped to `user` (it shares the connection to the broker)."""
+        import copy
+
+        scoped = copy.copy(self)
+        scoped._scope(user)
+        return scoped
 
     # ----- submitting -----
     def validate(self, spec: dict) -> dict:
@@ -77,7 +96,7 @@ class StudioClient:
         except StudioError:
             raise
         except Exception as exc:  # a spec that trips a validator is still the user's input: one clean line
-            raise InputError(f"invalid job spec: {type(exc).__name__}: {exc}".splitlines()[0][:500]) from None
+            raise InputError(f"invalid job spec: {type(exc).__name__}: {exc}".splitlines()[0][:290]) from None
 
     def _celery(self) -> Celery:
         with self._lock:
@@ -107,7 +126,8 @@ class StudioClient:
         self.store.create(NewJob(id=job_id, spec=clean, priority=priority, queue=queue,
                                  max_attempts=1 + max(0, self.settings.max_retries),
                                  time_limit_s=float(self.settings.job_time_limit_s),
-                                 batch_key=batch_key(clean, self.settings.batch_max_images), parent=parent))
+                                 batch_key=batch_key(clean, self.settings.batch_max_images), parent=parent,
+                                 owner=self.user), max_queued=max(0, int(self.settings.max_queued_per_user)))
         try:
             app.send_task(TASK_NAME, args=[job_id], queue=queue, priority=broker_priority(priority, self._broker),
                           task_id=task_id(job_id), retry=True,
@@ -119,29 +139,37 @@ class StudioClient:
 
     def retry(self, job_id: str) -> str:
         """Submit the same spec again (a new job id)."""
-        job = self.store.get(job_id, events=False, preview=False)
+        job = self.store.get(job_id, events=False, preview=False, viewer=self.viewer)
         return self.submit(job["spec"], priority=job["priority"], parent=job["id"])
 
     def replay(self, source: str, priority: int | None = None) -> str:
         """Re-run a job from its record: a job id, or a PNG written by the studio (its record holds the spec)."""
         path = Path(source).expanduser()
-        if path.suffix.lower() == ".png" or path.is_file():
+        try:
+            is_file = path.is_file()
+        except OSError:  # e.g. a name too long to be a file: then it is a job id (or nothing)
+            is_file = False
+        if path.suffix.lower() == ".png" or is_file:
+            from studio.errors import clip
+            from studio.images import check_image_header
             from studio.record import read_record
 
-            if not path.is_file():
-                raise NotFound(f"no file {str(path)!r}")
+            if not is_file:
+                raise NotFound(f"no file {clip(path)!r}")
+            # the header first: a small PNG claiming huge dimensions is refused before its pixels are decoded
+            check_image_header(path, self.settings.max_upload_pixels, self.settings.max_upload_bytes, "replay image")
             record = read_record(path)
             spec = record.get("spec")
             if not isinstance(spec, dict):
                 raise InputError(f"the record in {path} has no job spec to replay")
             return self.submit(spec, priority=5 if priority is None else priority)
-        job = self.store.get(source, events=False, preview=False)
+        job = self.store.get(source, events=False, preview=False, viewer=self.viewer)
         return self.submit(job["spec"], priority=job["priority"] if priority is None else priority, parent=job["id"])
 
     # ----- following -----
     def status(self, job_id: str) -> dict:
         """The job's record: state, progress, ETA, preview, timings, attempts, artifacts, events."""
-        job = self.store.get(job_id)
+        job = self.store.get(job_id, viewer=self.viewer)
         self.artifacts.recover(job)
         if job["state"] == QUEUED:
             serving = [w for w in self.workers() if job["queue"] in w.get("queues", [])]
@@ -151,7 +179,7 @@ class StudioClient:
 
     def wait(self, job_id: str, timeout: float | None = None) -> dict:
         """Block until the job ends; returns its final status (WaitTimeout after `timeout` seconds)."""
-        job_id = self.store.resolve(job_id)
+        job_id = self.store.resolve(job_id, self.viewer)
         start = time.monotonic()
         deadline = None if timeout is None else start + timeout
         listener = self._listen()
@@ -191,15 +219,15 @@ class StudioClient:
 
     def cancel(self, job_id: str) -> dict:
         """QUEUED: it never runs. RUNNING: it stops at its next progress step."""
-        return self.store.request_cancel(job_id)
+        return self.store.request_cancel(job_id, viewer=self.viewer)
 
     def jobs(self, state: str | None = None, limit: int = 100) -> list[dict]:
         """History, newest first (durable across restarts); previews are left out."""
-        return self.store.list(state, limit)
+        return self.store.list(state, limit, viewer=self.viewer)
 
     def result(self, job_id: str) -> dict:
         """{id, metrics, artifacts: [{name, kind, path, size}]} of a SUCCEEDED job."""
-        job = self.store.get(job_id, events=False, preview=False)
+        job = self.store.get(job_id, events=False, preview=False, viewer=self.viewer)
         if job["state"] != "SUCCEEDED":
             detail = f": {job['error']}" if job.get("error") else ""
             raise InputError(f"job {job['id']} is {job['state']}{detail}; only a SUCCEEDED job has a result")
@@ -208,12 +236,12 @@ class StudioClient:
 
     def artifact_path(self, job_id: str, name: str) -> Path:
         """The stored file of one artifact."""
-        return self.artifacts.path(self.store.get(job_id, events=False, preview=False), name)
+        return self.artifacts.path(self.store.get(job_id, events=False, preview=False, viewer=self.viewer), name)
 
     def copy_result(self, job_id: str, out: str | Path) -> list[Path]:
         """Copy a SUCCEEDED job's artifacts into `out`."""
         self.result(job_id)
-        return self.artifacts.copy_out(self.store.get(job_id, events=False, preview=False), out)
+        return self.artifacts.copy_out(self.store.get(job_id, events=False, preview=False, viewer=self.viewer), out)
 
     def workers(self) -> list[dict]:
         """Live workers: id, hostname, pid, device, dtype, pool, queues, backends, loaded models, job_id."""

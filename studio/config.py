@@ -11,7 +11,7 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from studio.errors import InputError
+from studio.errors import InputError, clip
 
 PREFIX = "STUDIO_"
 
@@ -27,7 +27,13 @@ class Settings:
     dtype: str = "auto"  # auto | float32 | float16 | bfloat16
     max_images: int = 64  # largest n / batch a job may ask for
     max_upload_bytes: int = 8_000_000
-    max_upload_pixels: int = 4096 * 4096
+    max_upload_pixels: int = 4096 * 4096  # width x height, read from the header before any pixel is decoded
+    # Spec bounds (studio.spec.parse_spec refuses a spec over them at submit, naming the field).
+    max_spec_items: int = 1000  # the longest list in a spec (seeds, strengths, dims, keyframes)
+    max_spec_chars: int = 4096  # the longest string in a spec (prompts, names); a whole spec is at most 64x this,
+    # inline images aside
+    max_inline_bytes: int = 32_000_000  # all inline images (png_b64) of one spec together, decoded
+    allow_downloads: int = 0  # 1: a worker may fetch a model from the Hugging Face hub; 0: local files only
     model_cache_mb: int = 4096
     job_time_limit_s: int = 1800
     max_retries: int = 3
@@ -41,6 +47,7 @@ class Settings:
     visibility_timeout_s: int = 300  # Redis: an unacknowledged message is redelivered after this many seconds
     batch_max_images: int = 64  # micro-batching: at most this many images in one coalesced pass (1: off)
     torch_threads: int = 0  # a worker's torch intra-op threads (0: torch's default, one per core)
+    max_queued_per_user: int = 0  # users: a submit is refused while its user has this many QUEUED jobs (0: no limit)
 
     @property
     def store_path(self) -> Path:
@@ -101,6 +108,30 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
     return Settings(**values)  # type: ignore[arg-type]
 
 
+def within(path: str | Path, roots: list[Path]) -> Path | None:
+    """`path` resolved (symlinks followed), or None unless the result lies under one of `roots` (also resolved)."""
+    try:
+        resolved = Path(path).expanduser().resolve()
+    except (OSError, RuntimeError):  # a symlink loop
+        return None
+    for root in roots:
+        root = Path(root).resolve()
+        if resolved == root or root in resolved.parents:
+            return resolved
+    return None
+
+
+def files_under(folder: Path, pattern: str, roots: list[Path]) -> list[Path]:
+    """The files of `folder` matching `pattern`, sorted, without any whose real path leaves `roots`.
+
+    A weights folder lists a symlink that points inside the roots (as the link's own name) and never one that
+    points outside: listing is where a symlinked file would otherwise escape the roots.
+    """
+    if within(folder, roots) is None or not folder.is_dir():
+        return []
+    return [p for p in sorted(folder.glob(pattern)) if within(p, roots) is not None and p.is_file()]
+
+
 def resolve_under(path: str | Path, roots: list[Path], what: str) -> Path:
     """Resolve `path` and refuse it unless it lies under one of `roots`."""
     p = Path(path).expanduser()
@@ -110,5 +141,5 @@ def resolve_under(path: str | Path, roots: list[Path], what: str) -> Path:
             root = root.resolve()
             if c == root or root in c.parents:
                 return c
-    shown = os.pathsep.join(str(r) for r in roots)
-    raise InputError(f"{what} {str(path)!r} is outside the configured roots ({shown})")
+    shown = clip(os.pathsep.join(str(r) for r in roots), 120)
+    raise InputError(f"{what} {clip(path)!r} is outside the configured roots ({shown})")

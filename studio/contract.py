@@ -10,16 +10,25 @@ Conventions at the boundary:
 - a *point* is a dict from space name to a batch-first float32 CPU tensor of the declared shape;
 - randomness comes in as integer seeds, one per item; noise is drawn on the CPU, so a seed gives the
   same latent on every device.
+
+The contract enforces its image convention itself: every subclass's `decode` is wrapped (once, in
+`Backend.__init_subclass__`) by `check_decoded`, so a decode that returns NaN/Inf, another dtype, another
+device or another shape fails with a `BackendError` naming the backend, whoever called it (an op, the
+conformance kit, the UI), instead of succeeding silently or failing later with an unrelated message.
 """
 
 from __future__ import annotations
 
+import functools
+import types
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
+
+from studio.errors import InputError, NotFound, StudioError
 
 if TYPE_CHECKING:
     import torch
@@ -74,19 +83,93 @@ class LatentSpace:
         return {"name": self.name, "shape": list(self.shape), "prior": self.prior, "roles": sorted(self.roles)}
 
 
+class BackendError(StudioError, RuntimeError):
+    """A backend broke the contract (e.g. decode returned NaN or the wrong shape); the message names it."""
+
+
 @dataclass(frozen=True)
 class ModelInfo:
-    """A model a backend can load: its weights file and their sha256."""
+    """A model a backend can load: its weights file and their sha256.
+
+    `error` non-empty marks a model that is listed but cannot load (a corrupt weights file, say): listings
+    show it with that reason, `choose_model` refuses it, and the backend's other models keep serving.
+    """
 
     name: str
     path: str
     sha256: str
     description: str = ""
     extra: dict = field(default_factory=dict)
+    error: str = ""
 
     def describe(self) -> dict:
-        return {"name": self.name, "path": self.path, "sha256": self.sha256, "description": self.description,
+        info = {"name": self.name, "path": self.path, "sha256": self.sha256, "description": self.description,
                 **self.extra}
+        if self.error:
+            info["error"] = self.error
+        return info
+
+
+def choose_model(backend: str, models: Sequence[ModelInfo], name: str | None, kind: str | None = None) -> ModelInfo:
+    """The model called `name` (None: the first usable one); NotFound when there is none of that name,
+    InputError with the reason when it is listed as broken. `kind` names the models in messages (the
+    backend's name by default)."""
+    usable = [m for m in models if not m.error]
+    if name is None:
+        if usable:
+            return usable[0]
+        broken = "; ".join(f"{m.name}: {m.error}" for m in models)
+        broken = broken if len(broken) <= 200 else broken[:200] + "..."
+        raise NotFound(f"backend {backend!r} has no usable model" + (f" (broken: {broken})" if broken else ""))
+    for m in models:
+        if m.name == name:
+            if m.error:
+                raise InputError(f"model {name!r} of backend {backend!r} is broken: {m.error}")
+            return m
+    raise NotFound(f"unknown {kind or backend} model {name!r} "
+                   f"(available: {', '.join(m.name for m in usable) or 'none'})")
+
+
+def _batch_of(point: object) -> int | None:
+    """The batch size a decode of `point` must return: the largest leading size of its tensors."""
+    sizes = [int(t.shape[0]) for t in point.values() if getattr(t, "dim", None) and t.dim() > 0] \
+        if isinstance(point, dict) else []
+    return max(sizes) if sizes else None
+
+
+def check_decoded(backend: Backend, point: object, options: object, images: object) -> torch.Tensor:
+    """`images` if they are what decode must return for `point`: a float32 CPU tensor of shape
+    (n, *image_shape(options)), every value finite; otherwise BackendError naming the backend."""
+    import torch
+
+    who = f"backend {getattr(backend, 'name', type(backend).__name__)!r}"
+    if not isinstance(images, torch.Tensor):
+        raise BackendError(f"{who} returned a {type(images).__name__} from decode, not an image tensor")
+    if images.dtype != torch.float32 or images.device.type != "cpu":
+        raise BackendError(f"{who} returned {str(images.dtype).removeprefix('torch.')} images on "
+                           f"{images.device.type} from decode; the contract needs float32 on the CPU")
+    n = _batch_of(point)
+    expected = ((n,) if n is not None else tuple(images.shape[:1])) + tuple(backend.image_shape(options))
+    if tuple(images.shape) != expected:
+        shown = "x".join(map(str, images.shape)) or "a scalar"
+        raise BackendError(f"{who} returned images of shape {shown} from decode; expected "
+                           f"{'x'.join(map(str, expected))}")
+    if not bool(torch.isfinite(images).all()):
+        raise BackendError(f"{who} returned NaN/Inf values from decode")
+    return images
+
+
+def _checked_decode(decode: Callable) -> Callable:
+    if getattr(decode, "_studio_checked", False):
+        return decode
+
+    @functools.wraps(decode)
+    def checked(self: Backend, point: Point, *args: object, **kwargs: object) -> torch.Tensor:
+        options = args[0] if args else kwargs.get("options")
+        return check_decoded(self, point, options, decode(self, point, *args, **kwargs))
+
+    checked._studio_checked = True  # type: ignore[attr-defined]
+    return checked
 
 
 class NoOptions(BaseModel):
@@ -114,6 +197,13 @@ class Backend(ABC):
         self.device = device
         self.dtype = dtype
 
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        """Wrap a subclass's own `decode` in `check_decoded` (inherited decodes are wrapped already)."""
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("decode")
+        if isinstance(own, types.FunctionType) and not getattr(own, "__isabstractmethod__", False):
+            cls.decode = _checked_decode(own)  # type: ignore[method-assign]
+
     # ----- discovery (no weights loaded) -----
     @classmethod
     @abstractmethod
@@ -122,8 +212,9 @@ class Backend(ABC):
 
     @classmethod
     def default_model(cls, settings: Settings) -> str | None:
-        models = cls.available_models(settings)
-        return models[0].name if models else None
+        """The first model that is not listed as broken (None when there is none)."""
+        usable = [m for m in cls.available_models(settings) if not m.error]
+        return usable[0].name if usable else None
 
     @classmethod
     @abstractmethod
@@ -172,8 +263,6 @@ class Backend(ABC):
     # ----- helpers the core uses -----
     def space_for(self, role: str, options: BaseModel | None = None) -> LatentSpace:
         """The first space that plays `role`."""
-        from studio.errors import InputError
-
         for s in self.spaces(options).values():
             if role in s.roles:
                 return s
@@ -187,8 +276,6 @@ class Backend(ABC):
     def parse_options(cls, options: dict | None) -> BaseModel:
         """Validate job options against this backend's Options model, with a readable error."""
         from pydantic import ValidationError
-
-        from studio.errors import InputError
 
         try:
             return cls.Options.model_validate(options or {})

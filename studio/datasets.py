@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from studio.config import Settings, load_settings, resolve_under
-from studio.errors import InputError, NotFound
+from studio.config import Settings, load_settings, resolve_under, within
+from studio.errors import InputError, NotFound, clip
 from studio.files import atomic_write
 
 NAMES = ("mnist", "fashion", "animals", "digits", "folder:PATH")
@@ -131,17 +131,21 @@ def _folder(path: str, settings: Settings, shape: tuple[int, int, int]) -> tuple
 
     from studio.images import open_checked
 
-    root = resolve_under(path, settings.data_root_paths, "dataset folder")
+    roots = settings.data_root_paths
+    root = resolve_under(path, roots, "dataset folder")
     if not root.is_dir():
-        raise NotFound(f"dataset folder {str(root)!r} does not exist")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        raise NotFound(f"dataset folder {clip(path)!r} does not exist")
+    # Resolve, then check: a file (or a folder on its path) symlinked from outside the data roots is never read.
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and within(p, roots) is not None
+                   and p.is_file())
     if not files:
-        raise InputError(f"dataset folder {str(root)!r} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise InputError(f"dataset folder {clip(path)!r} holds no images inside the data roots "
+                         f"({', '.join(sorted(IMAGE_SUFFIXES))})")
     classes = sorted({p.parent.relative_to(root).as_posix() for p in files} - {"."})
     c, h, w = shape
     xs, ys = [], []
     for p in files:
-        im = open_checked(p, settings.max_upload_bytes, settings.max_upload_pixels, what=f"image {p.name}")
+        im = open_checked(p, settings.max_upload_bytes, settings.max_upload_pixels, what="dataset image")
         im = im.convert("L" if c == 1 else "RGB").resize((w, h), Image.Resampling.LANCZOS)
         xs.append(np.asarray(im, dtype=np.uint8))
         rel = p.parent.relative_to(root).as_posix()
@@ -156,7 +160,7 @@ def load_dataset(name: str, split: str = "train", limit: int | None = None, sett
 
     settings = settings or load_settings()
     if split not in SPLITS:
-        raise InputError(f"unknown split {split!r} (use one of {', '.join(SPLITS)})")
+        raise InputError(f"unknown split {clip(split, 20)!r} (use one of {', '.join(SPLITS)})")
     if limit is not None and limit < 1:
         raise InputError(f"limit must be at least 1, got {limit}")
     if name.startswith("folder:"):
@@ -170,7 +174,7 @@ def load_dataset(name: str, split: str = "train", limit: int | None = None, sett
         else:
             x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]
     else:
-        raise NotFound(f"unknown dataset {name!r} (use one of {', '.join(NAMES)})")
+        raise NotFound(f"unknown dataset {clip(name)!r} (use one of {', '.join(NAMES)})")
     if limit is not None:
         x, y = x[:limit], y[:limit]
     t = torch.from_numpy(x.astype(np.float32) / 127.5 - 1.0)

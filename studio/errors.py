@@ -15,3 +15,11 @@ class NotFound(StudioError, LookupError):
 
 class Cancelled(StudioError):
     """The job was cancelled while it ran."""
+
+
+def clip(value: object, limit: int = 60) -> str:
+    """`value` as one short line for a message: newlines folded, cut to `limit` characters with its full length."""
+    text = " ".join(str(value).split())
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"

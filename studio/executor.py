@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from studio import images as imgs
 from studio.config import Settings, load_settings
-from studio.contract import CODEC, SEED, Backend, Point, Progress, no_progress
+from studio.contract import CODEC, DECODE, ENCODE, SAMPLE, SEED, TEXT, Backend, Point, Progress, no_progress
 from studio.errors import InputError
 from studio.points import batch_size, check_compatible, concat, decode_batched, encode_images, random_point, take
 from studio.record import make_record, pnginfo
@@ -81,8 +81,10 @@ class Runtime:
 class _Job:
     """The state one execution shares between its steps."""
 
-    def __init__(self, spec: BaseModel, runtime: Runtime, progress: Progress, workdir: Path | None) -> None:
+    def __init__(self, spec: BaseModel, runtime: Runtime, progress: Progress, workdir: Path | None,
+                 owner: str | None = None) -> None:
         self.spec = spec
+        self.owner = owner  # the user the job runs for (None: the single-user default or an admin's own run)
         self.settings = runtime.settings
         self.backend = runtime.get_backend(spec.backend, spec.model)
         self.options = self.backend.parse_options(spec.options)
@@ -195,9 +197,11 @@ def interpolate_points(backend: Backend, a: Point, b: Point, ts: list[float], me
 
 
 def _vector_for(job: _Job) -> tuple[torch.Tensor, dict]:
+    from studio.users import viewer_for
     from studio.vectorstore import load_vector
 
-    return load_vector(job.settings, job.backend.name, job.backend.model.sha256, job.spec.vector)
+    return load_vector(job.settings, job.backend.name, job.backend.model.sha256, job.spec.vector,
+                       viewer=viewer_for(job.settings, job.owner))
 
 
 def _edit(job: _Job) -> None:
@@ -313,7 +317,8 @@ def _fit_vector(job: _Job) -> None:
         vector = (cw[space] - cwo[space])[0]
         meta = {"space": space, "method": "text", "with": s.with_options, "without": s.without_options}
     meta = {**meta, "name": s.name, "backend": job.backend.name, "model": job.backend.model.name}
-    path = save_vector(job.settings, job.backend.name, job.backend.model.sha256, s.name, vector, meta)
+    path = save_vector(job.settings, job.backend.name, job.backend.model.sha256, s.name, vector, meta,
+                       owner=job.owner)
     job.result.metrics.update({k: v for k, v in meta.items() if isinstance(v, (str, int, float, bool, type(None)))})
     job.result.metrics["path"] = str(path)
     job.result.add_json("vector.json", job.result.metrics)
@@ -383,6 +388,35 @@ def _anomalies(job: _Job) -> None:
     job.result.metrics["top"] = ranking[: s.top]
 
 
+def required_capabilities(spec: BaseModel) -> set[str]:
+    """The backend capabilities a job needs: seeds need SAMPLE, images ENCODE, rendering DECODE, and per op
+    what its handler calls (a text direction needs TEXT, a projection only ENCODE)."""
+    needs: set[str] = set()
+    for src in spec.sources():
+        needs.add(SAMPLE if src.seed is not None else ENCODE)
+    op = spec.op
+    if op in ("sample", "evaluate"):
+        needs.add(SAMPLE)
+    elif op in ("roundtrip", "anomalies", "project"):
+        needs.add(ENCODE)
+    elif op == "fit_vector":
+        needs.add(ENCODE if spec.dataset is not None else SAMPLE if spec.with_seeds is not None else TEXT)
+    if op not in ("project", "fit_vector"):
+        needs.add(DECODE)
+    return needs
+
+
+def check_capabilities(spec: BaseModel) -> None:
+    """InputError (one line) when the spec's backend lacks a capability the op needs."""
+    from studio.registry import get_backend_class
+
+    cls = get_backend_class(spec.backend)
+    missing = required_capabilities(spec) - set(cls.capabilities)
+    if missing:
+        raise InputError(f"backend {cls.name!r} cannot run a {spec.op} job like this: it lacks "
+                         f"{', '.join(sorted(missing))} (capabilities: {', '.join(sorted(cls.capabilities))})")
+
+
 OPS: dict[str, Callable[[_Job], None]] = {
     "sample": _sample, "interpolate": _interpolate, "edit": _edit, "traverse": _traverse, "analogy": _analogy,
     "roundtrip": _roundtrip, "fit_vector": _fit_vector, "evaluate": _evaluate, "walk": _walk,
@@ -391,12 +425,14 @@ OPS: dict[str, Callable[[_Job], None]] = {
 
 
 def execute(spec: BaseModel | dict, runtime: Runtime | None = None, progress: Progress = no_progress,
-            workdir: Path | None = None) -> JobResult:
-    """Validate and run one job spec; return its artifacts and metrics."""
+            workdir: Path | None = None, owner: str | None = None) -> JobResult:
+    """Validate and run one job spec for `owner` (whose vectors it may use and whose new vectors it saves);
+    return its artifacts and metrics."""
     runtime = runtime or Runtime()
+    check_capabilities(parse_spec(spec, runtime.settings, check_backend=False))  # before its options are checked
     spec = parse_spec(spec, runtime.settings)
     started = time.perf_counter()
-    job = _Job(spec, runtime, progress, workdir)
+    job = _Job(spec, runtime, progress, workdir, owner)
     OPS[spec.op](job)
     job.result.metrics["seconds"] = round(time.perf_counter() - started, 4)
     return job.result
@@ -423,6 +459,7 @@ def execute_batch(specs: list[BaseModel | dict], runtime: Runtime | None = None,
 
     if parsed[0].op not in BATCHABLE_OPS or any(shared(s) != shared(parsed[0]) for s in parsed[1:]):
         raise InputError("only sample jobs that differ in nothing but seed and n can run as one batch")
+    check_capabilities(parsed[0])
     started = time.perf_counter()
     jobs = [_Job(s, runtime, progress, None) for s in parsed]
     seeds = [[s.seed + i for i in range(s.n)] for s in parsed]
@@ -440,5 +477,5 @@ def execute_batch(specs: list[BaseModel | dict], runtime: Runtime | None = None,
     return [job.result for job in jobs]
 
 
-__all__ = ["Artifact", "JobResult", "Runtime", "execute", "execute_batch", "interpolate_points", "batch_size",
-           "take"]
+__all__ = ["Artifact", "JobResult", "Runtime", "check_capabilities", "execute", "execute_batch",
+           "interpolate_points", "batch_size", "required_capabilities", "take"]

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import base64
 import io
+import re
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from PIL import Image, UnidentifiedImageError
 
-from studio.errors import InputError
+from studio.errors import InputError, clip
 
 if TYPE_CHECKING:
     import torch
@@ -49,26 +51,79 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
     return [_one_pil(x) for x in a]
 
 
-def open_checked(data: bytes | str | Path, max_bytes: int, max_pixels: int, what: str = "image") -> Image.Image:
-    """Open an image from bytes or a path, refusing oversize, corrupt or non-image input."""
-    if isinstance(data, (str, Path)):
-        path = Path(data)
+_UNREADABLE = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+
+
+_REPR = re.compile(r"<[^<>]*\bat 0x[0-9a-fA-F]+>")
+
+
+def _reason(exc: BaseException) -> str:
+    """Why PIL could not read an image, in words: no Python reprs (`<_io.BytesIO object at 0x...>`)."""
+    if isinstance(exc, UnidentifiedImageError):
+        return "unknown or unsupported format"
+    text = _REPR.sub("the data", str(exc))
+    return clip(f"{type(exc).__name__}: {text}" if text else type(exc).__name__, 80)
+
+
+def _shown(path: Path) -> str:
+    """A path for a message: its name, cut short (the full path may be long or private)."""
+    return clip(path.name or str(path), 60)
+
+
+def check_image_header(
+    source: bytes | str | Path, max_pixels: int, max_bytes: int, what: str = "image"
+) -> tuple[int, int]:
+    """Check an image's size in bytes and its width x height from the header alone, and return (width, height).
+
+    No pixel is decoded: PIL's lazy open reads only the header, so a tiny file that claims 13000x13000 pixels is
+    refused before it costs memory. Raises a one-line InputError naming `what` on a missing file, too many bytes,
+    too many pixels, or anything PIL cannot identify.
+    """
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        what = f"{what} {_shown(path)!r}"  # the file is named once, in every message
         if not path.is_file():
-            raise InputError(f"{what} {str(path)!r} does not exist or is not a file")
-        if path.stat().st_size > max_bytes:
-            raise InputError(f"{what} {str(path)!r} is {path.stat().st_size} bytes; the limit is {max_bytes} bytes")
-        data = path.read_bytes()
-    if len(data) > max_bytes:
-        raise InputError(f"{what} is {len(data)} bytes; the limit is {max_bytes} bytes")
+            raise InputError(f"{what}: does not exist or is not a file")
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise InputError(f"{what}: {size} bytes; the limit is {max_bytes} bytes")
+        opener: object = path
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) > max_bytes:
+            raise InputError(f"{what}: {len(source)} bytes; the limit is {max_bytes} bytes")
+        opener = io.BytesIO(bytes(source))
+    else:
+        raise InputError(f"{what}: expected image bytes or a file path, got a Python {type(source).__name__} object")
     try:
-        im = Image.open(io.BytesIO(data))
-        if im.width * im.height > max_pixels:
-            raise InputError(f"{what} is {im.width}x{im.height} pixels; the limit is {max_pixels} pixels")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides, below
+            with Image.open(opener) as im:  # type: ignore[arg-type]
+                width, height = im.size
+    except Image.DecompressionBombError as exc:
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        count = f"{found.group(1)} pixels" if found else "too many pixels"
+        raise InputError(f"{what}: {count}; the limit is {max_pixels} pixels") from None
+    except _UNREADABLE as exc:
+        raise InputError(f"{what}: not a readable image ({_reason(exc)})") from None
+    if width * height > max_pixels:
+        raise InputError(f"{what}: {width}x{height} pixels; the limit is {max_pixels} pixels")
+    return width, height
+
+
+def open_checked(data: bytes | str | Path, max_bytes: int, max_pixels: int, what: str = "image") -> Image.Image:
+    """Open an image from bytes or a path, refusing oversize, corrupt or non-image input.
+
+    The header is checked first (`check_image_header`): pixels are decoded only once the size is known to fit.
+    """
+    check_image_header(data, max_pixels, max_bytes, what)
+    if isinstance(data, (str, Path)):
+        what = f"{what} {_shown(Path(data))!r}"
+    raw = Path(data).read_bytes() if isinstance(data, (str, Path)) else bytes(data)
+    try:
+        im = Image.open(io.BytesIO(raw))
         im.load()
-    except InputError:
-        raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise InputError(f"{what} is not a readable image ({type(exc).__name__}: {exc})") from None
+    except _UNREADABLE as exc:
+        raise InputError(f"{what}: not a readable image ({_reason(exc)})") from None
     return im
 
 

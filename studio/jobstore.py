@@ -7,6 +7,15 @@ is what makes redelivery safe: however many messages name a job, it runs once at
 exactly one result.
 
 States: QUEUED -> RUNNING -> SUCCEEDED | FAILED | CANCELLED (RUNNING -> QUEUED again on a retry).
+
+Users: every job has an `owner` (NULL in the single-user default). Reads and actions take an optional
+`viewer`: None sees everything (the local user, admins, workers); a user name sees only that user's jobs,
+and another user's job answers "not found", exactly like a job that does not exist.
+
+Fair share: a broker message is a token to run one job of its queue. `claim` takes the fairest eligible
+QUEUED job of that queue at the highest priority present: the oldest job of the user with the fewest RUNNING
+jobs (ties: the user whose last start is oldest, i.e. round robin), not necessarily the message's own job.
+Every claim takes one QUEUED job in one write transaction, so a job still runs once at a time.
 """
 
 from __future__ import annotations
@@ -63,7 +72,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     worker TEXT,
     leader TEXT,
     parent TEXT,
-    staging TEXT
+    staging TEXT,
+    owner TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created);
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, batch_key);
@@ -92,6 +102,19 @@ CREATE TABLE IF NOT EXISTS workers (
 """
 
 
+SCHEMA_VERSION = 2  # PRAGMA user_version: 0/1 = before owners, 2 = jobs.owner
+# indexes on columns that older databases gain by migration (created after it)
+INDEXES = """
+CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, state);
+CREATE INDEX IF NOT EXISTS jobs_by_owner_start ON jobs (owner, attempt_started);
+CREATE INDEX IF NOT EXISTS jobs_by_queue ON jobs (queue, state, priority, owner, created);
+"""
+
+
+class QuotaExceeded(InputError):
+    """A user already has as many queued jobs as STUDIO_MAX_QUEUED_PER_USER allows."""
+
+
 @dataclass(frozen=True)
 class NewJob:
     """What a client records at submit time (the spec is already validated)."""
@@ -104,6 +127,7 @@ class NewJob:
     time_limit_s: float
     batch_key: str | None = None
     parent: str | None = None
+    owner: str | None = None  # the user who submitted it (None: the single-user default)
 
 
 @dataclass(frozen=True)
@@ -136,10 +160,29 @@ class JobStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._conn().executescript(SCHEMA)
+        self._migrate()
 
     @classmethod
     def from_settings(cls, settings) -> JobStore:  # noqa: ANN001 - Settings, imported lazily
         return cls(settings.store_path / "jobs.sqlite")
+
+    def _migrate(self) -> None:
+        """Bring an older database up to SCHEMA_VERSION (adds jobs.owner when missing); safe to race."""
+        db = self._conn()
+        if db.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+            return
+        with self._tx() as db:
+            columns = {r["name"] for r in db.execute("PRAGMA table_info(jobs)")}
+            if "owner" not in columns:
+                db.execute("ALTER TABLE jobs ADD COLUMN owner TEXT")
+            for statement in INDEXES.strip().split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def schema_version(self) -> int:
+        """The database's schema version (PRAGMA user_version)."""
+        return int(self._conn().execute("PRAGMA user_version").fetchone()[0])
 
     # ----- connections -----
     def _conn(self) -> sqlite3.Connection:
@@ -177,18 +220,28 @@ class JobStore:
                    (job_id, now or time.time(), kind, message))
 
     # ----- clients -----
-    def create(self, job: NewJob) -> None:
-        """Record a new QUEUED job."""
+    def create(self, job: NewJob, max_queued: int = 0) -> None:
+        """Record a new QUEUED job. With `max_queued` > 0, QuotaExceeded when its owner already has that many
+        QUEUED jobs (checked in the same transaction, so concurrent submits cannot overshoot)."""
         spec = job.spec
         images = int(spec.get("n", 0)) if spec.get("op") == "sample" else 0
         now = time.time()
         with self._tx() as db:
+            if max_queued > 0:
+                queued = db.execute("SELECT COUNT(*) FROM jobs WHERE owner IS ? AND state = ?",
+                                    (job.owner, QUEUED)).fetchone()[0]
+                if queued >= max_queued:
+                    who = f"user {job.owner}" if job.owner else "you"
+                    raise QuotaExceeded(f"max_queued_per_user: {who} already {'has' if job.owner else 'have'} "
+                                        f"{queued} queued jobs (STUDIO_MAX_QUEUED_PER_USER={max_queued}); wait for "
+                                        "some to start or cancel some")
             db.execute(
                 "INSERT INTO jobs (id, state, op, backend, model, spec, priority, queue, batch_key, images, created, "
-                "max_attempts, time_limit_s, message, parent) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "max_attempts, time_limit_s, message, parent, owner) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (job.id, QUEUED, spec["op"], spec["backend"], spec.get("model"), json.dumps(spec, sort_keys=True),
                  job.priority, job.queue, job.batch_key, images, now, job.max_attempts, job.time_limit_s, "queued",
-                 job.parent))
+                 job.parent, job.owner))
             self._event(db, job.id, "queued", f"queued on {job.queue} with priority {job.priority}", now)
 
     def delete(self, job_id: str) -> None:
@@ -197,13 +250,15 @@ class JobStore:
             db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
             db.execute("DELETE FROM events WHERE job_id = ?", (job_id,))
 
-    def resolve(self, job_id: str) -> str:
-        """A full job id from an id or a unique prefix of at least 4 characters."""
-        key = job_id.strip().lower()
+    def resolve(self, job_id: str, viewer: str | None = None) -> str:
+        """A full job id from an id or a unique prefix of at least 4 characters (among `viewer`'s jobs when
+        given: another user's job is "not found")."""
+        key = str(job_id).strip().lower()
         if not ID_RE.match(key):
             raise InputError(f"{job_id!r} is not a job id (hex characters, e.g. from `studio jobs`)")
-        rows = self._conn().execute("SELECT id FROM jobs WHERE id >= ? AND id < ? LIMIT 2",
-                                    (key, key + "\x7f")).fetchall()
+        mine = "" if viewer is None else " AND owner = ?"
+        rows = self._conn().execute(f"SELECT id FROM jobs WHERE id >= ? AND id < ?{mine} LIMIT 2",
+                                    (key, key + "\x7f", *(() if viewer is None else (viewer,)))).fetchall()
         exact = [r["id"] for r in rows if r["id"] == key]
         if exact:
             return exact[0]
@@ -213,9 +268,9 @@ class JobStore:
             raise InputError(f"job id prefix {job_id!r} is ambiguous; give more characters")
         return rows[0]["id"]
 
-    def get(self, job_id: str, events: bool = True, preview: bool = True) -> dict:
-        """The job's full record (the client's status dict)."""
-        job_id = self.resolve(job_id)
+    def get(self, job_id: str, events: bool = True, preview: bool = True, viewer: str | None = None) -> dict:
+        """The job's full record (the client's status dict); NotFound for another user's job."""
+        job_id = self.resolve(job_id, viewer)
         row = self._conn().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             raise NotFound(f"no job {job_id!r}")
@@ -226,15 +281,16 @@ class JobStore:
                 "SELECT ts, kind, message FROM events WHERE job_id = ? ORDER BY ts, rowid", (job_id,))]
         return out
 
-    def list(self, state: str | None = None, limit: int = 100) -> list[dict]:
-        """History, newest first (previews left out)."""
+    def list(self, state: str | None = None, limit: int = 100, viewer: str | None = None) -> list[dict]:
+        """History, newest first (previews left out); only `viewer`'s jobs when given."""
         if state is not None and state.upper() not in STATES:
             raise InputError(f"unknown state {state!r} (use one of {', '.join(STATES)})")
         if limit < 1:
             raise InputError(f"limit must be at least 1, got {limit}")
-        where = " WHERE state = ?" if state else ""
+        conds = (["state = ?"] if state else []) + (["owner = ?"] if viewer is not None else [])
+        where = f" WHERE {' AND '.join(conds)}" if conds else ""
         sql = f"SELECT * FROM jobs{where} ORDER BY created DESC, rowid DESC LIMIT ?"
-        args = ((state.upper(),) if state else ()) + (limit,)
+        args = ((state.upper(),) if state else ()) + ((viewer,) if viewer is not None else ()) + (limit,)
         rows = self._conn().execute(sql, args).fetchall()
         arts: dict[str, list] = {}
         if rows:
@@ -260,9 +316,14 @@ class JobStore:
         return [_artifact(a) for a in self._conn().execute(
             "SELECT * FROM artifacts WHERE job_id = ? ORDER BY name", (job_id,))]
 
-    def request_cancel(self, job_id: str) -> dict:
+    def count_queued(self, owner: str | None) -> int:
+        """How many QUEUED jobs `owner` has (None: the single-user default's)."""
+        return int(self._conn().execute("SELECT COUNT(*) FROM jobs WHERE owner IS ? AND state = ?",
+                                        (owner, QUEUED)).fetchone()[0])
+
+    def request_cancel(self, job_id: str, viewer: str | None = None) -> dict:
         """QUEUED: CANCELLED at once (it never runs). RUNNING: flagged; its worker stops at the next step."""
-        job_id = self.resolve(job_id)
+        job_id = self.resolve(job_id, viewer)
         now = time.time()
         with self._tx() as db:
             row = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -273,39 +334,99 @@ class JobStore:
             elif row["state"] == RUNNING:
                 db.execute("UPDATE jobs SET cancel_requested = 1, message = 'cancelling' WHERE id = ?", (job_id,))
                 self._event(db, job_id, "cancel", "cancel requested while running", now)
-        return self.get(job_id)
+        return self.get(job_id, viewer=viewer)
 
     # ----- workers: claims and leases -----
     def claim(self, job_id: str, owner: str, worker: str, lease_s: float) -> tuple[dict | None, str]:
-        """Take the job's lease if it is free. Returns (job, "") or (None, why it was not claimed)."""
+        """Run one job for the message naming `job_id`: its own job if its lease expired (a lost worker), else the
+        fairest eligible QUEUED job of its queue (see the module docstring). Returns (job, "") or (None, why
+        nothing was claimed), the why being about the message's own job."""
         now = time.time()
-        peek = self._conn().execute("SELECT state, lease_expires FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        if peek is not None and (peek["state"] in FINAL or (peek["state"] == RUNNING
-                                                             and (peek["lease_expires"] or 0) > now)):
-            # the common no-op (a batched job's own message, a duplicate): decided without the write lock
-            return None, (f"already {peek['state']}" if peek["state"] in FINAL
-                          else "running elsewhere under a live lease")
+        peek = self._conn().execute("SELECT state, lease_expires, queue, started FROM jobs WHERE id = ?",
+                                    (job_id,)).fetchone()
+        if peek is None:
+            return None, "unknown job"
+        expired = peek["state"] == RUNNING and (peek["lease_expires"] or 0) <= now
+        if peek["state"] != QUEUED and not expired:
+            # the common no-op (a batched job's own message, a duplicate), decided without the write lock: a job
+            # cancelled before it ever ran still holds its own message; any other message stands in for a job
+            # that was run in its place, so it runs the fairest queued job of its queue when there is one
+            never_ran = peek["state"] == CANCELLED and peek["started"] is None
+            if never_ran or not self._any_queued(self._conn(), peek["queue"]):
+                return None, _why_not(peek["state"])
         with self._tx() as db:
             row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            if row is None:
-                return None, "unknown job"
-            if row["state"] in FINAL:
-                return None, f"already {row['state']}"
-            if row["state"] == RUNNING and (row["lease_expires"] or 0) > now:
-                return None, "running elsewhere under a live lease"
-            if row["cancel_requested"]:
-                self._finish_row(db, job_id, CANCELLED, now, message="cancelled")
-                return None, "cancelled"
-            attempts = row["attempts"] + 1
-            if attempts > row["max_attempts"]:
-                why = f"gave up after {row['attempts']} attempts"
-                self._finish_row(db, job_id, FAILED, now, error=why, message=why)
+            why = _why_not(row["state"])
+            if row["state"] == RUNNING and (row["lease_expires"] or 0) <= now:
+                attempts = row["attempts"] + 1
+                if row["cancel_requested"]:
+                    self._finish_row(db, job_id, CANCELLED, now, message="cancelled")
+                    why = "cancelled"
+                elif attempts > row["max_attempts"]:
+                    why = f"gave up after {row['attempts']} attempts"
+                    self._finish_row(db, job_id, FAILED, now, error=why, message=why)
+                else:
+                    self._event(db, job_id, "retry", f"worker {row['worker']} was lost (its lease expired); "
+                                f"attempt {attempts} of {row['max_attempts']}", now)
+                    self._take(db, job_id, owner, worker, attempts, now, lease_s, None)
+                    return self.get(job_id, events=False, preview=False), ""
+            elif row["state"] == CANCELLED and row["started"] is None:
                 return None, why
-            if row["state"] == RUNNING:
-                self._event(db, job_id, "retry", f"worker {row['worker']} was lost (its lease expired); attempt "
-                            f"{attempts} of {row['max_attempts']}", now)
-            self._take(db, job_id, owner, worker, attempts, now, lease_s, None)
-        return self.get(job_id, events=False, preview=False), ""
+            swept = self._sweep(db, row["queue"], now)
+            why = swept.get(job_id, why)
+            pick = self._fairest(db, row["queue"], job_id)
+            if pick is None:
+                return None, why
+            self._take(db, pick["id"], owner, worker, pick["attempts"] + 1, now, lease_s, None)
+        return self.get(pick["id"], events=False, preview=False), ""
+
+    @staticmethod
+    def _any_queued(db: sqlite3.Connection, queue: str) -> bool:
+        return db.execute("SELECT 1 FROM jobs WHERE queue = ? AND state = ? LIMIT 1", (queue, QUEUED)).fetchone() \
+            is not None
+
+    def _sweep(self, db: sqlite3.Connection, queue: str, now: float) -> dict[str, str]:
+        """End the QUEUED jobs of `queue` that must never run (cancel flagged, out of attempts); {id: why}."""
+        out = {}
+        for r in db.execute("SELECT id, attempts, cancel_requested FROM jobs WHERE queue = ? AND state = ? AND "
+                            "(cancel_requested = 1 OR attempts >= max_attempts)", (queue, QUEUED)).fetchall():
+            if r["cancel_requested"]:
+                self._finish_row(db, r["id"], CANCELLED, now, message="cancelled")
+                out[r["id"]] = "cancelled"
+            else:
+                why = f"gave up after {r['attempts']} attempts"
+                self._finish_row(db, r["id"], FAILED, now, error=why, message=why)
+                out[r["id"]] = why
+        return out
+
+    @staticmethod
+    def _fairest(db: sqlite3.Connection, queue: str, own: str) -> sqlite3.Row | None:
+        """The next job of `queue`: highest priority present; within it, the user with the fewest RUNNING jobs
+        (ties: whose last start is oldest, never-started first; then whose oldest job is oldest); that user's
+        oldest job, or the message's own job `own` when it is one of that user's jobs at that priority (so
+        messages mostly run their own jobs, in broker order)."""
+        top = db.execute("SELECT MAX(priority) FROM jobs WHERE queue = ? AND state = ?", (queue, QUEUED)).fetchone()[0]
+        if top is None:
+            return None
+        owners = db.execute("SELECT owner, MIN(created) AS oldest FROM jobs WHERE queue = ? AND state = ? AND "
+                            "priority = ? GROUP BY owner", (queue, QUEUED, top)).fetchall()
+        if len(owners) > 1:
+            running = {r["owner"]: r["n"] for r in db.execute(
+                "SELECT owner, COUNT(*) AS n FROM jobs WHERE state = ? GROUP BY owner", (RUNNING,))}
+
+            def key(r: sqlite3.Row) -> tuple:
+                last = db.execute("SELECT MAX(attempt_started) FROM jobs WHERE owner IS ?", (r["owner"],)).fetchone()[0]
+                return (running.get(r["owner"], 0), last or 0.0, r["oldest"])
+
+            chosen = min(owners, key=key)["owner"]
+        else:
+            chosen = owners[0]["owner"]
+        mine = db.execute("SELECT id, attempts FROM jobs WHERE id = ? AND queue = ? AND state = ? AND priority = ? AND "
+                          "owner IS ?", (own, queue, QUEUED, top, chosen)).fetchone()
+        if mine is not None:
+            return mine
+        return db.execute("SELECT id, attempts FROM jobs WHERE queue = ? AND state = ? AND priority = ? AND owner IS ? "
+                          "ORDER BY created, rowid LIMIT 1", (queue, QUEUED, top, chosen)).fetchone()
 
     def claim_batch(self, leader: dict, owner: str, worker: str, lease_s: float, max_images: int,
                     limit: int = 256) -> list[dict]:
@@ -478,12 +599,20 @@ class JobStore:
             "batch_leader": row["leader"], "parent": row["parent"], "cancel_requested": bool(row["cancel_requested"]),
             "metrics": json.loads(row["metrics"]) if row["metrics"] else None, "staging": row["staging"],
             "batch_key": row["batch_key"], "images": row["images"], "time_limit_s": row["time_limit_s"],
+            "owner": row["owner"],
         }
+
+
+def _why_not(state: str) -> str:
+    """Why a message's own job is not run by this message."""
+    if state in FINAL:
+        return f"already {state}"
+    return "running elsewhere under a live lease" if state == RUNNING else "another job ran in its place"
 
 
 def _artifact(row: sqlite3.Row) -> dict:
     return {"name": row["name"], "kind": row["kind"], "path": row["path"], "size": row["size"]}
 
 
-__all__ = ["CANCELLED", "FAILED", "FINAL", "QUEUED", "RUNNING", "STATES", "SUCCEEDED", "Ending", "JobStore",
-           "NewJob", "Requeued"]
+__all__ = ["CANCELLED", "FAILED", "FINAL", "QUEUED", "RUNNING", "SCHEMA_VERSION", "STATES", "SUCCEEDED", "Ending",
+           "JobStore", "NewJob", "QuotaExceeded", "Requeued"]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from PIL import Image, PngImagePlugin
 
-from studio.errors import InputError
+from studio.errors import InputError, clip
 
 CHUNK = "latent-studio"
 RECORD_VERSION = 1
@@ -46,14 +46,23 @@ def save_png(im: Image.Image, path: str | Path, record: dict) -> None:
 
 def read_record(source: str | Path | Image.Image) -> dict:
     """The record embedded in a PNG written by the studio."""
+    name = clip(getattr(source, "filename", "") or "the image") if isinstance(source, Image.Image) else clip(source)
     try:
-        im = source if isinstance(source, Image.Image) else Image.open(source)
+        if isinstance(source, Image.Image):
+            im = source
+        else:
+            from studio.config import load_settings
+            from studio.images import check_image_header
+
+            settings = load_settings()
+            check_image_header(source, settings.max_upload_pixels, settings.max_upload_bytes, what="record image")
+            im = Image.open(source)
         im.load()
     except (OSError, ValueError) as exc:
-        raise InputError(f"{source} is not a readable PNG ({exc})") from None
+        raise InputError(f"{name} is not a readable PNG ({clip(exc, 120)})") from None
     text = getattr(im, "text", {}) or {}
     if CHUNK not in text:
-        raise InputError(f"{getattr(im, 'filename', '') or source} carries no Latent Studio record")
+        raise InputError(f"{name} carries no Latent Studio record")
     try:
         return json.loads(text[CHUNK])
     except json.JSONDecodeError:

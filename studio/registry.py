@@ -7,7 +7,8 @@ A plugin package declares, in its pyproject.toml::
 
 and `register(register_backend)` calls `register_backend(MyBackend)` once per backend class. The
 built-in backends register the same way. `STUDIO_PLUGINS=a,b` restricts loading to those entry points.
-A plugin that fails to import or register is recorded with its error and never stops the others.
+A plugin that fails to import or register is recorded with its error and never stops the others, even when
+it raises SystemExit (calls sys.exit) or another BaseException; only KeyboardInterrupt passes through.
 """
 
 from __future__ import annotations
@@ -67,12 +68,22 @@ def _allowed() -> set[str] | None:
     return {p.strip() for p in raw.split(",") if p.strip()} if raw else None
 
 
+def _describe_failure(exc: BaseException) -> str:
+    """One line for a plugin's failure; SystemExit gets its own words (its str() is just the exit code)."""
+    if isinstance(exc, SystemExit):
+        return f"the plugin called sys.exit({exc.code!r}) while loading"
+    text = " ".join(str(exc).split())[:240]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def _load_entry_point(registry: Registry, ep: EntryPoint) -> None:
     try:
         hook = ep.load()
         hook(lambda cls: registry.register_backend(cls, source=ep.name))
-    except Exception as exc:  # a broken plugin must not stop the others
-        registry.errors.append(PluginError(ep.name, f"{type(exc).__name__}: {exc}", traceback.format_exc()))
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - a broken plugin (even one calling sys.exit) must not stop the others
+        registry.errors.append(PluginError(ep.name, _describe_failure(exc), traceback.format_exc()))
 
 
 _cache: Registry | None = None

@@ -1,7 +1,10 @@
 """Job specs: one validated, JSON-serialisable description of a job, whoever submits it and wherever it runs.
 
 `parse_spec(data)` validates a dict (from the CLI, the UI, a client or a PNG record) into a spec, including
-the backend's own options, and raises InputError with every problem on one line.
+the backend's own options, and raises InputError with every problem on one line (under 300 characters, naming
+the field, never echoing a long value). Before pydantic sees the dict, every list, string, key and the nesting
+are bounded by the settings (`max_spec_items`, `max_spec_chars`); after it, every inline image is checked from
+its header alone (`max_upload_bytes`, `max_upload_pixels`, and `max_inline_bytes` for all of them together).
 """
 
 from __future__ import annotations
@@ -12,19 +15,26 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from studio.config import Settings, load_settings
-from studio.errors import InputError
+from studio.errors import InputError, clip
 
 MAX_SEED = 2**63 - 2**20
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+# Hard caps in the models themselves; the configured bounds (Settings.max_spec_*) are checked before them.
+MAX_LIST = 100_000
+MAX_TEXT = 1_000_000
+MAX_KEY_CHARS = 64  # option names and other dict keys
+MAX_DEPTH = 12  # nesting of dicts and lists in a spec
+Text = Annotated[str, Field(max_length=MAX_TEXT)]
+Name = Annotated[str, Field(max_length=512)]
 
 
 class ImageRef(BaseModel):
     """An input image: inline PNG/JPEG bytes (base64) or an item of a dataset."""
 
     model_config = ConfigDict(extra="forbid")
-    png_b64: str | None = None
-    dataset: str | None = None
+    png_b64: str | None = None  # bounded by Settings.max_upload_bytes and checked from its header in parse_spec
+    dataset: Name | None = None
     split: Literal["train", "test"] = "test"
     index: int | None = Field(default=None, ge=0)
 
@@ -83,8 +93,9 @@ class InterpolateSpec(_Job):
 
 class EditSpec(_Job):
     op: Literal["edit"] = "edit"
-    vector: str
-    strengths: list[float] = Field(default_factory=lambda: [-2.0, -1.0, 0.0, 1.0, 2.0], min_length=1)
+    vector: Name
+    strengths: list[float] = Field(default_factory=lambda: [-2.0, -1.0, 0.0, 1.0, 2.0], min_length=1,
+                                   max_length=MAX_LIST)
     source: Source
 
     @field_validator("vector")
@@ -101,7 +112,7 @@ class EditSpec(_Job):
 class TraverseSpec(_Job):
     op: Literal["traverse"] = "traverse"
     source: Source
-    dims: list[int] = Field(default_factory=lambda: list(range(8)), min_length=1)
+    dims: list[int] = Field(default_factory=lambda: list(range(8)), min_length=1, max_length=MAX_LIST)
     low: float = -3.0
     high: float = 3.0
     steps: int = Field(default=7, ge=2)
@@ -123,7 +134,7 @@ class AnalogySpec(_Job):
 class RoundtripSpec(_Job):
     op: Literal["roundtrip"] = "roundtrip"
     bits: int = 8
-    dataset: str | None = None
+    dataset: Name | None = None
     split: Literal["train", "test"] = "test"
     limit: int = Field(default=1000, ge=1)
     image: ImageRef | None = None
@@ -144,13 +155,13 @@ class RoundtripSpec(_Job):
 
 class FitVectorSpec(_Job):
     op: Literal["fit_vector"] = "fit_vector"
-    name: str
+    name: Name
     method: Literal["mean", "balanced", "classifier"] = "classifier"
-    dataset: str | None = None
-    attribute: str | None = None
+    dataset: Name | None = None
+    attribute: Name | None = None
     limit: int = Field(default=10000, ge=10)
-    with_seeds: list[Seed] | None = None
-    without_seeds: list[Seed] | None = None
+    with_seeds: list[Seed] | None = Field(default=None, max_length=MAX_LIST)
+    without_seeds: list[Seed] | None = Field(default=None, max_length=MAX_LIST)
     with_options: dict[str, Any] | None = None  # text directions: condition(with) - condition(without)
     without_options: dict[str, Any] | None = None
     seed: Seed = 0
@@ -193,7 +204,7 @@ class EvaluateSpec(_Job):
 
 class WalkSpec(_Job):
     op: Literal["walk"] = "walk"
-    keyframes: list[Source] = Field(min_length=2)
+    keyframes: list[Source] = Field(min_length=2, max_length=MAX_LIST)
     frames_per_segment: int = Field(default=8, ge=1, le=240)
     method: Literal["slerp", "lerp"] = "slerp"
 
@@ -203,7 +214,7 @@ class WalkSpec(_Job):
 
 class ProjectSpec(_Job):
     op: Literal["project"] = "project"
-    dataset: str = "mnist"
+    dataset: Name = "mnist"
     split: Literal["train", "test"] = "test"
     method: Literal["pca", "tsne", "umap"] = "pca"
     limit: int = Field(default=2000, ge=10, le=10000)
@@ -212,10 +223,10 @@ class ProjectSpec(_Job):
 
 class AnomaliesSpec(_Job):
     op: Literal["anomalies"] = "anomalies"
-    dataset: str = "mnist"
+    dataset: Name = "mnist"
     split: Literal["train", "test"] = "test"
     limit: int = Field(default=2000, ge=10, le=10000)
-    ood_dataset: str | None = None  # e.g. fashion or animals: reports AUROC of in- vs out-of-distribution
+    ood_dataset: Name | None = None  # e.g. fashion or animals: reports AUROC of in- vs out-of-distribution
     top: int = Field(default=16, ge=1, le=64)
 
 
@@ -226,13 +237,122 @@ OPS = ("sample", "interpolate", "edit", "traverse", "analogy", "roundtrip", "fit
 _adapter: TypeAdapter = TypeAdapter(JobSpec)
 
 
+MAX_MESSAGE = 290  # every rejection is one line under 300 characters
+
+
 def _format(exc: ValidationError) -> str:
     parts = []
-    for e in exc.errors():
-        loc = ".".join(str(x) for x in e["loc"] if not (isinstance(x, str) and x.endswith("Spec")))
-        msg = e["msg"].removeprefix("Value error, ")
+    for e in exc.errors(include_input=False, include_url=False):
+        path = list(e["loc"])
+        if path and path[0] in OPS:  # the discriminator's tag: the op is named already
+            path = path[1:]
+        loc = ".".join(clip(x, 40) for x in path if not (isinstance(x, str) and x.endswith("Spec")))
+        msg = clip(e["msg"].removeprefix("Value error, "), 120)
         parts.append(f"{loc}: {msg}" if loc else msg)
     return "; ".join(parts)
+
+
+def _refuse(message: str) -> InputError:
+    """A one-line rejection, cut to MAX_MESSAGE characters."""
+    text = " ".join(message.split())
+    return InputError(text if len(text) <= MAX_MESSAGE else text[:MAX_MESSAGE - 3] + "...")
+
+
+def _b64_limit(max_bytes: int) -> int:
+    """How many base64 characters encode `max_bytes` bytes (with padding)."""
+    return 4 * ((max_bytes + 2) // 3)
+
+
+class _Walk:
+    """Bounds on the raw spec, checked before pydantic sees it: lists, strings, keys, depth and total size.
+
+    A value over a bound is refused with its field named and its size given, never echoed back. The walk stops
+    at the first problem, so a huge spec costs no more than the bound to look at.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.total = 0  # characters of the spec, inline images aside
+        self.budget = max(settings.max_spec_chars, 1) * 64
+
+    def check(self, value: object, loc: str, depth: int = 0) -> None:
+        if depth > MAX_DEPTH:
+            raise _refuse(f"{loc or 'spec'}: nested more than {MAX_DEPTH} levels deep")
+        self.total += 1
+        if self.total > self.budget:
+            raise _refuse(f"spec: larger than {self.budget} characters without its inline images")
+        if isinstance(value, dict):
+            if len(value) > self.settings.max_spec_items:
+                raise _refuse(f"{loc or 'spec'}: at most {self.settings.max_spec_items} keys, got {len(value)}")
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    raise _refuse(f"{loc or 'spec'}: keys are strings, got a {type(key).__name__}")
+                if len(key) > MAX_KEY_CHARS:
+                    raise _refuse(f"{loc or 'spec'}: a key of {len(key)} characters; keys have at most "
+                                  f"{MAX_KEY_CHARS} ({clip(key, 30)})")
+                self.total += len(key)
+                here = f"{loc}.{key}" if loc else key
+                if key == "png_b64" and isinstance(item, str):
+                    limit = _b64_limit(self.settings.max_upload_bytes)
+                    if len(item) > limit:
+                        raise _refuse(f"{here}: about {len(item) * 3 // 4} bytes; the limit is "
+                                      f"{self.settings.max_upload_bytes} bytes (STUDIO_MAX_UPLOAD_BYTES)")
+                    continue
+                self.check(item, here, depth + 1)
+        elif isinstance(value, (list, tuple)):
+            if len(value) > self.settings.max_spec_items:
+                noun = "seeds" if loc.endswith("seeds") else "items"
+                raise _refuse(f"{loc or 'spec'}: at most {self.settings.max_spec_items} {noun}, got {len(value)}")
+            for i, item in enumerate(value):
+                self.check(item, f"{loc}[{i}]", depth + 1)
+        elif isinstance(value, str):
+            if len(value) > self.settings.max_spec_chars:
+                raise _refuse(f"{loc or 'spec'}: at most {self.settings.max_spec_chars} characters, "
+                              f"got {len(value)} (STUDIO_MAX_SPEC_CHARS)")
+            self.total += len(value)
+        elif value is not None and not isinstance(value, (bool, int, float)):
+            raise _refuse(f"{loc or 'spec'}: expected a JSON value (text, number, list or object), "
+                          f"got a Python {type(value).__name__} object")
+
+
+def _image_refs(model: BaseModel, loc: str = "") -> list[tuple[str, ImageRef]]:
+    """Every ImageRef in a validated spec, with where it sits (`start.image`, `keyframes[2].image`)."""
+    found: list[tuple[str, ImageRef]] = []
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        here = f"{loc}.{name}" if loc else name
+        items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
+        for i, item in items:
+            at = here if i is None else f"{here}[{i}]"
+            if isinstance(item, ImageRef):
+                found.append((at, item))
+            elif isinstance(item, BaseModel):
+                found.extend(_image_refs(item, at))
+    return found
+
+
+def check_inline_images(spec: BaseModel, settings: Settings) -> None:
+    """Decode each inline image's base64 and check its bytes and its header's pixel count (no pixel decode);
+    all of them together must fit Settings.max_inline_bytes."""
+    import base64
+    import binascii
+
+    from studio.images import check_image_header
+
+    total = 0
+    for loc, ref in _image_refs(spec):
+        if ref.png_b64 is None:
+            continue
+        what = f"{loc}.png_b64"
+        try:
+            raw = base64.b64decode(ref.png_b64, validate=True)
+        except (binascii.Error, ValueError):
+            raise _refuse(f"{what}: not valid base64") from None
+        check_image_header(raw, settings.max_upload_pixels, settings.max_upload_bytes, what)
+        total += len(raw)
+        if total > settings.max_inline_bytes:
+            raise _refuse(f"{what}: the inline images of this spec are over {settings.max_inline_bytes} bytes "
+                          f"together (STUDIO_MAX_INLINE_BYTES)")
 
 
 def output_count(spec: BaseModel) -> int:
@@ -262,12 +382,17 @@ def parse_spec(data: dict | BaseModel, settings: Settings | None = None, check_b
         data = data.model_dump()
     if not isinstance(data, dict):
         raise InputError(f"a job spec is a JSON object, got {type(data).__name__}")
-    if data.get("op") not in OPS:
-        raise InputError(f"unknown op {data.get('op')!r} (use one of {', '.join(OPS)})")
+    op = data.get("op")
+    if not isinstance(op, str) or op not in OPS:
+        shown = "missing" if op is None else f"unknown op {clip(op, 40)!r}" if isinstance(op, str) else \
+            f"expected text, got a {type(op).__name__}"
+        raise _refuse(f"op: {shown} (use one of {', '.join(OPS)})")
+    _Walk(settings).check(data, "")
     try:
         spec = _adapter.validate_python(data)
     except ValidationError as exc:
-        raise InputError(f"invalid {data.get('op')} job: {_format(exc)}") from None
+        raise _refuse(f"invalid {op} job: {_format(exc)}") from None
+    check_inline_images(spec, settings)
     count = output_count(spec)
     if count > settings.max_images:
         raise InputError(f"this {spec.op} job would make {count} images; the limit is {settings.max_images} "
@@ -278,13 +403,16 @@ def parse_spec(data: dict | BaseModel, settings: Settings | None = None, check_b
         from studio.registry import get_backend_class
 
         cls = get_backend_class(spec.backend)
-        cls.parse_options(spec.options)
-        for src in spec.sources():
-            if src.options is not None:
-                cls.parse_options({**spec.options, **src.options})
-        for extra in (getattr(spec, "with_options", None), getattr(spec, "without_options", None)):
-            if extra is not None:
-                cls.parse_options({**spec.options, **extra})
+        try:
+            cls.parse_options(spec.options)
+            for src in spec.sources():
+                if src.options is not None:
+                    cls.parse_options({**spec.options, **src.options})
+            for extra in (getattr(spec, "with_options", None), getattr(spec, "without_options", None)):
+                if extra is not None:
+                    cls.parse_options({**spec.options, **extra})
+        except InputError as exc:  # a plugin's message: keep it to one short line
+            raise _refuse(str(exc)) from None
     return spec
 
 

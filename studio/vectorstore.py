@@ -4,6 +4,10 @@ Layout: `<settings.vectors_path>/<backend>/<weights sha256[:16]>/<name>.safetens
 (key "vector"); `<name>.json` beside it holds the metadata: at least `space` (the latent space the vector
 lives in), plus what the fit reported (method, attribute, auc, ...) and name, backend, sha256, shape,
 created. A vector belongs to one set of weights: another model of the same backend does not see it.
+
+Users: a vector saved with an `owner` is seen (listed, loaded) only by its owner, by the users it is shared with
+(`shared`, a list of names; "*" means everyone) and by admins (viewer None). A vector with no owner (the
+single-user default) is seen by everyone.
 """
 
 from __future__ import annotations
@@ -42,9 +46,17 @@ def _dir(settings: Settings, backend: str, weights_sha256: str) -> Path:
     return Path(settings.vectors_path) / backend / weights_sha256[:16].lower()
 
 
+def visible(meta: dict, viewer: str | None) -> bool:
+    """Whether `viewer` (None: everything) sees a vector with this metadata."""
+    owner = meta.get("owner")
+    shared = meta.get("shared") or []
+    return viewer is None or owner is None or owner == viewer or viewer in shared or "*" in shared
+
+
 def save_vector(settings: Settings, backend: str, weights_sha256: str, name: str, vector: torch.Tensor,
-                meta: dict) -> Path:
-    """Store `vector` under `name` for these weights (replacing one of the same name); return its path."""
+                meta: dict, owner: str | None = None) -> Path:
+    """Store `vector` under `name` for these weights (replacing one of the same name); return its path.
+    `owner`: the user it belongs to (None: everyone's, the single-user default)."""
     from safetensors.torch import save
 
     check_name(name)
@@ -53,6 +65,8 @@ def save_vector(settings: Settings, backend: str, weights_sha256: str, name: str
     folder = _dir(settings, backend, weights_sha256)
     record = {**meta, "name": name, "backend": backend, "sha256": weights_sha256.lower(),
               "shape": list(vector.shape), "created": datetime.now(UTC).isoformat(timespec="seconds")}
+    if owner is not None:
+        record.update(owner=owner, shared=sorted(set(meta.get("shared") or [])))
     try:
         text = json.dumps(record, indent=2, sort_keys=True, default=_jsonable)
     except TypeError as exc:
@@ -79,30 +93,57 @@ def _names(folder: Path) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.safetensors") if (folder / f"{p.stem}.json").is_file())
 
 
-def load_vector(settings: Settings, backend: str, weights_sha256: str, name: str) -> tuple[torch.Tensor, dict]:
-    """Load a stored vector and its metadata; NotFound names the vectors that exist for these weights."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+def load_vector(settings: Settings, backend: str, weights_sha256: str, name: str,
+                viewer: str | None = None) -> tuple[torch.Tensor, dict]:
+    """Load a stored vector and its metadata; NotFound names the vectors that exist for these weights (only those
+    `viewer` sees: another user's unshared vector is not found)."""
+    from studio.safetensors_io import CorruptWeights, load_tensors
 
     check_name(name)
     folder = _dir(settings, backend, weights_sha256)
     path, meta_path = folder / f"{name}.safetensors", folder / f"{name}.json"
-    if not (path.is_file() and meta_path.is_file()):
-        known = ", ".join(_names(folder)) or "none"
+    if not (path.is_file() and meta_path.is_file()) or not visible(_meta(meta_path), viewer):
+        known = ", ".join(n for n in _names(folder) if visible(_meta(folder / f"{n}.json"), viewer)) or "none"
         raise NotFound(f"no vector {name!r} for backend {backend!r} with weights {weights_sha256[:16]} "
                        f"(stored: {known})")
     try:
-        tensors = load_file(str(path))
+        tensors = load_tensors(path)
         meta = json.loads(meta_path.read_text())
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise InputError(f"stored vector {name!r} is unreadable ({path}): {exc}") from None
+    except CorruptWeights as exc:
+        raise InputError(f"stored vector {name!r} is unreadable: {exc}") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"stored vector {name!r} is unreadable ({path}): {type(exc).__name__}") from None
     if TENSOR_KEY not in tensors:
         raise InputError(f"stored vector {name!r} holds no {TENSOR_KEY!r} tensor ({path})")
     return tensors[TENSOR_KEY], meta
 
 
-def list_vectors(settings: Settings, backend: str | None = None) -> list[dict]:
-    """Metadata of every stored vector (of one backend if given), sorted by backend, weights and name.
+def _meta(path: Path) -> dict:
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def share_vector(settings: Settings, backend: str, weights_sha256: str, name: str, users: list[str],
+                 viewer: str | None = None) -> dict:
+    """Share a vector with more users ("*": everyone); only its owner or an admin (viewer None) may."""
+    check_name(name)
+    meta_path = _dir(settings, backend, weights_sha256) / f"{name}.json"
+    meta = _meta(meta_path)
+    if not meta or not visible(meta, viewer):
+        raise NotFound(f"no vector {name!r} for backend {backend!r} with weights {weights_sha256[:16]}")
+    if viewer is not None and meta.get("owner") != viewer:
+        raise NotFound(f"no vector {name!r} of yours for backend {backend!r}: only its owner can share it")
+    meta["shared"] = sorted(set(meta.get("shared") or []) | set(users))
+    atomic_write(meta_path, json.dumps(meta, indent=2, sort_keys=True).encode())
+    return meta
+
+
+def list_vectors(settings: Settings, backend: str | None = None, viewer: str | None = None) -> list[dict]:
+    """Metadata of every stored vector (of one backend if given) that `viewer` sees (None: all), sorted by backend,
+    weights and name.
 
     An unreadable metadata file is listed with an `error` entry instead of its fields.
     """
@@ -118,5 +159,6 @@ def list_vectors(settings: Settings, backend: str | None = None) -> list[dict]:
                     meta = json.loads((sha_dir / f"{name}.json").read_text())
                 except (OSError, ValueError) as exc:
                     meta = {"error": f"unreadable metadata: {exc}"}
-                out.append({"name": name, "backend": backend_dir.name, "sha256": sha_dir.name, **meta})
+                if visible(meta, viewer):
+                    out.append({"name": name, "backend": backend_dir.name, "sha256": sha_dir.name, **meta})
     return out

@@ -164,9 +164,10 @@ def test_claim_batch_takes_compatible_queued_jobs_up_to_the_image_budget(tmp_pat
         store.create(_new(f"dddd000{i}", n=n, seed=i, key="k", priority=5 if i != 3 else 9))
     store.create(_new("dddd0099", n=1, key="other"))
     leader, _ = store.claim("dddd0000", "w/x", "w", 30)
+    assert leader["id"] == "dddd0003"  # a message runs the highest-priority job waiting in its queue
     taken = store.claim_batch(leader, "w/x", "w", 30, max_images=8)
-    assert [j["id"] for j in taken] == ["dddd0003", "dddd0001"]  # priority first; 2 + 1 + 3 = 6; 4 won't fit
-    assert all(j["state"] == "RUNNING" and j["batch_leader"] == "dddd0000" for j in taken)
+    assert [j["id"] for j in taken] == ["dddd0000", "dddd0001"]  # oldest first; 1 + 2 + 3 = 6; 4 won't fit
+    assert all(j["state"] == "RUNNING" and j["batch_leader"] == "dddd0003" for j in taken)
     assert store.get("dddd0002")["state"] == "QUEUED" and store.get("dddd0099")["state"] == "QUEUED"
 
 

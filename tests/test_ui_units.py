@@ -183,13 +183,15 @@ def test_auth_from_user_password_or_token(settings) -> None:
 
 def test_serve_refuses_an_open_host_before_building_anything(settings) -> None:
     from studio.ui import launch_kwargs, serve
+    from studio.ui.artifacts import shelf_root
 
     with pytest.raises(InputError, match="without auth"):
         serve(settings, host="0.0.0.0", port=0, client=None)
     kwargs = launch_kwargs(settings, "127.0.0.1", 7861)
     assert kwargs["server_name"] == "127.0.0.1" and kwargs["auth"] is None and kwargs["share"] is False
     assert kwargs["max_file_size"] == settings.max_upload_bytes
-    assert kwargs["allowed_paths"] == [str(settings.store_path)]
+    assert kwargs["allowed_paths"] == [str(shelf_root(settings))]  # copies of artifacts only, never the store
+    assert kwargs["blocked_paths"] == [str(settings.store_path)]
 
 
 # ----- inputs and records -----

@@ -29,9 +29,10 @@ from studio.contract import (
     ModelInfo,
     Point,
     Progress,
+    choose_model,
     no_progress,
 )
-from studio.errors import InputError, NotFound
+from studio.errors import InputError
 
 from .importer import convert_checkpoint, load_weights, model_dir, model_info
 from .invert import InversionSettings, invert, pyramid_features
@@ -79,8 +80,12 @@ def faces_checkpoint() -> Path | None:
 
 def ensure_faces(settings: Settings) -> Path | None:
     """The converted face weights in the model cache, converting them once; None when not installed."""
+    from studio.config import within
+
     dest = model_dir(settings) / "faces.safetensors"
     if dest.is_file():
+        if within(dest, settings.model_root_paths) is None:  # resolve, then check: a symlink out of the roots
+            raise InputError("gan model 'faces': its weights file is a symlink outside the model roots; refused")
         return dest
     source = faces_checkpoint()
     if source is None:
@@ -132,23 +137,22 @@ class GANBackend(Backend):
             faces = None
         if faces is not None:
             models["faces"] = model_info("faces", faces, "pretrained DCGAN-tutorial faces (gan-face-generate), 3x64x64")
+        from studio.config import files_under  # resolve, then check: a symlink out of the roots is not listed
+
         for root in settings.model_root_paths:
             folder = root / "gan"
-            for path in sorted(folder.glob("*.safetensors")) if folder.is_dir() else ():
+            for path in files_under(folder, "*.safetensors", settings.model_root_paths):
                 if path.stem not in models:
                     models[path.stem] = model_info(path.stem, path, f"user weights {path.name}")
         return list(models.values())
 
     @classmethod
     def load(cls, model: str | None, settings: Settings, device: str = "cpu", dtype: str = "float32") -> GANBackend:
-        models = {m.name: m for m in cls.available_models(settings)}
-        name = model or cls.default_model(settings)
-        if name is None or name not in models:
-            raise NotFound(f"gan model {name!r} not found (available: {', '.join(models) or 'none'})")
+        info = choose_model(cls.name, cls.available_models(settings), model)
         if dtype not in DTYPES:
             raise InputError(f"dtype {dtype!r} is not supported by the gan backend ({', '.join(DTYPES)})")
-        generator, encoder, _ = load_weights(models[name].path)
-        return cls(models[name], generator, encoder, device=device, dtype=dtype, settings=settings)
+        generator, encoder, _ = load_weights(info.path)
+        return cls(info, generator, encoder, device=device, dtype=dtype, settings=settings)
 
     @classmethod
     def train(cls, dataset: str, epochs: int, out: str, seed: int, settings: Settings,

@@ -16,9 +16,9 @@ import torch
 
 from studio.config import Settings, load_settings, resolve_under
 from studio.contract import ModelInfo
-from studio.errors import InputError, NotFound
+from studio.errors import InputError, NotFound, StudioError
 from studio.hashing import file_sha256
-from studio.safetensors_io import read_metadata, save_weights
+from studio.safetensors_io import load_tensors, read_metadata, save_weights
 
 from .models import Encoder, Generator, GeneratorConfig
 
@@ -135,28 +135,35 @@ def import_dcgan_tutorial(path: str | Path, name: str, settings: Settings | None
 
 
 def model_info(name: str, path: Path, description: str) -> ModelInfo:
-    """ModelInfo of a GAN weights file, with its sha256 and generator config."""
+    """ModelInfo of a GAN weights file, with its sha256 and generator config; a file that is not valid
+    safetensors is listed with the reason as its `error` (loading it is refused, other models keep serving)."""
+    try:
+        sha256 = file_sha256(path)
+    except OSError as exc:
+        return ModelInfo(name=name, path=str(path), sha256="", description=description,
+                         error=f"weights file {Path(path).name!r} cannot be read ({type(exc).__name__})")
+    extra: dict = {}
+    error = ""
     try:
         meta = read_metadata(path)
-        extra: dict = {k: int(meta[k]) for k in ("nz", "ngf", "nc", "size") if k in meta}
+        extra = {k: int(meta[k]) for k in ("nz", "ngf", "nc", "size") if k in meta}
         extra["encoder"] = "encoder_width" in meta
-    except (OSError, ValueError, UnicodeDecodeError) as exc:  # listed, but loading it reports the problem
-        extra = {"error": f"unreadable header: {type(exc).__name__}"}
-    return ModelInfo(name=name, path=str(path), sha256=file_sha256(path), description=description, extra=extra)
+    except StudioError as exc:
+        error = str(exc)
+    except (OSError, ValueError) as exc:
+        error = f"weights file {Path(path).name!r} has an unreadable header ({type(exc).__name__})"
+    return ModelInfo(name=name, path=str(path), sha256=sha256, description=description, extra=extra, error=error)
 
 
 def load_weights(path: str | Path) -> tuple[Generator, Encoder | None, dict[str, str]]:
     """Load a GAN safetensors file: the generator, the inversion encoder if it holds one, and the metadata."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     from .train import ENCODER_PREFIX
 
     try:
-        tensors = load_file(str(path), device="cpu")
         meta = read_metadata(path)
-    except (SafetensorError, OSError, ValueError, UnicodeDecodeError) as exc:
-        raise InputError(f"GAN weights {str(path)!r} cannot be read: {str(exc).splitlines()[0][:160]}") from None
+        tensors = load_tensors(path)
+    except OSError as exc:
+        raise InputError(f"GAN weights {Path(path).name!r} cannot be read: {type(exc).__name__}") from None
     gen_state = {k: v for k, v in tensors.items() if not k.startswith(ENCODER_PREFIX)}
     try:
         config = GeneratorConfig.from_metadata(meta) if "nz" in meta else infer_config(gen_state)

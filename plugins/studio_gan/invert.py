@@ -96,6 +96,7 @@ def invert(generator: torch.nn.Module, images: torch.Tensor, nz: int, seed: int 
     """Invert `generator` at `images` (NCHW in [-1, 1], on the generator's device and dtype).
 
     `init` (N, nz), e.g. a learned encoder's output, is restart 0's start and the centre of the others.
+    Runs with gradients enabled whatever the caller's grad mode (an outer torch.no_grad() is fine).
     Returns the best latents (N, nz) and their losses (N,). Calls progress(step, total) once per optimisation step.
     """
     n, r = images.shape[0], settings.restarts
@@ -119,7 +120,13 @@ def invert(generator: torch.nn.Module, images: torch.Tensor, nz: int, seed: int 
     for p in params:
         p.requires_grad_(False)
     try:
-        results = [_invert_group(generator, images[a:b], start[a:b], features, settings, tick) for a, b in groups]
+        # Inversion is an optimisation: it needs autograd even when the caller encodes under torch.no_grad()
+        # or torch.inference_mode() (as ops that only read latents may), so it is switched on here, where it is
+        # needed; tensors made in inference mode are copied into ordinary ones first.
+        with torch.inference_mode(False), torch.enable_grad():
+            images, start = (t.clone() if t.is_inference() else t for t in (images, start))
+            results = [_invert_group(generator, images[a:b], start[a:b], features, settings, tick)
+                       for a, b in groups]
     finally:
         generator.train(was_training)
         for p, flag in zip(params, needs_grad, strict=True):

@@ -12,9 +12,11 @@ Spaces (shapes for an image of H x W pixels, latent channels C=4, VAE scale fact
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 from collections import OrderedDict
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -33,9 +35,10 @@ from studio.contract import (
     ModelInfo,
     Point,
     Progress,
+    choose_model,
     no_progress,
 )
-from studio.errors import InputError
+from studio.errors import InputError, StudioError
 
 from .models import find_models, hub_model_info, load_pipeline, resolve_model
 from .optimise import RuntimeOptions, apply_runtime, choose_runtime, torch_dtype
@@ -48,6 +51,23 @@ if TYPE_CHECKING:
 
 NOISE, CODEC_SPACE, CONDITION_SPACE = "noise", "codec", "condition"
 EMBED_CACHE_SIZE = 32
+
+
+def weights_problem(folder: Path) -> str:
+    """Why a pipeline folder's safetensors files cannot load (the first corrupt one, by component), or ""."""
+    from studio.safetensors_io import read_header
+
+    for path in sorted(folder.rglob("*.safetensors")):
+        rel = path.relative_to(folder)
+        if any(part.startswith(".") for part in rel.parts) or not path.is_file():
+            continue
+        try:
+            read_header(path)
+        except StudioError as exc:
+            return f"{rel.parent.as_posix()}: {exc}" if rel.parent.parts else str(exc)
+        except OSError as exc:
+            return f"{rel.as_posix()} cannot be read ({type(exc).__name__})"
+    return ""
 
 
 class SDOptions(BaseModel):
@@ -92,12 +112,25 @@ class SDBackend(Backend):
     # ----- discovery and loading -----
     @classmethod
     def available_models(cls, settings: Settings) -> list[ModelInfo]:
-        return find_models(settings)
+        """The installed diffusers folders; one with a corrupt weights file is listed with the reason as its error."""
+        models = []
+        for info in find_models(settings):
+            problem = weights_problem(Path(info.path))
+            models.append(dataclasses.replace(info, error=problem) if problem else info)
+        return models
 
     @classmethod
     def load(cls, model: str | None, settings: Settings, device: str = "cpu", dtype: str = "float32") -> SDBackend:
         runtime = choose_runtime(device, dtype)
+        if model is None or not str(model).strip():
+            models = cls.available_models(settings)
+            if models:  # the first usable one (none at all: resolve_model says how to install one)
+                model = choose_model(cls.name, models, None).name
         source, info = resolve_model(model, settings)
+        if isinstance(source, Path):
+            problem = weights_problem(source)
+            if problem:
+                raise InputError(f"model {str(model)!r} of backend {cls.name!r} is broken: {problem}")
         pipe = load_pipeline(source, runtime, settings, os.environ.get("STUDIO_SD_SAFETY_CHECKER", "auto"))
         if info is None:
             info = hub_model_info(str(source), settings)

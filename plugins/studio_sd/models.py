@@ -1,5 +1,8 @@
 """Where SD checkpoints come from: diffusers folders under `<model_root>/sd/`, any folder under the
-model roots, or a Hugging Face hub id (from the local cache first; from the hub only when online).
+model roots, or a Hugging Face hub id (from the local cache; from the hub only when STUDIO_ALLOW_DOWNLOADS=1).
+
+Every local folder is resolved (symlinks followed) before it is checked against the model roots, and so is each
+file inside it: a symlink that leads outside the roots is refused, one that stays inside is fine.
 """
 
 from __future__ import annotations
@@ -13,9 +16,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from studio.config import resolve_under
+from studio.config import resolve_under, within
 from studio.contract import ModelInfo
-from studio.errors import InputError, NotFound
+from studio.errors import InputError, NotFound, clip
 from studio.hashing import file_sha256
 
 if TYPE_CHECKING:
@@ -63,7 +66,22 @@ def check_pipeline_folder(folder: Path) -> dict:
     return index
 
 
+def check_contained(folder: Path, settings: Settings) -> Path:
+    """`folder` resolved, refused unless it and every file in it resolve inside the model roots."""
+    roots = settings.model_root_paths
+    real = within(folder, roots)
+    if real is None:
+        raise InputError(f"model folder {clip(folder.name)!r} leads outside the model roots (a symlink); refused")
+    for path in real.rglob("*"):
+        if path.is_symlink() and within(path, roots) is None:
+            inner = clip(path.relative_to(real).as_posix())
+            raise InputError(f"model folder {clip(folder.name)!r}: {inner!r} is a symlink outside the model roots; "
+                             "refused")
+    return real
+
+
 def _info(folder: Path, settings: Settings, name: str | None = None) -> ModelInfo:
+    folder = check_contained(folder, settings)
     index = check_pipeline_folder(folder)
     return ModelInfo(name=name or folder.name, path=str(folder), sha256=weights_sha256(folder, settings.cache_path),
                      description=f"{index.get('_class_name', 'diffusers pipeline')} (diffusers folder)")
@@ -78,9 +96,9 @@ def find_models(settings: Settings) -> list[ModelInfo]:
         for folder in sorted(base.iterdir()):
             if folder.name not in found and (folder / "model_index.json").is_file():
                 try:
-                    found[folder.name] = _info(folder, settings)
+                    found[folder.name] = _info(folder, settings, name=folder.name)
                 except InputError:
-                    continue  # not an SD-1.x/2.x pipeline: not ours to list
+                    continue  # not an SD-1.x/2.x pipeline, or a symlink out of the roots: not ours to list
     return list(found.values())
 
 
@@ -104,7 +122,8 @@ def resolve_model(model: str | None, settings: Settings) -> tuple[Path | str, Mo
     if "/" not in model and os.sep not in model:
         for base in sd_dirs(settings):
             if (base / model / "model_index.json").is_file():
-                return base / model, _info(base / model, settings)
+                info = _info(base / model, settings, name=model)
+                return Path(info.path), info
     given = Path(model).expanduser()
     roots = settings.model_root_paths
     looks_like_path = (given.is_absolute() or model.startswith((".", "~")) or given.exists()
@@ -115,8 +134,27 @@ def resolve_model(model: str | None, settings: Settings) -> tuple[Path | str, Mo
             installed = ", ".join(m.name for m in find_models(settings)) or "none"
             raise NotFound(f"model {model!r} is not an installed SD model (installed: {installed}), "
                            "not a folder under the model roots, and not a hub id (org/name)")
-        return folder, _info(folder, settings, name=model)
+        info = _info(folder, settings, name=model)
+        return Path(info.path), info
+    if not settings.allow_downloads and not hub_cached(model):
+        raise NotFound(downloads_off_message(model, settings))
     return model, None
+
+
+def downloads_off_message(hub_id: str, settings: Settings) -> str:
+    roots = clip(os.pathsep.join(str(r) for r in settings.model_root_paths), 100)
+    return (f"model {clip(hub_id)!r} is not in the local Hugging Face cache and downloads are off (offline; "
+            f"STUDIO_ALLOW_DOWNLOADS=1 allows them); download it first or pass a folder under {roots}")
+
+
+def hub_cached(hub_id: str) -> bool:
+    """True when the hub model's model_index.json is in the local Hugging Face cache (no network call)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(hub_id, "model_index.json"), str)
+    except Exception:  # noqa: BLE001 - a malformed id or cache: treat as not cached
+        return False
 
 
 def hub_offline() -> bool:
@@ -200,8 +238,10 @@ def _load(pipeline_class, source: Path | str, settings: Settings, kwargs: dict):
         return pipeline_class.from_pretrained(source, local_files_only=True, **kwargs)
     except Exception as exc:  # noqa: BLE001 - any failure here means "not usable from the cache"
         cache_error = exc
+    if not settings.allow_downloads:
+        raise NotFound(downloads_off_message(source, settings)) from None
     if hub_offline():
-        raise NotFound(f"model {source!r} is not in the local Hugging Face cache and the hub cannot be reached "
+        raise NotFound(f"model {clip(source)!r} is not in the local Hugging Face cache and the hub cannot be reached "
                        f"(offline); download it first or pass a local folder under {roots}") from None
     try:
         return pipeline_class.from_pretrained(source, **kwargs)

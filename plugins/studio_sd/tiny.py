@@ -111,16 +111,15 @@ def _trained_tiny_vae(config: dict):  # -> AutoencoderKL
     import json
 
     from diffusers import AutoencoderKL
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+
+    from studio.safetensors_io import load_tensors, read_metadata
 
     if not TINY_VAE_WEIGHTS.is_file():
         raise FileNotFoundError(f"the tiny VAE weights {TINY_VAE_WEIGHTS} are missing; rebuild them with "
                                 "`python -m studio_sd.train_tiny_vae` or pass trained_vae=False")
-    with safe_open(str(TINY_VAE_WEIGHTS), "pt") as f:
-        metrics = json.loads((f.metadata() or {})["metrics"])
+    metrics = json.loads(read_metadata(TINY_VAE_WEIGHTS)["metrics"])
     vae = AutoencoderKL(**config, scaling_factor=round(metrics["scaling_factor"], 5))
-    vae.load_state_dict(load_file(str(TINY_VAE_WEIGHTS)), strict=True)
+    vae.load_state_dict(load_tensors(TINY_VAE_WEIGHTS), strict=True)
     return vae
 
 

@@ -22,9 +22,10 @@ from studio.contract import (
     ModelInfo,
     Point,
     Progress,
+    choose_model,
     no_progress,
 )
-from studio.errors import InputError, NotFound
+from studio.errors import InputError, NotFound, StudioError
 from studio.hashing import file_sha256
 
 SHIPPED = Path(__file__).parent / "weights" / "mnist.safetensors"
@@ -33,15 +34,26 @@ BATCH = 512
 DTYPES = {"auto": torch.float32, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 def _model_info(name: str, path: Path, description: str) -> ModelInfo:
+    """The model's info; a file that is not valid VAE weights is listed with the reason as its `error`."""
     from studio.safetensors_io import read_metadata
 
+    try:
+        sha256 = file_sha256(path)
+    except OSError as exc:
+        return ModelInfo(name=name, path=str(path), sha256="", description=description,
+                         error=f"weights file {path.name!r} cannot be read ({type(exc).__name__})")
     extra: dict = {}
+    error = ""
     try:
         meta = read_metadata(path)
         extra = {k: meta[k] for k in ("dataset", "epochs", "seed") if k in meta}
-    except (OSError, ValueError):
-        description += " (unreadable metadata)"
-    return ModelInfo(name=name, path=str(path), sha256=file_sha256(path), description=description, extra=extra)
+        if "config" not in meta:
+            error = f"weights file {path.name!r} holds no VAE config in its metadata"
+    except StudioError as exc:
+        error = str(exc)
+    except OSError as exc:
+        error = f"weights file {path.name!r} cannot be read ({type(exc).__name__})"
+    return ModelInfo(name=name, path=str(path), sha256=sha256, description=description, extra=extra, error=error)
 
 
 def _resolve_device(device: str) -> str:
@@ -81,23 +93,21 @@ class VAEBackend(Backend):
         models: dict[str, ModelInfo] = {}
         if SHIPPED.is_file():
             models["mnist"] = _model_info("mnist", SHIPPED, "shipped: trained on MNIST by `studio train vae`")
+        from studio.config import files_under  # resolve, then check: a symlink out of the roots is not listed
+
         for root in settings.model_root_paths:
             folder = Path(root) / "vae"
-            if folder.is_dir():
-                for path in sorted(folder.glob("*.safetensors")):
-                    if path.is_file() and path.stem not in models:
-                        models[path.stem] = _model_info(path.stem, path, f"user weights in {folder}")
+            for path in files_under(folder, "*.safetensors", settings.model_root_paths):
+                if path.stem not in models:
+                    models[path.stem] = _model_info(path.stem, path, f"user weights in {folder}")
         return list(models.values())
 
     @classmethod
     def load(cls, model: str | None, settings: Settings, device: str = "cpu", dtype: str = "float32") -> VAEBackend:
-        models = {m.name: m for m in cls.available_models(settings)}
+        models = cls.available_models(settings)
         if not models:
             raise NotFound("no VAE weights are installed (train some with `studio train vae`)")
-        name = model or next(iter(models))
-        if name not in models:
-            raise NotFound(f"unknown VAE model {name!r} (available: {', '.join(models)})")
-        return cls(models[name], device=device, dtype=dtype)
+        return cls(choose_model(cls.name, models, model, kind="VAE"), device=device, dtype=dtype)
 
     @classmethod
     def train(cls, dataset: str, epochs: int, out: str, seed: int, settings: Settings,

@@ -87,17 +87,17 @@ def parameter_count(model: nn.Module) -> int:
 
 def load_vae(path: str | Path) -> tuple[ConvVAE, dict[str, str]]:
     """Rebuild a `ConvVAE` from a safetensors file whose metadata holds its config."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from studio.safetensors_io import read_metadata
+    from studio.safetensors_io import CorruptWeights, load_tensors, read_metadata
 
     try:
         metadata = read_metadata(path)
         config = VAEConfig.from_json(metadata["config"])
-        state = load_file(str(path))
+        state = load_tensors(path)
         model = ConvVAE(config)
         model.load_state_dict(state)
-    except (KeyError, ValueError, TypeError, RuntimeError, OSError, SafetensorError) as exc:
-        raise InputError(f"VAE weights {str(path)!r} are not readable: {type(exc).__name__}: {exc}") from None
+    except CorruptWeights:
+        raise
+    except (KeyError, ValueError, TypeError, RuntimeError, OSError) as exc:
+        first = (str(exc).splitlines() or [""])[0][:160]
+        raise InputError(f"VAE weights {Path(path).name!r} are not readable: {type(exc).__name__}: {first}") from None
     return model.eval(), metadata

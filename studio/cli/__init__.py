@@ -7,17 +7,20 @@ import sys
 
 import typer
 
-from studio.errors import StudioError
+from studio.errors import StudioError, clip
+
+MAX_MESSAGE_CHARS = 290  # every rejection is one line under 300 characters, whatever input it names
 
 app = typer.Typer(name="studio", help="Latent Studio: sample, walk, edit and compress in latent space.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 
 
 def _register() -> None:
-    from studio.cli import local, queue_cmds
+    from studio.cli import local, queue_cmds, users_cmds
 
     local.register(app)
     queue_cmds.register(app)
+    users_cmds.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -39,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.write("aborted\n")
         sys.exit(130)
     except StudioError as exc:
-        sys.stderr.write(f"error: {exc}\n")
+        sys.stderr.write(f"error: {clip(exc, MAX_MESSAGE_CHARS)}\n")
         sys.exit(2)
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
@@ -47,5 +50,6 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # an unexpected failure still gets one line; STUDIO_DEBUG=1 shows the traceback
         if os.environ.get("STUDIO_DEBUG"):
             raise
-        sys.stderr.write(f"error: unexpected {type(exc).__name__}: {exc} (set STUDIO_DEBUG=1 for the traceback)\n")
+        sys.stderr.write(f"error: unexpected {type(exc).__name__}: {clip(exc, 200)} "
+                         "(set STUDIO_DEBUG=1 for the traceback)\n")
         sys.exit(1)

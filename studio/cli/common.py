@@ -8,18 +8,35 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from studio.errors import InputError
+from studio.errors import InputError, clip
+
+
+def _max_items() -> int:
+    from studio.config import load_settings
+
+    return load_settings().max_spec_items
+
+
+def check_name(value: str, what: str) -> str:
+    """A backend, kind or model name from the command line: refused in one short line when it cannot be one."""
+    if len(value) > 64 or not value.strip():
+        raise InputError(f"{what}: names have 1 to 64 characters, got {clip(value, 40)!r}")
+    return value
 
 
 def parse_floats(text: str, what: str) -> list[float]:
     try:
-        return [float(x) for x in text.split(",") if x.strip()]
+        out = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise InputError(f"{what} must be comma-separated numbers, got {text!r}") from None
+        raise InputError(f"{what} must be comma-separated numbers, got {clip(text)!r}") from None
+    if len(out) > (limit := _max_items()):
+        raise InputError(f"{what}: at most {limit} numbers, got {len(out)} (STUDIO_MAX_SPEC_ITEMS)")
+    return out
 
 
 def parse_ints(text: str, what: str) -> list[int]:
-    """'0-7' or '1,3,5' or '0-3,8' -> list of ints."""
+    """'0-7' or '1,3,5' or '0-3,8' -> list of ints (at most Settings.max_spec_items of them)."""
+    limit = _max_items()
     out: list[int] = []
     try:
         for part in text.split(","):
@@ -32,11 +49,18 @@ def parse_ints(text: str, what: str) -> list[int]:
                 a, b = int(lo), int(hi)
                 if b < a:
                     raise ValueError
+                if len(out) + (b - a + 1) > limit:  # refused before the range is built
+                    raise InputError(f"{what}: at most {limit} numbers, got {len(out) + b - a + 1} or more "
+                                     "(STUDIO_MAX_SPEC_ITEMS)")
                 out.extend(range(a, b + 1))
             else:
                 out.append(int(part))
+            if len(out) > limit:
+                raise InputError(f"{what}: at most {limit} numbers, got more (STUDIO_MAX_SPEC_ITEMS)")
+    except InputError:
+        raise
     except ValueError:
-        raise InputError(f"{what} must look like '0-7' or '1,3,5', got {text!r}") from None
+        raise InputError(f"{what} must look like '0-7' or '1,3,5', got {clip(text)!r}") from None
     if not out:
         raise InputError(f"{what} is empty")
     return out
@@ -47,7 +71,7 @@ def parse_option_pairs(pairs: list[str] | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for pair in pairs or []:
         if "=" not in pair:
-            raise InputError(f"--option takes KEY=VALUE, got {pair!r}")
+            raise InputError(f"--option takes KEY=VALUE, got {clip(pair)!r}")
         key, value = pair.split("=", 1)
         try:
             out[key.strip()] = json.loads(value)
@@ -56,23 +80,24 @@ def parse_option_pairs(pairs: list[str] | None) -> dict[str, Any]:
     return out
 
 
-def image_ref(path: str | None) -> dict | None:
-    """Read a user's image file into an inline ImageRef (size-checked; the worker never reads user paths).
+def image_ref(path: str | None, what: str = "image") -> dict | None:
+    """Read a user's image file into an inline ImageRef (the worker never reads user paths).
 
-    `dataset:NAME:SPLIT:INDEX` (e.g. dataset:mnist:test:3) refers to a dataset image instead.
+    Its size in bytes and its width x height are checked from the header before it is read whole; nothing is
+    decoded here. `dataset:NAME:SPLIT:INDEX` (e.g. dataset:mnist:test:3) refers to a dataset image instead.
     """
     if path is None:
         return None
     if path.startswith("dataset:"):
         parts = path.split(":")
         if len(parts) != 4 or not parts[3].isdigit():
-            raise InputError(f"dataset images look like dataset:mnist:test:3, got {path!r}")
+            raise InputError(f"dataset images look like dataset:mnist:test:3, got {clip(path)!r}")
         return {"dataset": parts[1], "split": parts[2], "index": int(parts[3])}
     from studio.config import load_settings
-    from studio.images import open_checked
+    from studio.images import check_image_header
 
     settings = load_settings()
-    open_checked(path, settings.max_upload_bytes, settings.max_upload_pixels, what=f"image {path!r}")
+    check_image_header(path, settings.max_upload_pixels, settings.max_upload_bytes, what=what)
     return {"png_b64": base64.b64encode(Path(path).read_bytes()).decode("ascii")}
 
 

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from studio.cli import ops
-from studio.cli.common import Bar, print_json
+from studio.cli.common import Bar, check_name, print_json
 from studio.errors import InputError
 
 run_app = typer.Typer(help="Run an operation in this process and write its outputs.", no_args_is_help=True)
@@ -60,6 +60,8 @@ def plugins(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")]
             print(f"    space {s['name']}: shape {tuple(s['shape'])}, prior {s['prior']}, roles {roles}")
         for m in b["models"]:
             print(f"    model {m['name']}: sha256 {m['sha256'][:16]}...  {m['path']}")
+            if m.get("error"):
+                print(f"        BROKEN: {m['error']}")
         if b.get("error"):
             print(f"    load error: {b['error']}")
     for e in info["errors"]:
@@ -97,9 +99,11 @@ def vectors_list(backend: Annotated[str | None, typer.Option(help="Only this bac
                  as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """List stored vectors."""
     from studio.config import load_settings
+    from studio.users import user_from_env, viewer_for
     from studio.vectorstore import list_vectors
 
-    rows = list_vectors(load_settings(), backend)
+    settings = load_settings()
+    rows = list_vectors(settings, backend, viewer=viewer_for(settings, user_from_env(settings)))
     if as_json:
         print_json(rows)
         return
@@ -125,7 +129,7 @@ def train(backend: Annotated[str, typer.Argument(help="Backend to train (vae, ga
 
     if epochs < 1:
         raise InputError(f"epochs must be at least 1, got {epochs}")
-    cls = get_backend_class(backend)
+    cls = get_backend_class(check_name(backend, "backend"))
     if TRAIN not in cls.capabilities:
         raise InputError(f"backend {backend!r} cannot be trained here")
     kwargs = {k: v for k, v in {"batch_size": batch_size, "limit": limit}.items() if v is not None}
@@ -154,6 +158,8 @@ def import_weights(backend: Annotated[str, typer.Argument(help="Backend (gan).")
     """Convert a checkpoint to safetensors under the model root, without unpickling code."""
     from studio.config import load_settings
 
+    check_name(backend, "backend")
+    check_name(kind, "kind")
     if (backend, kind) != ("gan", "dcgan-tutorial"):
         raise InputError(f"no importer for {backend} {kind} (available: gan dcgan-tutorial)")
     from studio_gan.importer import import_dcgan_tutorial
@@ -176,7 +182,7 @@ def plugin_check(name: Annotated[str, typer.Argument(help="Backend to check.")],
     """Run the conformance checks against an installed backend (the third-party plugin kit)."""
     from studio.conformance import run_checks
 
-    results = run_checks(name, model)
+    results = run_checks(check_name(name, "backend"), model)
     if as_json:
         print_json([r.__dict__ for r in results])
     else:

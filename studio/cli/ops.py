@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from studio.cli.common import parse_floats, parse_ints, parse_option_pairs, source
-from studio.errors import InputError
+from studio.errors import InputError, clip
 
 Backend = Annotated[str, typer.Option("--backend", "-b", help="Backend name (see `studio plugins`).")]
 Model = Annotated[str | None, typer.Option(help="Model name or path (default: the backend's first model).")]
@@ -92,7 +92,7 @@ def traverse(backend: Backend, model: Model = None,
     """A traversal grid: one row per latent dimension."""
     lo_hi = parse_floats(range_, "--range")
     if len(lo_hi) != 2:
-        raise InputError(f"--range takes LOW,HIGH, got {range_!r}")
+        raise InputError(f"--range takes LOW,HIGH, got {clip(range_)!r}")
     return {"op": "traverse", "backend": backend, "model": model, "source": source(seed, image, "the centre"),
             "dims": parse_ints(dims, "--dims"), "low": lo_hi[0], "high": lo_hi[1], "steps": steps,
             "options": _options(prompt, option=option)}

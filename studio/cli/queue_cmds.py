@@ -26,8 +26,11 @@ Priority = Annotated[int, typer.Option(min=0, max=9, help="0-9, 9 most urgent.")
 
 def _client():  # noqa: ANN202 - imported lazily so `--help` stays fast
     from studio.client import StudioClient
+    from studio.config import load_settings
+    from studio.users import user_from_env
 
-    return StudioClient()
+    settings = load_settings()
+    return StudioClient(settings, user=user_from_env(settings))  # with users: STUDIO_TOKEN or STUDIO_USER
 
 
 def _when(ts: float | None) -> str:
@@ -80,9 +83,12 @@ def _follow(client: object, job_id: str, timeout: float | None = None) -> dict:
             try:
                 return client.wait(job_id, timeout=step)  # type: ignore[attr-defined]
             except WaitTimeout:
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise
-            job = client.store.get(job_id, events=False, preview=False)  # type: ignore[attr-defined]
+                if deadline is not None and time.monotonic() >= deadline:  # name the timeout given, not the last step
+                    state = client.store.state(job_id)  # type: ignore[attr-defined]
+                    given = int(timeout) if float(timeout).is_integer() else round(timeout, 3)
+                    raise WaitTimeout(f"job {job_id} is still {state}: not finished after {given} s") from None
+            job = client.store.get(job_id, events=False, preview=False,  # type: ignore[attr-defined]
+                                   viewer=client.viewer)  # type: ignore[attr-defined]
             if job["total"]:
                 bar(job["step"], job["total"], job["message"])
     finally:
@@ -133,7 +139,7 @@ def wait(job_id: JobId, timeout: Annotated[float | None, typer.Option(help="Give
          as_json: Json = False) -> None:
     """Wait for a job to end; exit 0 when it succeeded, 1 when it failed or was cancelled."""
     client = _client()
-    _end(_follow(client, client.store.resolve(job_id), timeout), as_json)
+    _end(_follow(client, client.store.resolve(job_id, client.viewer), timeout), as_json)
 
 
 def cancel(job_id: JobId, as_json: Json = False) -> None:
@@ -209,8 +215,13 @@ def workers(as_json: Json = False) -> None:
         print("no live workers: start one with `studio worker` or `studio up`")
     for w in rows:
         warm = ", ".join(f"{m['backend']}/{m['model']}" for m in w.get("loaded", [])) or "none"
+        stalled = ""
+        if w.get("stalled"):
+            since = w.get("stalled_since")
+            for_s = f" for {max(0, time.time() - since):.0f} s" if isinstance(since, (int, float)) else ""
+            stalled = f"  STALLED{for_s}: idle, receives nothing while jobs of its queues wait (restarting)"
         print(f"{w['id']}  {w['device']} ({w['dtype']}, {w['pool']} x{w['concurrency']})  backends "
-              f"{', '.join(w['backends'])}  warm {warm}  job {w.get('job_id') or '-'}")
+              f"{', '.join(w['backends'])}  warm {warm}  job {w.get('job_id') or '-'}{stalled}")
 
 
 def worker(queues: Annotated[str | None, typer.Option(help="Comma-separated queues, e.g. any.vae,gpu.sd "

@@ -53,7 +53,11 @@ def _load(backend: Backend, dataset: str, split: str, limit: int, settings: Sett
 
 def encode_flat(backend: Backend, images: torch.Tensor, progress: Progress = no_progress,
                 message: str = "encoding") -> np.ndarray:
-    """Encode images in batches to their CODEC point, flattened to one float32 row per image."""
+    """Encode images in batches to their CODEC point, flattened to one float32 row per image.
+
+    Encoding runs under torch.no_grad() (nothing here needs gradients); a backend whose encode optimises
+    (GAN inversion) switches gradients on for itself, so this stays the same for every backend.
+    """
     import torch
 
     space = backend.space_for(CODEC).name

@@ -28,16 +28,20 @@ def build_app(client: QueueClient, settings: Settings) -> gr.Blocks:
 def launch_kwargs(settings: Settings, host: str, port: int, share: bool = False) -> dict:
     """Arguments for `Blocks.launch`: address, auth (required off loopback), upload limit, theme and CSS.
 
+    Gradio serves only the artifact copies folder (`shelf_root`): the store, with the job database, logs and
+    staging folders, is a blocked path.
+
     Raises InputError (before anything is served) for a non-loopback host or a share link without auth.
     """
-    from studio.ui.security import launch_auth
+    from studio.ui.artifacts import shelf_root
+    from studio.ui.security import app_kwargs, auth_message, launch_auth
     from studio.ui.style import CSS, theme
 
     auth = launch_auth(settings, host, share)
     return {"server_name": host, "server_port": int(port), "share": share, "auth": auth,
-            "auth_message": "Latent Studio: sign in (STUDIO_UI_AUTH user and password, or any user with "
-                            "STUDIO_UI_TOKEN as the password)." if auth else None,
-            "allowed_paths": [str(settings.store_path)], "max_file_size": int(settings.max_upload_bytes),
+            "auth_message": auth_message(settings, auth), "app_kwargs": app_kwargs(settings),
+            "allowed_paths": [str(shelf_root(settings))], "blocked_paths": [str(settings.store_path)],
+            "max_file_size": int(settings.max_upload_bytes),
             "theme": theme(), "css": CSS, "show_error": False, "ssr_mode": False, "quiet": True,
             "footer_links": ["api", "settings"]}
 

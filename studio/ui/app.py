@@ -5,9 +5,11 @@ from __future__ import annotations
 import gradio as gr
 
 from studio.config import Settings
+from studio.ui.artifacts import ArtifactShelf
 from studio.ui.catalog import Catalog
+from studio.ui.components import StudioBlocks
 from studio.ui.context import TEXT, UIContext
-from studio.ui.jobs import JobRunner, QueueClient, ui_errors
+from studio.ui.jobs import JobRunner, QueueClient, scoped, ui_errors
 from studio.ui.scatter import DatasetImages
 from studio.ui.tabs import compress, edit, explore, generate, interpolate, plugins, queue
 from studio.ui.views import chips, esc, without_paths
@@ -50,13 +52,14 @@ def build_app(client: QueueClient, settings: Settings, catalog: Catalog | None =
     """Build the studio's Gradio app on a queue client (nothing runs a model in this process)."""
     catalog = catalog or Catalog(settings)
     ctx = UIContext(client=client, settings=settings, catalog=catalog,
-                    runner=JobRunner(client, timeout_s=float(settings.job_time_limit_s) + 300.0),
+                    runner=JobRunner(client, timeout_s=float(settings.job_time_limit_s) + 300.0,
+                                     shelf=ArtifactShelf.for_settings(settings)),
                     images=DatasetImages(settings))
     default = catalog.default_backend()
     models = catalog.models(default)
     is_text = bool(catalog.get(default) and catalog.get(default).can(TEXT))
 
-    with gr.Blocks(title="Latent Studio", analytics_enabled=False) as demo:
+    with StudioBlocks(title="Latent Studio", analytics_enabled=False) as demo:
         with gr.Row(elem_id="ls-header", equal_height=True):
             gr.HTML(HEADER, elem_id="ls-title")
             backend = gr.Dropdown(catalog.names(), value=default, label="Backend", allow_custom_value=True,
@@ -144,29 +147,33 @@ def public_job(job: dict) -> dict:
 
 
 def _api(ctx: UIContext) -> None:
-    """Endpoints for programs: submit any job spec, follow it, list jobs."""
-    import json
+    """Endpoints for programs: submit any job spec, follow it, list jobs. Arguments arrive as any JSON value:
+    each is checked, and every rejection is one line naming the field."""
+    from studio.errors import InputError, NotFound
+    from studio.ui.inputs import int_field, job_id_field, parse_spec_json, state_field
 
     @ui_errors
     def submit(spec_json: str, priority: int = 5) -> str:
         """Validate and queue a job spec (a JSON object, as `studio submit` builds); returns the job id at once."""
+        spec = parse_spec_json(spec_json, ctx.settings)
+        level = int_field(priority, "priority", 0, 9, default=5)
         try:
-            spec = json.loads(spec_json)
-        except json.JSONDecodeError as exc:
-            from studio.errors import InputError
-
-            raise InputError(f"the job spec is not valid JSON: {exc.msg}") from None
-        return ctx.runner.submit(spec, priority=int(priority))
+            return ctx.runner.submit(spec, priority=level)
+        except (InputError, NotFound) as exc:  # the spec's own problems: name the field they came in
+            text = str(exc)
+            kind = NotFound if isinstance(exc, NotFound) else InputError
+            raise kind(text if text.startswith(("spec_json", "priority")) else f"spec_json: {text}") from None
 
     @ui_errors
     def status(job_id: str) -> dict:
         """A job's status: state, progress (0..1), message, error, timings, artifact names."""
-        return public_job(ctx.client.status(job_id))
+        return public_job(scoped(ctx.client).status(job_id_field(job_id)))
 
     @ui_errors
     def jobs(state: str = "", limit: int = 50) -> list[dict]:
         """Recent jobs, newest first (state: QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED or empty for all)."""
-        return [public_job(r) for r in ctx.client.jobs(state or None, limit=max(1, min(int(limit), 500)))]
+        count = max(1, min(int_field(limit, "limit", 0, 10**9, default=50), 500))  # more than 500: 500
+        return [public_job(r) for r in scoped(ctx.client).jobs(state_field(state), limit=count)]
 
     gr.api(submit, api_name="submit")
     gr.api(status, api_name="status")

@@ -21,12 +21,22 @@ def _png_b64(image: Any) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def check_header(source: bytes | str, settings: Settings, what: str) -> tuple[int, int]:
+    """Bytes and width x height from the header alone (nothing is decoded); one-line InputError naming `what`."""
+    from studio.images import check_image_header
+
+    if not isinstance(source, (bytes, str)):
+        raise InputError(f"{what}: expected an uploaded file, got {type(source).__name__}")
+    return check_image_header(source, settings.max_upload_pixels, settings.max_upload_bytes, what)
+
+
 def upload_ref(path: str | None, settings: Settings, what: str = "uploaded image") -> dict:
     """An uploaded file -> an inline ImageRef (re-encoded as PNG after the size checks)."""
     from studio.images import open_checked
 
     if not path:
         raise InputError(f"no {what}: upload one first")
+    check_header(path, settings, what)
     image = open_checked(path, settings.max_upload_bytes, settings.max_upload_pixels, what=what)
     if image.mode not in ("L", "RGB", "RGBA"):
         image = image.convert("RGB")
@@ -44,7 +54,10 @@ def sketch_ref(value: Any, settings: Settings) -> dict:
     if isinstance(composite, str):
         from studio.images import open_checked
 
+        check_header(composite, settings, "drawing")
         composite = open_checked(composite, settings.max_upload_bytes, settings.max_upload_pixels, "drawing")
+    elif not isinstance(composite, Image.Image) and not isinstance(composite, np.ndarray):
+        raise InputError(f"drawing: expected an image, got {type(composite).__name__}")
     image = composite if isinstance(composite, Image.Image) else Image.fromarray(np.asarray(composite))
     if image.width * image.height > settings.max_upload_pixels:
         raise InputError(f"the drawing is {image.width}x{image.height} pixels; the limit is "
@@ -82,12 +95,20 @@ def parse_options(text: str | None) -> dict:
     """Backend options typed as a JSON object (empty -> {})."""
     if not text or not text.strip():
         return {}
+    if not isinstance(text, str):
+        raise InputError(f"options_json: backend options must be text holding a JSON object, got {_kind(text)}")
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InputError(f"backend options must be a JSON object: {exc.msg} at line {exc.lineno}") from None
+    except RecursionError:
+        raise InputError(f"options_json: nested too deeply; the limit is {MAX_SPEC_DEPTH} levels") from None
+    except ValueError:  # an integer with more digits than Python converts
+        raise InputError("options_json: a number has too many digits") from None
     if not isinstance(value, dict):
         raise InputError("backend options must be a JSON object, like {\"steps\": 20}")
+    if _depth(value) > MAX_SPEC_DEPTH:
+        raise InputError(f"options_json: nested too deeply; the limit is {MAX_SPEC_DEPTH} levels")
     return value
 
 
@@ -98,6 +119,7 @@ def read_png_record(path: str | None, settings: Settings) -> dict:
 
     if not path:
         raise InputError("no image: pick or upload a PNG made by the studio")
+    check_header(path, settings, "image")
     image = open_checked(path, settings.max_upload_bytes, settings.max_upload_pixels, what="image")
     return read_record(image)
 
@@ -149,3 +171,113 @@ def generate_params(record: dict) -> dict:
         params[key] = options.pop(key, None)
     params["options"] = options
     return params
+
+
+# ----- API endpoint arguments (they arrive as any JSON value) -----
+
+MAX_SPEC_DEPTH = 32
+STATES = ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
+
+
+def _kind(value: object) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
+            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _depth(value: object) -> int:
+    """How deeply lists and objects nest in `value` (iterative: a deep value cannot exhaust the stack)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            if deepest > MAX_SPEC_DEPTH:
+                return deepest
+            stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def _no_constant(name: str) -> float:
+    raise InputError(f"spec_json: {name} is not a number a job spec can hold")
+
+
+def parse_spec_json(spec_json: object, settings: Settings) -> dict:
+    """The `/submit` endpoint's spec: a JSON object (as text, or already an object), bounded in size and depth."""
+    if isinstance(spec_json, dict):
+        spec = spec_json
+    elif isinstance(spec_json, str):
+        limit = int(settings.max_upload_bytes) * 2 + 65536  # an inline image travels as base64 inside the spec
+        if len(spec_json) > limit:
+            raise InputError(f"spec_json: {len(spec_json)} characters; the limit is {limit}")
+        if not spec_json.strip():
+            raise InputError("spec_json: empty; send a job spec as a JSON object, like {\"op\": \"sample\", ...}")
+        try:
+            spec = json.loads(spec_json, parse_constant=_no_constant)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"spec_json: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") \
+                from None
+        except RecursionError:
+            raise InputError(f"spec_json: nested too deeply; the limit is {MAX_SPEC_DEPTH} levels") from None
+        except InputError:
+            raise
+        except ValueError as exc:  # an integer with more digits than Python converts
+            reason = "a number has too many digits" if "digits" in str(exc) else "a value cannot be read"
+            raise InputError(f"spec_json: {reason}") from None
+    else:
+        raise InputError(f"spec_json: expected a job spec as a JSON object, got {_kind(spec_json)}")
+    if not isinstance(spec, dict):
+        raise InputError(f"spec_json: expected a JSON object, got {_kind(spec)}")
+    if _depth(spec) > MAX_SPEC_DEPTH:
+        raise InputError(f"spec_json: nested too deeply; the limit is {MAX_SPEC_DEPTH} levels")
+    return spec
+
+
+def int_field(value: object, name: str, low: int, high: int, default: int | None = None) -> int:
+    """An integer API argument in [low, high]: ints, whole floats or digit strings; None means `default`."""
+    if value is None and default is not None:
+        return default
+    number: int | None = None
+    if isinstance(value, bool):
+        number = None
+    elif isinstance(value, int):
+        number = value
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, str) and value.strip().lstrip("+-").isdigit() and len(value.strip()) <= 20:
+        number = int(value.strip())
+    if number is None or not low <= number <= high:
+        small = isinstance(value, float) or (isinstance(value, int) and abs(value) < 10**20)
+        shown = str(value) if small and not isinstance(value, bool) else _kind(value)
+        raise InputError(f"{name} must be an integer from {low} to {high}, got {shown}")
+    return number
+
+
+def text_field(value: object, name: str, max_len: int = 200, default: str | None = None) -> str:
+    """A short text API argument; None means `default`."""
+    if value is None and default is not None:
+        return default
+    if not isinstance(value, str):
+        raise InputError(f"{name} must be text, got {_kind(value)}")
+    if len(value) > max_len:
+        raise InputError(f"{name} is {len(value)} characters; the limit is {max_len}")
+    return value
+
+
+def job_id_field(value: object, name: str = "job_id") -> str:
+    """A job id (or a unique prefix) typed or sent by a client."""
+    text = text_field(value, name, 64).strip()
+    if not text:
+        raise InputError(f"{name}: pick a job first")
+    if not all(c.isalnum() or c in "-_" for c in text):
+        raise InputError(f"{name}: a job id has only letters, digits, '-' and '_'")
+    return text
+
+
+def state_field(value: object, name: str = "state") -> str | None:
+    """A job state filter: one of STATES, or empty / "all" / None for every state."""
+    text = text_field(value, name, 20, default="").strip()
+    if not text or text.lower() == "all":
+        return None
+    if text.upper() not in STATES:
+        raise InputError(f"{name} must be one of {', '.join(STATES)} or empty, got {text[:20]}")
+    return text.upper()

@@ -7,21 +7,29 @@ message, never a stack trace.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import html
+import inspect
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from studio.errors import StudioError
+from studio.errors import InputError, StudioError
+
+if TYPE_CHECKING:
+    from studio.ui.artifacts import ArtifactShelf
 
 log = logging.getLogger("studio.ui")
 
 FINAL_STATES = ("SUCCEEDED", "FAILED", "CANCELLED")
 MAX_MESSAGE = 400
+MAX_SHOWN = 299  # what reaches the page or an API client: one line under 300 characters, after escaping
+REPR = re.compile(r"<[^<>\n]*? at 0x[0-9A-Fa-f]+>")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -38,31 +46,104 @@ class QueueClient(Protocol):
     def workers(self) -> list[dict]: ...
 
 
+def scrub(text: str) -> str:
+    """`text` without Python object reprs such as `<_io.BytesIO object at 0x7f...>` (they mean nothing to users)."""
+    return REPR.sub("<object>", text)
+
+
 def one_line(exc: BaseException) -> str:
-    """A user-facing, single-line message for an exception (no traceback)."""
+    """A user-facing, single-line message for an exception (no traceback, no object reprs)."""
     if isinstance(exc, StudioError):
         text = str(exc)
     else:
         text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
+    first = next((scrub(line.strip()) for line in text.splitlines() if line.strip()), type(exc).__name__)
     return first if len(first) <= MAX_MESSAGE else first[:MAX_MESSAGE - 1] + "…"
 
 
+def shown(exc: BaseException) -> str:
+    """The message a user sees for `exc`: one line, HTML-escaped (the pop-up renders HTML), under 300 characters."""
+    text = one_line(exc)
+    escaped = html.escape(text, quote=False)
+    if len(escaped) <= MAX_SHOWN:
+        return escaped
+    cut = text[:MAX_SHOWN - 1]
+    while len(html.escape(cut, quote=False)) > MAX_SHOWN - 1:  # cut the text, never an escaped entity in half
+        cut = cut[:-1]
+    return html.escape(cut, quote=False) + "…"
+
+
+def user_error(exc: BaseException) -> Exception:
+    """`exc` as the gr.Error a user sees (one line, escaped, short)."""
+    import gradio as gr
+
+    return gr.Error(shown(exc), print_exception=False)
+
+
+CURRENT_USER: contextvars.ContextVar[str | None] = contextvars.ContextVar("studio_ui_user", default=None)
+
+
+def scoped(client: QueueClient) -> QueueClient:
+    """`client` scoped to the signed-in user of the current event (StudioClient.for_user); unchanged without one.
+
+    Fails closed: with users defined but no signed-in user (a UI started before the first user was added), it
+    refuses instead of showing every user's jobs."""
+    user = CURRENT_USER.get()
+    for_user = getattr(client, "for_user", None)
+    if for_user is None:
+        return client
+    if user is None:
+        settings = getattr(client, "settings", None)
+        if settings is not None:
+            from studio.users import users_exist
+
+            if users_exist(settings):
+                raise InputError("this studio has users now: restart the UI so that it asks for a login")
+        return client
+    return for_user(user)
+
+
+class ScopedClient:
+    """A queue client whose every call is scoped to the current event's signed-in user (see `scoped`)."""
+
+    def __init__(self, client: QueueClient) -> None:
+        self.client = client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(scoped(self.client), name)
+
+
 def ui_errors(fn: F) -> F:
-    """Wrap an event handler so any failure reaches the user as gr.Error with one line."""
+    """Wrap an event handler so any failure reaches the user as gr.Error with one line. The signed-in user of
+    the event (Gradio's `request.username`) is CURRENT_USER while it runs (see `scoped`)."""
     import gradio as gr
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        user = None
+        if args and isinstance(args[0], gr.Request):  # Gradio fills the leading `studio_request` parameter
+            user, args = getattr(args[0], "username", None), args[1:]
+        reset = CURRENT_USER.set(user)
         try:
             return fn(*args, **kwargs)
         except gr.Error:
             raise
+        except RecursionError:  # an input nested too deeply for some parser: still one line
+            raise user_error(InputError("an input is nested too deeply")) from None
         except Exception as exc:
             if not isinstance(exc, StudioError):
                 log.exception("UI handler %s failed", getattr(fn, "__name__", fn))
-            raise gr.Error(html.escape(one_line(exc), quote=False), print_exception=False) from None
+            raise user_error(exc) from None
+        finally:
+            CURRENT_USER.reset(reset)
 
+    try:  # declare a leading gr.Request parameter so that Gradio passes the request (direct calls pass none)
+        sig = inspect.signature(fn)
+        request = inspect.Parameter("studio_request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=gr.Request)
+        wrapper.__signature__ = sig.replace(parameters=[request, *sig.parameters.values()])  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {"studio_request": gr.Request, **getattr(fn, "__annotations__", {})}
+    except (TypeError, ValueError):
+        pass
     return wrapper  # type: ignore[return-value]
 
 
@@ -78,16 +159,21 @@ class Finished:
     status: dict
     metrics: dict = field(default_factory=dict)
     artifacts: dict[str, dict] = field(default_factory=dict)
+    shelf: ArtifactShelf | None = None
 
     def path(self, name: str) -> str | None:
-        """The stored file of artifact `name`, or None when the job did not write it."""
+        """The file of artifact `name` to show (its served copy when the runner has a shelf), or None when the job
+        did not write it."""
         a = self.artifacts.get(name)
-        return str(a["path"]) if a and Path(a["path"]).is_file() else None
+        if not a or not Path(a["path"]).is_file():
+            return None
+        return self.shelf.put(self.job_id, name, a["path"]) if self.shelf is not None else str(a["path"])
 
     def images(self, prefix: str = "") -> list[str]:
-        """Paths of image artifacts whose names start with `prefix`, in name order."""
-        return [str(a["path"]) for name, a in sorted(self.artifacts.items())
-                if a.get("kind") == "image" and name.startswith(prefix) and Path(a["path"]).is_file()]
+        """Files of image artifacts whose names start with `prefix`, in name order."""
+        paths = [self.path(name) for name, a in sorted(self.artifacts.items())
+                 if a.get("kind") == "image" and name.startswith(prefix)]
+        return [p for p in paths if p is not None]
 
     def seconds(self) -> float | None:
         st = self.status
@@ -118,20 +204,22 @@ def _describe(status: dict) -> str:
 class JobRunner:
     """Submit specs and follow them to the end."""
 
-    def __init__(self, client: QueueClient, poll_s: float = 0.1, timeout_s: float | None = None) -> None:
+    def __init__(self, client: QueueClient, poll_s: float = 0.1, timeout_s: float | None = None,
+                 shelf: ArtifactShelf | None = None) -> None:
         self.client = client
         self.poll_s = poll_s
         self.timeout_s = timeout_s
+        self.shelf = shelf  # where shown artifacts are copied (the only served folder); None: the stored files
 
     def submit(self, spec: dict, priority: int = 5) -> str:
         clean = {k: v for k, v in spec.items() if v is not None}
-        return self.client.submit(clean, priority=priority)
+        return scoped(self.client).submit(clean, priority=priority)
 
     def follow(self, job_id: str, progress: ProgressFn | None = None) -> dict:
         """Poll a job until it ends, reporting progress; returns its final status."""
         started = time.monotonic()
         while True:
-            status = self.client.status(job_id)
+            status = scoped(self.client).status(job_id)
             if progress is not None:
                 try:
                     progress(float(status.get("progress") or 0.0), desc=_describe(status))
@@ -152,6 +240,6 @@ class JobRunner:
             raise JobFailed(status.get("error") or f"job {job_id} failed")
         if status["state"] == "CANCELLED":
             raise JobFailed(f"job {job_id} was cancelled")
-        result = self.client.result(job_id)
+        result = scoped(self.client).result(job_id)
         artifacts = {a["name"]: a for a in result.get("artifacts", [])}
-        return Finished(job_id, status, result.get("metrics") or {}, artifacts)
+        return Finished(job_id, status, result.get("metrics") or {}, artifacts, self.shelf)

@@ -8,11 +8,15 @@ What the configuration guarantees:
 - late acknowledgement, reject on worker loss, prefetch 1: a message is acked only once its job ended, and a
   worker holds one job at a time, so a killed worker loses nothing (its job's lease also expires, see jobstore);
 - priorities 0-9 (Redis: ten priority steps; RabbitMQ: x-max-priority), a per-job time limit;
-- every broker key is prefixed with STUDIO_QUEUE_PREFIX, so several studios or test runs can share a Redis.
+- every broker key is prefixed with STUDIO_QUEUE_PREFIX, so several studios or test runs can share a Redis;
+- remote control (Celery's broadcast commands: `shutdown`, `pool_restart`, inspect...) is off unless
+  STUDIO_REMOTE_CONTROL is 1/true/yes (Flower and `celery inspect` need it): anyone who can write to the broker
+  could otherwise stop every worker with one plain JSON message.
 """
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 from studio.broker import broker_kind, resolve_broker_url
@@ -23,8 +27,17 @@ if TYPE_CHECKING:
     from celery import Celery
 
 
+def remote_control_enabled(settings: Settings, env: dict[str, str] | None = None) -> bool:
+    """Whether workers obey Celery remote-control broadcasts: STUDIO_REMOTE_CONTROL (a setting, when there is one,
+    else the environment variable) is 1, true or yes."""
+    value = getattr(settings, "remote_control", None)
+    if value is None:
+        value = (os.environ if env is None else env).get("STUDIO_REMOTE_CONTROL", "")
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
 def celery_config(settings: Settings, broker_url: str) -> dict[str, Any]:
-    """The Celery settings for this studio (pure: no connection is made)."""
+    """The Celery settings for this studio (no connection is made)."""
     kind = broker_kind(broker_url)
     conf: dict[str, Any] = {
         "broker_url": broker_url,
@@ -48,6 +61,8 @@ def celery_config(settings: Settings, broker_url: str) -> dict[str, Any]:
         "broker_connection_max_retries": None,
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,
+        "worker_enable_remote_control": remote_control_enabled(settings),
+        "worker_consumer": "studio_workers.faults:StudioConsumer",  # malformed messages are rejected, not fatal
         "worker_disable_rate_limits": True,
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         "enable_utc": True,
@@ -79,13 +94,13 @@ def make_app(settings: Settings | None = None, broker_url: str | None = None) ->
     app.conf.update(celery_config(settings, url))
     app.studio_settings = settings  # type: ignore[attr-defined]
 
-    from studio_workers.jobs import run_job
+    from studio_workers.jobproc import dispatch
 
     @app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True,
               max_retries=0)
     def run_job_task(task: Any, job_id: str) -> dict:
-        """Run the job with this id (its spec is in the job store)."""
-        return run_job(task.app, job_id)
+        """Run the job with this id (its spec is in the job store), in the worker's job process if it has one."""
+        return dispatch(task.app, job_id)
 
     return app
 

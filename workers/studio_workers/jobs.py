@@ -17,6 +17,7 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -202,7 +203,7 @@ class Execution:
         self.owner = owner
         self.ids = [j["id"] for j in jobs]
         self.held: dict[str, bool] = {i: False for i in self.ids}  # job id -> cancel requested
-        self.time_limit_s = min(float(j.get("time_limit_s") or ctx.settings.job_time_limit_s) for j in jobs)
+        self.time_limit_s = time_limit_of(ctx, jobs)
         self.deadline = time.monotonic() + self.time_limit_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -267,8 +268,12 @@ def _workdir(ctx: WorkerContext, job_id: str) -> Path:
     return path
 
 
-def run_job(app: Celery, job_id: Any) -> dict:
-    """Run the job `job_id` if it is ours to run; every outcome is recorded in the job store."""
+def run_job(app: Celery, job_id: Any, on_claimed: Callable[[str, list[str], float], None] | None = None) -> dict:
+    """Run the job `job_id` if it is ours to run; every outcome is recorded in the job store.
+
+    `on_claimed(owner, job ids, time limit in s)` is called once the job (and its micro-batch) is claimed: the
+    worker process that supervises a job process learns what it runs, and under which lease owner.
+    """
     if not isinstance(job_id, str):
         log.error("ignored a message whose job id is %r, not a string", type(job_id).__name__)
         return {"job": None, "skipped": "bad job id"}
@@ -285,6 +290,8 @@ def run_job(app: Celery, job_id: Any) -> dict:
         batch += followers
         ctx.withdraw(job["queue"], [f["id"] for f in followers])
     ctx.current[:] = [j["id"] for j in batch]
+    if on_claimed is not None:
+        on_claimed(owner, [j["id"] for j in batch], time_limit_of(ctx, batch))
     try:
         return _run_claimed(ctx, owner, batch)
     finally:
@@ -302,9 +309,17 @@ def _run_claimed(ctx: WorkerContext, owner: str, batch: list[dict]) -> dict:
             if len(batch) == 1:
                 spec = batch[0]["spec"]
                 workdir = _workdir(ctx, ids[0]) if spec.get("op") in RESUMABLE_OPS else None
-                results = [execute(spec, ctx.runtime, ex.progress, workdir)]
+                results: list = [execute(spec, ctx.runtime, ex.progress, workdir)]
             else:
-                results = execute_batch([j["spec"] for j in batch], ctx.runtime, ex.progress)
+                try:
+                    results = execute_batch([j["spec"] for j in batch], ctx.runtime, ex.progress)
+                except Exception as exc:  # one guilty item must not fail the others: run them one by one
+                    if isinstance(exc, (LeaseLost, Cancelled)) or (is_transient(exc)
+                                                                  and not isinstance(exc, StudioError)):
+                        raise
+                    log.warning("batch %s failed (%s); running its %d jobs one by one", ids[0], one_line(exc),
+                                len(batch))
+                    results = _one_by_one(ctx, ex, batch, execute)
             held = ctx.store.held(owner)
     except LeaseLost:
         log.warning("job %s: lease lost to another worker; result dropped", ",".join(ids))
@@ -332,6 +347,10 @@ def _record_results(ctx: WorkerContext, owner: str, batch: list[dict], results: 
         if held[job["id"]]:
             endings.append(Ending(job["id"], CANCELLED, message="cancelled while running"))
             continue
+        if isinstance(result, BaseException):  # this job failed on its own (a batch run one by one)
+            message = one_line(result)
+            endings.append(Ending(job["id"], FAILED, error=message, message=message))
+            continue
         staging, listed = ctx.artifacts.stage(job["id"], result)
         staged[job["id"]] = staging
         endings.append(Ending(job["id"], SUCCEEDED, metrics=result.metrics, artifacts=listed, staging=staging,
@@ -352,9 +371,37 @@ def _record_results(ctx: WorkerContext, owner: str, batch: list[dict], results: 
             if job["spec"].get("op") in RESUMABLE_OPS:
                 shutil.rmtree(ctx.artifacts.root / "work" / job_id, ignore_errors=True)
             outcome[job_id] = SUCCEEDED
+        elif isinstance(results[batch.index(job)], BaseException):
+            outcome[job_id] = FAILED
         else:
             outcome[job_id] = CANCELLED
     return outcome
+
+
+def _one_by_one(ctx: WorkerContext, ex: Execution, batch: list[dict], execute: Callable) -> list:
+    """Run each job of a failed micro-batch alone: a result, or the exception that job raised. Lost leases, a
+    cancel of every job, the time limit and transient errors still stop the whole batch."""
+    results: list = []
+    for job in batch:
+        ex.check()
+        if ex.held.get(job["id"]) is not False:  # cancelled, or no longer ours: recorded from `held` later
+            results.append(None)
+            continue
+        try:
+            results.append(execute(job["spec"], ctx.runtime, ex.progress))
+        except (LeaseLost, Cancelled, TimeLimitExceeded):
+            raise
+        except Exception as exc:
+            if is_transient(exc) and not isinstance(exc, StudioError):
+                raise
+            log.info("job %s failed on its own: %s", job["id"], one_line(exc))
+            results.append(exc)
+    return results
+
+
+def time_limit_of(ctx: WorkerContext, batch: list[dict]) -> float:
+    """The time limit of a claimed job or micro-batch (the smallest of its jobs')."""
+    return min(float(j.get("time_limit_s") or ctx.settings.job_time_limit_s) for j in batch)
 
 
 def _failed(ctx: WorkerContext, owner: str, batch: list[dict], exc: BaseException) -> dict:

@@ -1,10 +1,12 @@
 """Helpers to test queue setups without real weights (in the spirit of celery.contrib.testing).
 
 `toy` is a tiny deterministic backend (8-d Gaussian latent, 8x8 grey images) whose options can slow it
-down (`delay_ms` per image, with a progress step each) or make it fail (`fail`), and `toygpu` is the same
-backend declared GPU-only. `install_toy_plugin(dir)` writes an entry-point declaration into `dir`; put
-`dir` on sys.path (or PYTHONPATH for worker processes) and the registry finds them like any plugin.
-With STUDIO_TOY_TRACE=FILE every decode appends "pid n" to FILE (to count how often work really ran).
+down (`delay_ms` per image, with a progress step each), make it fail (`fail`; `fail_seed`: only when that seed
+is drawn, so one job of a micro-batch is guilty), hang forever without progress (`hang`), or end its process
+at once (`exit`: `os._exit(code)`); `toygpu` is the same backend declared GPU-only. `install_toy_plugin(dir)`
+writes an entry-point declaration into `dir`; put `dir` on sys.path (or PYTHONPATH for worker processes) and the
+registry finds them like any plugin. With STUDIO_TOY_TRACE=FILE every decode appends "pid n" to FILE (to count
+how often work really ran; pid is the worker's, also when it runs jobs in a job process).
 
 `QueueHarness` runs real worker processes against a broker (a Redis URL, or the embedded Redis) with an
 isolated STUDIO_HOME, queue prefix and Redis key prefix, and cleans everything up afterwards.
@@ -34,10 +36,19 @@ LATENT_DIM = 8
 SIDE = 8
 
 
+def _worker_pid() -> str:
+    """The pid of the worker this runs in (STUDIO_WORKER_ID is host:pid:tag; a job process inherits it)."""
+    parts = os.environ.get("STUDIO_WORKER_ID", "").split(":")
+    return parts[1] if len(parts) >= 2 and parts[1].isdigit() else str(os.getpid())
+
+
 class ToyOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     delay_ms: int = Field(default=0, ge=0, le=60_000)  # per image: sleep, then one progress step
     fail: str | None = Field(default=None, max_length=200)  # decode raises RuntimeError(fail): a plugin error
+    fail_seed: int | None = None  # drawing this seed raises RuntimeError: one guilty item in a batch
+    hang: bool = False  # decode sleeps forever and never reports progress: a wedged plugin
+    exit: int | None = Field(default=None, ge=0, le=255)  # decode calls os._exit(exit): a crashing plugin
 
 
 class ToyBackend(Backend):
@@ -74,6 +85,11 @@ class ToyBackend(Backend):
     def image_shape(self, options: BaseModel | None = None) -> tuple[int, int, int]:
         return (1, SIDE, SIDE)
 
+    def sample_prior(self, space: str, seeds, options: BaseModel | None = None):  # noqa: ANN001, ANN201
+        if isinstance(options, ToyOptions) and options.fail_seed is not None and options.fail_seed in seeds:
+            raise RuntimeError(f"toy refuses seed {options.fail_seed}")
+        return super().sample_prior(space, seeds, options)
+
     def decode(self, point: Point, options: BaseModel | None = None, progress: Progress = _no_progress):  # noqa: ANN201
         import torch
 
@@ -84,9 +100,13 @@ class ToyBackend(Backend):
         trace = os.environ.get("STUDIO_TOY_TRACE")
         if trace:
             with open(trace, "a") as fh:
-                fh.write(f"{os.getpid()} {len(z)}\n")
+                fh.write(f"{_worker_pid()} {len(z)}\n")
         if opts.fail:
             raise RuntimeError(opts.fail)
+        if opts.exit is not None:
+            os._exit(opts.exit)
+        while opts.hang:
+            time.sleep(3600)
         out = []
         for i, row in enumerate(z):
             if opts.delay_ms:

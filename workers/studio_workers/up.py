@@ -1,5 +1,6 @@
-"""`studio up`: the whole studio on one machine — the embedded Redis (unless STUDIO_BROKER_URL is set), one
-worker process (restarted if it dies), and the front end (the UI when `studio.ui` is installed)."""
+"""`studio up`: the whole studio on one machine — the embedded Redis (unless STUDIO_BROKER_URL is set; started
+again if it dies), one worker process (restarted if it dies), and the front end (the UI when `studio.ui` is
+installed)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ import threading
 import time
 from collections.abc import Callable
 
-from studio.broker import ensure_broker, redacted
+from studio.broker import EmbeddedBroker, embedded_running, ensure_broker, redacted, start_embedded
 from studio.config import Settings
 from studio.errors import StudioError
 
 STOP_GRACE_S = 20.0
+BROKER_CHECK_S = 1.0
+START_JOIN_S = 15.0
 WORKER_FIRST_S = 30.0  # `up` loads the UI once its worker is serving (or after this long)
 
 
@@ -65,6 +68,45 @@ class WorkerSupervisor(threading.Thread):
             proc.wait(5)
 
 
+class BrokerSupervisor(threading.Thread):
+    """Starts the embedded Redis again when it dies (its append-only file keeps the queued messages); the workers
+    reconnect by themselves. `handle` is what `stop()` shuts down at the end: the broker this `up` started last."""
+
+    def __init__(self, settings: Settings, handle: EmbeddedBroker) -> None:
+        super().__init__(name="studio-broker-supervisor", daemon=True)
+        self.settings = settings
+        self.handle = handle
+        self.stopping = threading.Event()
+        self.restarts = 0
+
+    def dead(self, failed_pings: int) -> bool:
+        proc = self.handle.process
+        if self.handle.owned and proc is not None:
+            return proc.poll() is not None  # ours: trust the process, not a slow ping
+        return failed_pings >= 2
+
+    def run(self) -> None:
+        failed = 0
+        while not self.stopping.wait(BROKER_CHECK_S):
+            own = self.handle.owned and self.handle.process is not None
+            failed = 0 if own or embedded_running(self.settings) else failed + 1
+            if not self.dead(failed):
+                continue
+            sys.stderr.write("studio up: the embedded broker died; starting it again\n")
+            try:
+                self.handle = start_embedded(self.settings)
+                self.restarts += 1
+                failed = 0
+            except StudioError as exc:
+                sys.stderr.write(f"studio up: could not restart the embedded broker: {exc}\n")
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self.is_alive():
+            self.join(START_JOIN_S)
+        self.handle.stop()
+
+
 def find_ui() -> Callable[..., None] | None:
     """`studio.ui.launch` when the UI is installed, else None."""
     if importlib.util.find_spec("studio.ui") is None:
@@ -107,8 +149,11 @@ def run_up(settings: Settings, host: str | None = None, port: int | None = None,
     env = {**os.environ, "STUDIO_BROKER_URL": url, "STUDIO_HOME": str(settings.home)}
     supervisor = WorkerSupervisor([sys.executable, "-m", "studio_workers", "--concurrency", str(concurrency)], env)
     client = StudioClient(settings)
+    broker = BrokerSupervisor(settings, embedded) if embedded is not None else None
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
+        if broker is not None:
+            broker.start()
         where = f"embedded Redis at {settings.home / 'broker'}" if embedded is not None else redacted(url)
         if worker:
             proc = supervisor.spawn()
@@ -135,9 +180,9 @@ def run_up(settings: Settings, host: str | None = None, port: int | None = None,
         signal.signal(signal.SIGTERM, previous)
         supervisor.stop()
         client.close()
-        if embedded is not None:
-            embedded.stop()
+        if broker is not None:
+            broker.stop()
         print("studio up: stopped", flush=True)
 
 
-__all__ = ["WorkerSupervisor", "find_ui", "run_up"]
+__all__ = ["BrokerSupervisor", "WorkerSupervisor", "find_ui", "run_up"]

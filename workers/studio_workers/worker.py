@@ -3,7 +3,11 @@
 Besides running jobs, every worker keeps a maintenance thread: it advertises the worker (backends, queues,
 device, warm models) in the job store, and reaps jobs whose lease expired because their worker died,
 putting them back in the queue (bounded by max attempts) — the AI Horde style lease that makes a SIGKILLed
-worker's job finish on another worker, exactly once.
+worker's job finish on another worker, exactly once. It is also the stall watchdog (see `faults`): an idle
+worker that receives nothing while jobs of its queues wait restarts its broker consumer, and says `stalled`.
+
+With the solo pool (the default) jobs run in a job process that the worker can kill (see `jobproc`). The worker
+exits non-zero whenever it stops on an unrecoverable error, so `restart: on-failure` brings it back.
 """
 
 from __future__ import annotations
@@ -12,11 +16,22 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 
 from studio.broker import ensure_broker, redacted
 from studio.config import Settings, load_settings
 from studio.errors import StudioError
+from studio_workers import jobproc
+from studio_workers.faults import (
+    LIVENESS,
+    Liveness,
+    exit_status,
+    harden_redis_transport,
+    oldest_queued,
+    stall_seconds,
+    watch_acks,
+)
 from studio_workers.routing import full_queue_names, worker_queues
 
 log = logging.getLogger("studio.worker")
@@ -42,17 +57,33 @@ def backends_of(queues: list[str], prefix: str) -> list[str]:
 class Maintenance(threading.Thread):
     """Advertise this worker and reissue jobs of dead workers, every lease_s/3 seconds."""
 
-    def __init__(self, ctx: object, worker: str, info: dict) -> None:
+    def __init__(self, ctx: object, worker: str, info: dict, liveness: Liveness | None = None) -> None:
         super().__init__(name="studio-maintenance", daemon=True)
         self.ctx = ctx
         self.worker = worker
         self.info = info
+        self.liveness = liveness
         self.stop = threading.Event()
+
+    def watch(self) -> dict:
+        """The stall watchdog's verdict, as advertised: {"stalled": bool, "stalled_since": Unix time or None}."""
+        live = self.liveness
+        if live is None or live.consumer is None:
+            return {"stalled": False, "stalled_since": None}
+        busy = bool(self.ctx.current)  # type: ignore[attr-defined]
+        oldest = None
+        if not busy and time.monotonic() - live.last_received >= live.stall_s:  # only then read the store
+            oldest = oldest_queued(self.ctx.store, self.info.get("queues", []))  # type: ignore[attr-defined]
+        stalled = live.check(busy, oldest)
+        return {"stalled": stalled, "stalled_since": live.stalled_since if stalled else None}
 
     def tick(self) -> None:
         ctx = self.ctx
         current = ctx.current[0] if ctx.current else None  # type: ignore[attr-defined]
-        ctx.store.worker_seen(self.worker, {**self.info, "loaded": ctx.runtime.loaded()}, current)  # type: ignore
+        runner = jobproc.current()
+        loaded = runner.loaded if runner is not None else ctx.runtime.loaded()  # type: ignore[attr-defined]
+        info = {**self.info, "loaded": loaded, **self.watch()}
+        ctx.store.worker_seen(self.worker, info, current)  # type: ignore[attr-defined]
         for job in ctx.store.reap():  # type: ignore[attr-defined]
             log.warning("job %s: its worker was lost; reissued", job.id)
             ctx.publish(job.id, job.queue, job.priority)  # type: ignore[attr-defined]
@@ -70,8 +101,9 @@ class Maintenance(threading.Thread):
 
 def run_worker(settings: Settings | None = None, queues: list[str] | None = None, concurrency: int = 1,
                pool: str | None = None, loglevel: str = "WARNING") -> None:
-    """Run a worker in this process until it is stopped (SIGTERM/SIGINT: warm shutdown)."""
-    from celery.signals import worker_ready, worker_shutdown
+    """Run a worker in this process until it is stopped (SIGTERM/SIGINT: warm shutdown). Raises SystemExit with a
+    non-zero status when the worker stopped on an unrecoverable error (never exits 0 then)."""
+    from celery.signals import task_received, worker_ready, worker_shutdown
 
     from studio_workers.app import make_app
     from studio_workers.jobs import context_for
@@ -86,6 +118,13 @@ def run_worker(settings: Settings | None = None, queues: list[str] | None = None
     wid = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:4]}"
     os.environ["STUDIO_WORKER_ID"] = wid
     ctx = None
+    runner = None
+    code: object = 0
+    stopped: list[object] = []
+    liveness = LIVENESS
+    liveness.stall_s = stall_seconds(settings)
+    harden_redis_transport()
+    watch_acks()
     try:
         app = make_app(settings, url)
         ctx = context_for(app)  # loads the executor (torch) now, not at the first job
@@ -97,21 +136,33 @@ def run_worker(settings: Settings | None = None, queues: list[str] | None = None
         info = {"hostname": socket.gethostname(), "pid": os.getpid(), "device": device,
                 "dtype": ctx.runtime.device()[1], "pool": pool, "concurrency": concurrency, "queues": chosen,
                 "backends": backends_of(chosen, prefix), "broker": redacted(url)}
-        maintenance = Maintenance(ctx, wid, info)
+        maintenance = Maintenance(ctx, wid, info, liveness)
+        if pool == "solo" and jobproc.job_process_enabled(settings):
+            runner = jobproc.enable(app, loglevel)
+            info["job_process"] = True
 
-        def on_ready(**_: object) -> None:
+        def on_ready(sender: object = None, **_: object) -> None:
+            liveness.attach(sender)
             maintenance.start()
 
-        def on_shutdown(**_: object) -> None:
+        def on_received(**_: object) -> None:
+            liveness.received()
+
+        def on_shutdown(sender: object = None, **_: object) -> None:
             maintenance.stop.set()
+            stopped.append(sender)  # the WorkController: its exit code (Celery's start() drops it)
 
         worker_ready.connect(on_ready, weak=False)
+        task_received.connect(on_received, weak=False)
         worker_shutdown.connect(on_shutdown, weak=False)
         node = "studio-" + wid.split(":", 1)[1].replace(":", "-")
-        app.worker_main(["--quiet", "worker", "--queues", ",".join(chosen), "--concurrency", str(concurrency),
-                         "--pool", pool, "--loglevel", loglevel, "--hostname", f"{node}@%h",
-                         "--without-gossip", "--without-mingle"])
+        app.start(["--quiet", "worker", "--queues", ",".join(chosen), "--concurrency", str(concurrency),
+                          "--pool", pool, "--loglevel", loglevel, "--hostname", f"{node}@%h",
+                          "--without-gossip", "--without-mingle"])
+        code = getattr(stopped[-1], "exitcode", 0) if stopped else 0
     finally:
+        if runner is not None:
+            runner.stop()
         if ctx is not None:
             try:
                 ctx.store.worker_gone(wid)
@@ -119,6 +170,9 @@ def run_worker(settings: Settings | None = None, queues: list[str] | None = None
                 log.debug("could not remove the worker record", exc_info=True)
         if embedded is not None:
             embedded.stop()
+    status = exit_status(code, liveness)
+    if status:
+        raise SystemExit(status)
 
 
 __all__ = ["Maintenance", "backends_of", "installed_backends", "run_worker"]

@@ -7,6 +7,7 @@ import gradio as gr
 import numpy as np
 
 from studio.ui.catalog import DATASETS
+from studio.ui.components import checked_image, checked_sketchpad
 from studio.ui.context import UIContext
 from studio.ui.inputs import dataset_ref, sketch_ref, upload_ref
 from studio.ui.jobs import ui_errors
@@ -44,13 +45,13 @@ def build(ctx: UIContext) -> None:
                     index = gr.Number(label="Index", value=0, precision=0, minimum=0)
                 preview = gr.Image(label="Preview", interactive=False, height=140, format="png", buttons=[],
                                    elem_classes=["ls-pixel", "ls-big"], elem_id="compress-preview")
-            upload = gr.Image(label="Upload an image", type="filepath", sources=["upload", "clipboard"],
-                              visible=False, height=220, elem_classes=["ls-pixel"])
-            sketch = gr.Sketchpad(label="Draw", type="numpy", visible=False, elem_id="compress-sketch",
-                                  value=_blank_canvas(), canvas_size=(CANVAS, CANVAS), fixed_canvas=True,
-                                  layers=False, transforms=(),
-                                  brush=gr.Brush(colors=["#ffffff"], default_color="#ffffff", default_size=18,
-                                                 color_mode="fixed"))
+            upload = checked_image(ctx.settings, "upload", label="Upload an image", sources=["upload", "clipboard"],
+                                   visible=False, height=220, elem_classes=["ls-pixel"])
+            sketch = checked_sketchpad(ctx.settings, "sketch", label="Draw", type="numpy", visible=False,
+                                       elem_id="compress-sketch", value=_blank_canvas(),
+                                       canvas_size=(CANVAS, CANVAS), fixed_canvas=True, layers=False, transforms=(),
+                                       brush=gr.Brush(colors=["#ffffff"], default_color="#ffffff", default_size=18,
+                                                      color_mode="fixed"))
             bits = gr.Slider(1, 12, value=6, step=1, label="Bits per latent value",
                              info="Fewer bits, fewer bytes; the reconstruction degrades gracefully.")
             go = gr.Button("Compress", variant="primary", elem_id="compress-button")

@@ -7,6 +7,7 @@ import gradio as gr
 
 from studio.errors import InputError
 from studio.ui.catalog import ATTRIBUTES, DATASETS
+from studio.ui.components import checked_image
 from studio.ui.context import UIContext
 from studio.ui.inputs import parse_seeds, upload_ref
 from studio.ui.jobs import ui_errors
@@ -50,8 +51,8 @@ def build(ctx: UIContext) -> None:
             note = gr.Markdown("", label="Vector", elem_classes=["ls-status"])
             kind = gr.Radio(["Seed", "Image"], value="Seed", label="Start from", container=False)
             seed = gr.Number(label="Seed", value=0, precision=0, minimum=0)
-            image = gr.Image(label="Image", type="filepath", sources=["upload", "clipboard"], visible=False,
-                             height=180, elem_classes=["ls-pixel"])
+            image = checked_image(ctx.settings, "image", label="Image", sources=["upload", "clipboard"],
+                                  visible=False, height=180, elem_classes=["ls-pixel"])
             strength = gr.Slider(-4.0, 4.0, value=2.0, step=0.1, label="Strength", elem_id="edit-strength",
                                  info="Release the slider to update the strip.")
             frames = gr.Slider(2, 9, value=5, step=1, label="Frames in the strip")

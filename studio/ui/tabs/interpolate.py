@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gradio as gr
 
+from studio.config import Settings
+from studio.ui.components import checked_image
 from studio.ui.context import UIContext
 from studio.ui.inputs import upload_ref
 from studio.ui.jobs import ui_errors
@@ -11,13 +13,13 @@ from studio.ui.jobs import ui_errors
 KINDS = ["Seed", "Image"]
 
 
-def _endpoint(label: str, default_seed: int) -> tuple:
+def _endpoint(settings: Settings, label: str, default_seed: int) -> tuple:
     with gr.Group():
         gr.Markdown(f"**{label}**")
         kind = gr.Radio(KINDS, value="Seed", label="From", container=False)
         seed = gr.Number(label=f"{label} seed", value=default_seed, precision=0, minimum=0)
-        image = gr.Image(label=f"{label} image", type="filepath", sources=["upload", "clipboard"], visible=False,
-                         height=180, elem_classes=["ls-pixel"])
+        image = checked_image(settings, f"{label.lower()}_image", label=f"{label} image",
+                              sources=["upload", "clipboard"], visible=False, height=180, elem_classes=["ls-pixel"])
     kind.change(lambda k: (gr.update(visible=k == "Seed"), gr.update(visible=k == "Image")), inputs=kind,
                 outputs=[seed, image], api_visibility="private", queue=False)
     return kind, seed, image
@@ -26,8 +28,8 @@ def _endpoint(label: str, default_seed: int) -> tuple:
 def build(ctx: UIContext) -> None:
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=280):
-            start_kind, start_seed, start_image = _endpoint("Start", 0)
-            end_kind, end_seed, end_image = _endpoint("End", 1)
+            start_kind, start_seed, start_image = _endpoint(ctx.settings, "Start", 0)
+            end_kind, end_seed, end_image = _endpoint(ctx.settings, "End", 1)
             method = gr.Radio(["slerp", "lerp"], value="slerp", label="Path",
                               info="slerp stays on the shell where Gaussian samples live; lerp is a straight line.")
             steps = gr.Slider(2, min(32, ctx.max_images), value=min(9, ctx.max_images), step=1, label="Steps")

@@ -8,9 +8,10 @@ from pathlib import Path
 import gradio as gr
 
 from studio.errors import InputError
+from studio.ui.artifacts import ArtifactShelf
 from studio.ui.context import UIContext
 from studio.ui.inputs import generate_params, read_png_record, trusted_path
-from studio.ui.jobs import ui_errors
+from studio.ui.jobs import ScopedClient, ui_errors
 from studio.ui.tabs.generate import restore_outputs, restore_targets
 from studio.ui.views import job_table, without_paths
 
@@ -29,17 +30,18 @@ def job_label(job: dict) -> str:
     return f"{job['id']} · {job.get('op', '?')} · {job.get('backend', '?')} · {str(job.get('state', '')).lower()}"
 
 
-def main_image(job: dict) -> str | None:
-    """The picture that stands for a finished job in the history."""
+def main_image(job: dict, shelf: ArtifactShelf | None = None) -> str | None:
+    """The picture that stands for a finished job in the history (its served copy when there is a shelf)."""
     images = {a["name"]: a["path"] for a in job.get("artifacts") or [] if a.get("kind") == "image"}
-    for name in MAIN_ARTIFACTS:
-        if name in images and Path(images[name]).is_file():
-            return images[name]
-    return next((p for _, p in sorted(images.items()) if Path(p).is_file()), None)
+    order = [n for n in MAIN_ARTIFACTS if n in images] + sorted(n for n in images if n not in MAIN_ARTIFACTS)
+    for name in order:
+        if Path(images[name]).is_file():
+            return shelf.put(job["id"], name, images[name]) if shelf is not None else images[name]
+    return None
 
 
 def build(ctx: UIContext) -> None:
-    client = ctx.client
+    client = ScopedClient(ctx.client)  # every call sees only the signed-in user's jobs (admins: all)
     with gr.Row(equal_height=False):
         state = gr.Dropdown(STATES, value="all", label="Show", scale=2, min_width=160)
         with gr.Column(scale=1, min_width=200):
@@ -88,14 +90,14 @@ def build(ctx: UIContext) -> None:
     def history_items() -> list:
         items = []
         for j in client.jobs("SUCCEEDED", limit=HISTORY_JOBS):
-            path = main_image(j)
+            path = main_image(j, ctx.runner.shelf)
             if path:
                 items.append((path, f"{j.get('op')} · {j.get('backend')} · {j['id']}"))
         return items
 
     refresh.click(refresh_all, inputs=[state, job], outputs=[table, job, history], api_visibility="private")
     state.change(refresh_all, inputs=[state, job], outputs=[table, job, history], api_visibility="private")
-    timer.tick(jobs_view, inputs=state, outputs=table, api_visibility="private", show_progress="hidden")
+    timer.tick(ui_errors(jobs_view), inputs=state, outputs=table, api_visibility="private", show_progress="hidden")
     auto.change(lambda on: gr.Timer(active=bool(on)), inputs=auto, outputs=timer, api_visibility="private",
                 queue=False)
     ctx.components["queue_refresh"] = (refresh_all, [state, job], [table, job, history])
@@ -141,9 +143,13 @@ def build(ctx: UIContext) -> None:
 
     @ui_errors
     def job_images(job_id: str) -> list:
-        result = client.result(need(job_id))
-        return [(a["path"], a["name"]) for a in result.get("artifacts", [])
-                if a.get("kind") == "image" and Path(a["path"]).is_file()]
+        job_id = need(job_id)
+        result = client.result(job_id)
+        shelf = ctx.runner.shelf
+        items = [(shelf.put(result.get("id") or job_id, a["name"], a["path"]) if shelf is not None else a["path"],
+                  a["name"]) for a in result.get("artifacts", [])
+                 if a.get("kind") == "image" and Path(a["path"]).is_file()]
+        return [(p, name) for p, name in items if p is not None]
 
     show.click(job_images, inputs=job, outputs=history, api_visibility="private")
 

@@ -1,0 +1,118 @@
+"""Every op on every installed backend, in-process through the executor, at tiny sizes.
+
+Each (backend, op) pair either runs and makes outputs, or is refused with one clear line because the backend
+lacks what the op needs (a capability, or the MNIST image shape for evaluate). Nothing is skipped: a new op,
+or a new built-in backend, fails `test_the_matrix_covers_every_op_and_backend` until it is added here.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from studio.config import load_settings
+from studio.errors import StudioError
+from studio.executor import Runtime, execute
+from studio.registry import load_registry
+from studio.spec import OPS
+
+BACKENDS = ("vae", "gan", "sd", "pca")
+OPTIONS = {  # the cheapest settings of each backend
+    "vae": {},
+    "gan": {"invert_steps": 2, "invert_restarts": 1},
+    "sd": {"steps": 2, "guidance": 1.0, "prompt": "a photo of a cat"},
+    "pca": {},
+}
+IMAGE = {"image": {"dataset": "digits", "split": "test", "index": 0}}
+IMAGE_B = {"image": {"dataset": "digits", "split": "test", "index": 1}}
+
+# One spec per op (fit_vector twice: from a dataset, and as a text direction, which needs TEXT).
+SPECS: dict[str, dict] = {
+    "sample": {"op": "sample", "n": 2},
+    "interpolate": {"op": "interpolate", "start": IMAGE, "end": IMAGE_B, "steps": 2},
+    "edit": {"op": "edit", "vector": "every-op", "source": {"seed": 5}, "strengths": [0.0, 1.0]},
+    "traverse": {"op": "traverse", "source": {"seed": 3}, "dims": [0, 1], "steps": 2},
+    "analogy": {"op": "analogy", "a": {"seed": 1}, "b": {"seed": 2}, "c": {"seed": 3}},
+    "roundtrip": {"op": "roundtrip", "image": IMAGE["image"], "bits": 6},
+    "fit_vector": {"op": "fit_vector", "name": "every-op-data", "dataset": "digits", "attribute": "class:1",
+                   "method": "mean", "limit": 100},
+    "fit_vector_text": {"op": "fit_vector", "name": "every-op-text", "with_options": {"prompt": "a red cat"},
+                        "without_options": {"prompt": "a blue cat"}},
+    "evaluate": {"op": "evaluate", "n": 10, "repeats": 1},
+    "walk": {"op": "walk", "keyframes": [{"seed": 1}, {"seed": 2}], "frames_per_segment": 2},
+    "project": {"op": "project", "dataset": "digits", "limit": 10, "method": "pca"},
+    "anomalies": {"op": "anomalies", "dataset": "digits", "limit": 10, "top": 2},
+}
+# (backend, op) -> words the one-line refusal must contain; every other pair must run.
+REFUSED = {
+    ("vae", "fit_vector_text"): "lacks text",
+    ("gan", "fit_vector_text"): "lacks text",
+    ("pca", "fit_vector_text"): "lacks text",
+    ("sd", "evaluate"): "evaluate needs 1x28x28 images",
+}
+CASES = [(b, op) for b in BACKENDS for op in SPECS]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Two threads on a shared two-core machine spin against each other; one is faster here."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def runtime(tmp_path_factory, studio_home) -> Runtime:
+    """One runtime (backends loaded once) over a model root that holds the tiny SD pipeline."""
+    from studio_sd.tiny import build_tiny_sd
+
+    models = tmp_path_factory.mktemp("every-op-models")
+    build_tiny_sd(models / "sd" / "tiny")
+    env = {"STUDIO_HOME": str(studio_home), "STUDIO_MODEL_ROOTS": str(models), "STUDIO_DEVICE": "cpu"}
+    return Runtime(load_settings(env=env))
+
+
+def test_the_matrix_covers_every_op_and_backend():
+    assert {spec["op"] for spec in SPECS.values()} == set(OPS)
+    assert set(BACKENDS) <= set(load_registry().backends), load_registry().errors
+
+
+def _run(runtime: Runtime, backend: str, op: str):
+    spec = {**SPECS[op], "backend": backend, "options": OPTIONS[backend]}
+    if op == "edit":  # an edit needs a stored vector of this backend's weights: fit one from picked seeds
+        execute({"op": "fit_vector", "backend": backend, "options": OPTIONS[backend], "name": "every-op",
+                 "with_seeds": [1, 2], "without_seeds": [3, 4]}, runtime)
+    return execute(spec, runtime)
+
+
+@pytest.mark.parametrize("backend, op", CASES, ids=[f"{b}-{op}" for b, op in CASES])
+def test_every_op_runs_or_is_refused_in_one_line(runtime, backend, op):
+    if (backend, op) in REFUSED:
+        with pytest.raises(StudioError) as exc:
+            _run(runtime, backend, op)
+        message = str(exc.value)
+        assert REFUSED[(backend, op)] in message, message
+        assert f"{backend!r}" in message and "\n" not in message and len(message) < 300, message
+        return
+    result = _run(runtime, backend, op)
+    assert result.artifacts, f"{backend} {op} made no artifacts"
+    assert result.metrics["seconds"] >= 0
+    if op in ("project", "anomalies"):
+        names = {a.name for a in result.artifacts}
+        assert ("plot.png" in names) if op == "project" else ("anomalies.json" in names), names
+
+
+def test_gan_encoding_works_under_an_outer_no_grad(runtime):
+    """The explore ops encode under torch.no_grad(); GAN inversion must switch gradients on for itself."""
+    backend = runtime.get_backend("gan", None)
+    images = torch.zeros(2, *backend.image_shape())
+    opts = backend.parse_options(OPTIONS["gan"])
+    with torch.no_grad():
+        point = backend.encode(images, opts)
+    assert point["z"].shape == (2, backend.config.nz) and not point["z"].requires_grad
+    with torch.no_grad():  # the caller's grad mode is left as it was
+        backend.encode(images, opts)
+        assert not torch.is_grad_enabled()
+    with torch.inference_mode():
+        assert backend.encode(images, opts)["z"].shape == (2, backend.config.nz)

@@ -1,0 +1,76 @@
+"""Fair share between users with one real worker: alice queues 50 jobs, then bob queues 1; bob's job starts within
+the next 2 claims, and every job still runs exactly once.
+
+Uses the Redis at 127.0.0.1:6379 (its own key prefix) and the shared toy backend, slowed with delay_ms.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from studio_workers.testing import QueueHarness
+
+from studio.users import UserStore
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+REDIS_URL = "redis://127.0.0.1:6379/11"
+
+
+def _sample(seed: int) -> dict:
+    return {"op": "sample", "backend": "toy", "n": 1, "seed": seed, "options": {"delay_ms": 40}}
+
+
+def test_bob_starts_within_two_claims_after_alices_fifty(tmp_path: Path) -> None:
+    harness = QueueHarness(tmp_path, broker_url=REDIS_URL, batch_max_images=1)  # no micro-batching: one job a claim
+    try:
+        with harness.active():
+            users = UserStore.from_settings(harness.settings)
+            users.add("alice", "alice-password")
+            users.add("bob", "bob-password")
+            harness.start_worker()
+            client = harness.client()
+            alice, bob = client.for_user("alice"), client.for_user("bob")
+            alices = [alice.submit(_sample(i)) for i in range(50)]
+            bobs = bob.submit(_sample(99))
+            submitted = client.status(bobs)["created"]
+            assert bob.wait(bobs, timeout=60)["state"] == "SUCCEEDED"
+            for job_id in alices:  # the rest never needs to run
+                if client.status(job_id)["state"] == "QUEUED":
+                    alice.cancel(job_id)
+            for job_id in alices:
+                alice.wait(job_id, timeout=30)
+            jobs = [client.status(j) for j in [*alices, bobs]]
+            started_after = sorted((j for j in jobs if j["started"] and j["started"] > submitted),
+                                   key=lambda j: j["started"])
+            order = [j["id"] for j in started_after]
+            assert bobs in order[:2], f"bob's job was claim {order.index(bobs) + 1} after he queued it"
+            ran = [j for j in jobs if j["started"]]
+            assert all(j["attempts"] == 1 and j["state"] == "SUCCEEDED" for j in ran)
+            assert len(harness.trace_lines()) == len(ran)  # each job decoded once: exactly once
+            assert {j["owner"] for j in jobs} == {"alice", "bob"}
+            client.close()
+    finally:
+        harness.close()
+
+
+def test_priority_still_comes_before_fairness(tmp_path: Path) -> None:
+    harness = QueueHarness(tmp_path, broker_url=REDIS_URL, batch_max_images=1)
+    try:
+        with harness.active():
+            client = harness.client()
+            alice, bob = client.for_user("alice"), client.for_user("bob")
+            blocker = alice.submit({**_sample(0), "options": {"delay_ms": 300}})
+            harness.start_worker()
+            deadline = time.monotonic() + 30
+            while client.status(blocker)["state"] == "QUEUED" and time.monotonic() < deadline:
+                time.sleep(0.02)
+            low = bob.submit(_sample(1), priority=1)
+            high = alice.submit(_sample(2), priority=9)  # alice is running one, bob none: priority still wins
+            for job_id in (blocker, low, high):
+                assert client.wait(job_id, timeout=30)["state"] == "SUCCEEDED"
+            assert client.status(high)["started"] < client.status(low)["started"]
+            client.close()
+    finally:
+        harness.close()

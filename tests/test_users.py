@@ -1,0 +1,479 @@
+"""Users and access: the user store (scrypt, hashed tokens, login throttling), owners of jobs and vectors, "not
+found" for another user's job, the per-user quota, fair claims, the migration of an old job database, the CLI,
+and (integration) the UI over HTTP with two users."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from studio.config import load_settings
+from studio.errors import InputError, NotFound
+from studio.jobstore import SCHEMA, SCHEMA_VERSION, JobStore, NewJob, QuotaExceeded
+from studio.users import (
+    FREE_FAILURES_ADDRESS,
+    FREE_FAILURES_USER,
+    UserStore,
+    hash_password,
+    user_from_env,
+    verify_password,
+    viewer_for,
+)
+
+REDIS_URL = "redis://127.0.0.1:6379/11"
+
+
+class Clock:
+    """A clock the test moves by hand (throttling without sleeping)."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def settings(tmp_path: Path):
+    return load_settings({"STUDIO_HOME": str(tmp_path / "home")})
+
+
+@pytest.fixture
+def users(settings) -> UserStore:
+    store = UserStore.from_settings(settings)
+    store.add("alice", "alice-password")
+    store.add("mallory", "mallory-password")
+    store.add("root", "root-password", admin=True)
+    return store
+
+
+def _new(job_id: str, owner: str | None, priority: int = 5, queue: str = "t.any.toy") -> NewJob:
+    return NewJob(id=job_id, spec={"op": "sample", "backend": "toy", "n": 1, "seed": 0,
+                                   "image": {"png_b64": "c2VjcmV0"}},
+                  priority=priority, queue=queue, max_attempts=3, time_limit_s=60.0, owner=owner)
+
+
+# ----- the user store -----
+
+def test_passwords_are_stored_as_salted_scrypt(users: UserStore) -> None:
+    stored = hash_password("correct horse")
+    assert stored.startswith("scrypt$16384$8$1$") and "correct horse" not in stored
+    assert stored != hash_password("correct horse")  # a new salt every time
+    assert verify_password("correct horse", stored) and not verify_password("correct hors", stored)
+    assert not verify_password("x", "md5$abc") and not verify_password("x", "garbage")
+    raw = sqlite3.connect(users.path).execute("SELECT password FROM users WHERE name = 'alice'").fetchone()[0]
+    assert raw.startswith("scrypt$") and "alice-password" not in raw
+    assert users.check("alice", "alice-password") and not users.check("alice", "mallory-password")
+    assert not users.check("nobody", "alice-password")
+
+
+def test_user_names_passwords_and_duplicates_are_checked(users: UserStore) -> None:
+    with pytest.raises(InputError, match="user name 'Al ice' is invalid"):
+        users.add("Al ice", "long-enough")
+    with pytest.raises(InputError, match="shorter than 8"):
+        users.add("bob", "short")
+    with pytest.raises(InputError, match="already exists"):
+        users.add("alice", "another-password")
+    with pytest.raises(NotFound, match="no user 'zed'"):
+        users.remove("zed")
+    assert [(u["name"], u["admin"]) for u in users.list()] == [("alice", False), ("mallory", False), ("root", True)]
+
+
+def test_tokens_are_stored_hashed_and_die_with_their_user(users: UserStore) -> None:
+    token = users.new_token("alice")
+    assert token.startswith("st_") and len(token) > 40
+    rows = sqlite3.connect(users.path).execute("SELECT hash, user FROM tokens").fetchall()
+    assert rows and all(token not in h for h, _ in rows)
+    assert users.user_for_token(token) == "alice" and users.check("alice", token)
+    assert not users.check("mallory", token) and users.user_for_token(token + "x") is None
+    assert users.user_for_token("alice-password") is None
+    users.remove("alice")
+    assert users.user_for_token(token) is None
+
+
+def test_failed_logins_are_throttled_per_user_with_a_growing_delay(tmp_path: Path) -> None:
+    clock = Clock()
+    store = UserStore(tmp_path / "users.sqlite", clock=clock)
+    store.add("alice", "alice-password")
+    for _ in range(FREE_FAILURES_USER - 1):
+        assert store.login("alice", "wrong-guess", "10.0.0.1").why == "wrong user name or password"
+    assert not store.login("alice", "wrong-guess", "10.0.0.2").ok  # the last free failure starts a delay
+    refused = store.login("alice", "alice-password", "10.0.0.3")  # even the right password, from anywhere
+    assert not refused.ok and "too many failed logins" in refused.why and refused.retry_after_s > 0
+    delays = []
+    for _ in range(4):  # each further failure doubles the wait
+        clock.now += store._locked_for("user", "alice", clock.now) + 0.01
+        assert not store.login("alice", "wrong-guess", "10.0.0.4").ok
+        delays.append(store._locked_for("user", "alice", clock.now))
+    assert delays == sorted(delays) and delays[-1] == pytest.approx(2 * delays[-2])
+    clock.now += delays[-1] + 0.01
+    assert store.login("alice", "alice-password", "10.0.0.5").ok  # after the delay the right password works
+    assert store.failures("user", "alice") == 0
+
+
+def test_failed_logins_are_throttled_per_address_over_any_names(tmp_path: Path) -> None:
+    store = UserStore(tmp_path / "users.sqlite", clock=Clock())
+    store.add("alice", "alice-password")
+    for i in range(FREE_FAILURES_ADDRESS):
+        assert not store.login(f"guess{i}", "wrong-guess", "10.6.6.6").ok
+    assert "too many" in store.login("alice", "alice-password", "10.6.6.6").why  # this address waits
+    assert store.login("alice", "alice-password", "10.0.0.1").ok  # alice elsewhere is not locked out
+
+
+def test_cli_user_comes_from_a_token_or_a_name_only_when_users_exist(settings, users: UserStore) -> None:
+    empty = load_settings({"STUDIO_HOME": str(Path(settings.home).parent / "empty")})
+    assert user_from_env(empty, {}) is None  # the single-user default: nobody to name
+    token = users.new_token("alice")
+    assert user_from_env(settings, {"STUDIO_TOKEN": token}) == "alice"
+    assert user_from_env(settings, {"STUDIO_USER": "mallory"}) == "mallory"
+    with pytest.raises(InputError, match="set STUDIO_TOKEN"):
+        user_from_env(settings, {})
+    with pytest.raises(InputError, match="not a valid API token"):
+        user_from_env(settings, {"STUDIO_TOKEN": "st_forged"})
+    assert viewer_for(settings, "root") is None and viewer_for(settings, "alice") == "alice"
+
+
+# ----- owners of jobs -----
+
+def test_another_users_job_is_not_found_and_admins_see_all(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.sqlite")
+    store.create(_new("a11ce0000001", "alice"))
+    store.create(_new("b0b000000001", "bob"))
+    store.create(_new("a11ce0000002", "bob"))  # shares alice's id prefix: the prefix must not leak it
+    assert [j["id"] for j in store.list(viewer="alice")] == ["a11ce0000001"]
+    assert {j["id"] for j in store.list()} == {"a11ce0000001", "b0b000000001", "a11ce0000002"}
+    assert store.get("a11ce", viewer="alice")["owner"] == "alice"  # unique among alice's own jobs
+    with pytest.raises(InputError, match="ambiguous"):
+        store.get("a11ce")
+    for action in (lambda: store.get("b0b000000001", viewer="alice"),
+                   lambda: store.request_cancel("b0b000000001", viewer="alice"),
+                   lambda: store.resolve("b0b0", viewer="alice")):
+        with pytest.raises(NotFound) as theirs:
+            action()
+        assert "forbidden" not in str(theirs.value).lower()
+    with pytest.raises(NotFound) as missing:
+        store.get("b0b000000009", viewer="alice")
+    with pytest.raises(NotFound) as theirs:
+        store.get("b0b000000001", viewer="alice")
+    assert str(theirs.value) == str(missing.value).replace("b0b000000009", "b0b000000001")
+    assert store.get("b0b000000001")["state"] == "QUEUED"  # untouched by the refused cancel
+
+
+def test_the_client_scopes_status_result_cancel_retry_replay_and_files(settings, users: UserStore) -> None:
+    from studio.client import StudioClient
+
+    store = JobStore.from_settings(settings)
+    store.create(_new("a11ce0000001", "alice"))
+    mallory = StudioClient(settings, user="mallory")
+    for action in (mallory.status, mallory.result, mallory.cancel, mallory.retry, mallory.replay, mallory.wait,
+                   lambda j: mallory.artifact_path(j, "grid.png"), lambda j: mallory.copy_result(j, "out")):
+        with pytest.raises(NotFound, match="no job 'a11ce0000001'"):
+            action("a11ce0000001")
+    assert mallory.jobs() == []
+    alice = mallory.for_user("alice")
+    assert [j["id"] for j in alice.jobs()] == ["a11ce0000001"] and alice.status("a11ce")["owner"] == "alice"
+    assert [j["id"] for j in StudioClient(settings, user="root").jobs()] == ["a11ce0000001"]  # an admin
+    assert alice.cancel("a11ce0000001")["state"] == "CANCELLED"
+
+
+def test_quota_refuses_at_submit_with_one_line(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.sqlite")
+    for i in range(2):
+        store.create(_new(f"a11ce000000{i}", "alice"), max_queued=2)
+    store.create(_new("b0b000000001", "bob"), max_queued=2)  # bob has his own allowance
+    with pytest.raises(QuotaExceeded) as refused:
+        store.create(_new("a11ce0000009", "alice"), max_queued=2)
+    text = str(refused.value)
+    assert "max_queued_per_user" in text and "\n" not in text and len(text) < 300
+    assert isinstance(refused.value, InputError)
+    store.request_cancel("a11ce0000000")  # a cancelled job no longer counts
+    store.create(_new("a11ce0000009", "alice"), max_queued=2)
+    assert store.count_queued("alice") == 2
+
+
+@pytest.mark.integration
+def test_client_submit_applies_the_quota_before_anything_is_queued(tmp_path: Path) -> None:
+    from studio_workers.testing import QueueHarness
+
+    harness = QueueHarness(tmp_path, broker_url=REDIS_URL, max_queued_per_user=2)
+    try:
+        with harness.active():
+            UserStore.from_settings(harness.settings).add("alice", "alice-password")
+            client = harness.client().for_user("alice")
+            spec = {"op": "sample", "backend": "toy", "n": 1, "seed": 0}
+            first = [client.submit(spec), client.submit(spec)]
+            with pytest.raises(QuotaExceeded, match="STUDIO_MAX_QUEUED_PER_USER=2"):
+                client.submit(spec)
+            assert [j["id"] for j in client.jobs()] == first[::-1]
+            assert all(j["owner"] == "alice" for j in client.jobs())
+            client.close()
+    finally:
+        harness.close()
+
+
+# ----- fair claims (the job store alone; tests/test_fair_share.py runs a real worker) -----
+
+def test_claims_are_fair_between_users_within_the_highest_priority(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.sqlite")
+    for i in range(5):
+        store.create(_new(f"a11ce000000{i}", "alice"))
+    store.create(_new("b0b000000001", "bob"))
+    first, _ = store.claim("a11ce0000000", "w/1", "w", 30)
+    assert first["id"] == "a11ce0000000"
+    second, _ = store.claim("a11ce0000001", "w/2", "w", 30)  # alice runs one, bob none: bob's turn
+    assert second["id"] == "b0b000000001" and second["owner"] == "bob"
+    store.create(_new("c0ffee000001", "carol", priority=9))
+    third, _ = store.claim("a11ce0000002", "w/3", "w", 30)  # a higher priority goes first, whoever owns it
+    assert third["id"] == "c0ffee000001"
+    # the message of a job that already ran in another's place runs the job still waiting: none is lost
+    assert store.get("a11ce0000001")["state"] == "QUEUED"
+    fourth, _ = store.claim("b0b000000001", "w/4", "w", 30)
+    assert fourth["id"] == "a11ce0000001"
+    ran = [j["id"] for j in store.list(state="RUNNING")]
+    assert len(ran) == len(set(ran)) == 4
+
+
+def test_round_robin_when_nobody_is_running(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.sqlite")
+    for i in range(3):
+        store.create(_new(f"a11ce000000{i}", "alice"))
+    job, _ = store.claim("a11ce0000000", "w/1", "w", 30)
+    assert store.finish(job["id"], "w/1", "SUCCEEDED")
+    store.create(_new("b0b000000001", "bob"))
+    nxt, _ = store.claim("a11ce0000001", "w/2", "w", 30)  # one worker: bob, who never ran, is next
+    assert nxt["id"] == "b0b000000001"
+
+
+def test_messages_of_jobs_that_cannot_run_keep_their_old_answers(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.sqlite")
+    store.create(_new("a11ce0000001", "alice"))
+    store.create(_new("a11ce0000002", "alice"))
+    store.request_cancel("a11ce0000001")
+    assert store.claim("a11ce0000001", "w/1", "w", 30) == (None, "already CANCELLED")  # never ran: its own message
+    assert store.claim("ffff00000000", "w/1", "w", 30) == (None, "unknown job")
+    job, _ = store.claim("a11ce0000002", "w/1", "w", 30)
+    assert store.claim("a11ce0000002", "w/2", "w", 30) == (None, "running elsewhere under a live lease")
+    assert store.finish(job["id"], "w/1", "SUCCEEDED")
+    assert store.claim("a11ce0000002", "w/2", "w", 30) == (None, "already SUCCEEDED")
+
+
+def test_concurrent_claims_run_every_job_exactly_once_and_strand_none(tmp_path: Path) -> None:
+    import queue
+    import random
+    import threading
+
+    store = JobStore(tmp_path / "jobs.sqlite")
+    ids = [f"{u}{i:08d}" for u in ("a1", "b2", "c3") for i in range(12)]
+    for job_id in ids:
+        store.create(_new(job_id, {"a1": "alice", "b2": "bob", "c3": "carol"}[job_id[:2]]))
+    messages: queue.Queue[str] = queue.Queue()
+    for job_id in random.Random(0).sample(ids, len(ids)) + ids[:5]:  # every message, plus 5 duplicates
+        messages.put(job_id)
+    ran: list[str] = []
+
+    def worker(n: int) -> None:
+        mine = JobStore(tmp_path / "jobs.sqlite")
+        while True:
+            try:
+                message = messages.get_nowait()
+            except queue.Empty:
+                return
+            job, _ = mine.claim(message, f"w{n}/{message}", f"w{n}", 30)
+            if job is not None:
+                ran.append(job["id"])
+                assert mine.finish(job["id"], f"w{n}/{message}", "SUCCEEDED")
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(ran) == sorted(ids)  # each job exactly once, and no job left waiting for a message
+    assert store.list(state="QUEUED") == []
+
+
+# ----- migration -----
+
+def test_an_old_database_without_owners_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.sqlite"
+    old_schema = SCHEMA.replace("staging TEXT,\n    owner TEXT\n", "staging TEXT\n")
+    assert "    owner TEXT" not in old_schema
+    db = sqlite3.connect(path)
+    db.executescript(old_schema)
+    db.execute("INSERT INTO jobs (id, state, op, backend, spec, priority, queue, created, max_attempts, "
+               "time_limit_s) VALUES ('0123456789ab', 'SUCCEEDED', 'sample', 'toy', '{}', 5, 'q', 1.0, 3, 60)")
+    db.commit()
+    db.close()
+    store = JobStore(path)
+    assert store.schema_version() == SCHEMA_VERSION
+    assert store.get("0123456789ab")["owner"] is None  # kept, with no owner (the single-user default's)
+    with pytest.raises(NotFound):
+        store.get("0123456789ab", viewer="alice")  # ownerless history: admins only once users exist
+    JobStore(path)  # opening again is a no-op
+    store.create(_new("a11ce0000001", "alice"))
+    assert [j["id"] for j in store.list(viewer="alice")] == ["a11ce0000001"]
+
+
+# ----- vectors -----
+
+def test_vectors_have_owners_and_can_be_shared(settings) -> None:
+    import torch
+
+    from studio.vectorstore import list_vectors, load_vector, save_vector, share_vector
+
+    sha = "ab" * 32
+    save_vector(settings, "vae", sha, "smile", torch.ones(2), {"space": "z"}, owner="alice")
+    save_vector(settings, "vae", sha, "public", torch.ones(2), {"space": "z"})  # single-user default: everyone's
+    assert [v["name"] for v in list_vectors(settings, viewer="mallory")] == ["public"]
+    assert [v["name"] for v in list_vectors(settings, viewer="alice")] == ["public", "smile"]
+    assert [v["name"] for v in list_vectors(settings)] == ["public", "smile"]  # admins
+    with pytest.raises(NotFound, match="no vector 'smile'") as missing:
+        load_vector(settings, "vae", sha, "smile", viewer="mallory")
+    assert "smile" not in str(missing.value).split("stored:")[1]
+    with pytest.raises(NotFound, match="only its owner"):
+        share_vector(settings, "vae", sha, "public", ["mallory"], viewer="mallory")
+    share_vector(settings, "vae", sha, "smile", ["mallory"], viewer="alice")
+    _, meta = load_vector(settings, "vae", sha, "smile", viewer="mallory")
+    assert meta["owner"] == "alice" and meta["shared"] == ["mallory"]
+
+
+# ----- the UI's login and scoping (units) -----
+
+def test_ui_login_uses_the_user_store_with_throttling(settings, users: UserStore) -> None:
+    from studio.ui.security import CLIENT_ADDRESS, auth_from_settings, launch_auth
+
+    check = auth_from_settings(settings)
+    assert callable(check) and launch_auth(settings, "0.0.0.0") is not None  # users: serving off loopback is fine
+    assert asyncio.run(check("alice", "alice-password"))
+    assert asyncio.run(check("alice", users.new_token("alice")))  # an API token works as the password
+    assert not asyncio.run(check("mallory", "alice-password"))
+
+    async def attempt(name: str, password: str) -> bool:
+        CLIENT_ADDRESS.set("10.1.2.3")
+        return await check(name, password)
+
+    for _ in range(FREE_FAILURES_USER):
+        assert not asyncio.run(attempt("alice", "wrong-guess"))
+    assert not asyncio.run(attempt("alice", "alice-password"))  # locked: the right password waits too
+    assert users.failures("address", "10.1.2.3") == FREE_FAILURES_USER
+
+
+def test_ui_handlers_run_as_the_signed_in_user(settings, users: UserStore) -> None:
+    import inspect
+
+    import gradio as gr
+
+    from studio.client import StudioClient
+    from studio.ui.jobs import ScopedClient, scoped, ui_errors
+
+    JobStore.from_settings(settings).create(_new("a11ce0000001", "alice"))
+    client = ScopedClient(StudioClient(settings))
+
+    @ui_errors
+    def jobs(state: str) -> list:
+        return [j["id"] for j in client.jobs()]
+
+    params = list(inspect.signature(jobs).parameters)
+    assert params == ["studio_request", "state"]  # Gradio fills the request in front of the inputs
+
+    def request(name: str) -> gr.Request:  # what Gradio passes: a gr.Request naming the signed-in user
+        r = gr.Request.__new__(gr.Request)
+        r.username = name
+        return r
+
+    assert jobs(request("alice"), "all") == ["a11ce0000001"]
+    assert jobs(request("mallory"), "all") == []
+    with pytest.raises(gr.Error, match="restart the UI"):  # users exist but nobody signed in: fail closed
+        jobs("all")
+    assert scoped(object()) is not None  # a client without users support is used as it is
+
+
+# ----- the CLI -----
+
+def _cli(*args: str, env: dict, input_text: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "studio", *args], capture_output=True, text=True, timeout=120,
+                          input=input_text, env={**os.environ, **env})
+
+
+@pytest.mark.integration
+def test_cli_users_add_list_token_remove_and_queue_commands(tmp_path: Path) -> None:
+    studio_cli = _cli
+    env = {"STUDIO_HOME": str(tmp_path / "home"), "STUDIO_USER": "", "STUDIO_TOKEN": ""}
+    assert "no users" in studio_cli("users", "list", env=env).stdout
+    assert studio_cli("jobs", env=env).returncode == 0  # the single-user default needs nobody
+    added = studio_cli("users", "add", "alice", "--password-stdin", env=env, input_text="alice-password\n")
+    assert added.returncode == 0 and "logins are now required" in added.stdout, added.stderr
+    assert studio_cli("users", "add", "root", "--admin", "--no-password", env=env).returncode == 0
+    token = studio_cli("users", "token", "alice", env=env).stdout.strip()
+    assert token.startswith("st_")
+    listed = studio_cli("users", "list", "--json", env=env).stdout
+    assert '"name": "alice"' in listed and token not in listed
+    refused = studio_cli("jobs", env=env)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "STUDIO_TOKEN" in refused.stderr
+    assert studio_cli("jobs", env={**env, "STUDIO_TOKEN": token}).returncode == 0
+    bad = studio_cli("status", "abcd", env={**env, "STUDIO_TOKEN": "st_forged"})
+    assert bad.returncode == 2 and "not a valid API token" in bad.stderr
+    assert studio_cli("users", "remove", "alice", env=env).returncode == 0
+    assert "not a valid API token" in studio_cli("jobs", env={**env, "STUDIO_TOKEN": token}).stderr
+
+
+# ----- the UI over HTTP, two users (integration) -----
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_ui_over_http_scopes_jobs_to_the_signed_in_user_and_throttles_logins(tmp_path: Path) -> None:
+    import httpx
+    from gradio_client import Client
+
+    from studio.client import StudioClient
+    from studio.ui import serve
+
+    settings = load_settings({"STUDIO_HOME": str(tmp_path / "home"), "STUDIO_BROKER_URL": REDIS_URL,
+                              "STUDIO_QUEUE_PREFIX": f"t{uuid.uuid4().hex[:8]}"})
+    store = UserStore.from_settings(settings)
+    store.add("alice", "alice-password")
+    store.add("mallory", "mallory-password")
+    token = store.new_token("alice")
+    JobStore.from_settings(settings).create(_new("a11ce0000001", "alice"))
+    client = StudioClient(settings)
+    demo, url = serve(settings, host="127.0.0.1", port=_free_port(), client=client)
+    try:
+        mallory = Client(url, auth=("mallory", "mallory-password"), verbose=False)
+        assert mallory.predict(api_name="/jobs") == []
+        with pytest.raises(Exception, match="no job 'a11ce0000001'") as hidden:
+            mallory.predict("a11ce0000001", api_name="/status")
+        assert "forbidden" not in str(hidden.value).lower()
+        with pytest.raises(Exception, match="no job 'a11ce0000001'"):  # the Queue tab's cancel acts as mallory too
+            mallory.predict("a11ce0000001", "all", api_name="/cancel")
+        alice = Client(url, auth=("alice", "alice-password"), verbose=False)
+        assert [j["id"] for j in alice.predict(api_name="/jobs")] == ["a11ce0000001"]
+        assert alice.predict("a11ce0000001", api_name="/status")["state"] == "QUEUED"
+        by_header = Client(url, headers={"Authorization": f"Bearer {token}"}, verbose=False)
+        assert [j["id"] for j in by_header.predict(api_name="/jobs")] == ["a11ce0000001"]
+        assert httpx.get(f"{url}config", headers={"X-Studio-Token": "st_forged"}).status_code == 401
+
+        answers = [httpx.post(f"{url}login", data={"username": "alice", "password": f"guess-{i}"}).status_code
+                   for i in range(20)]
+        assert answers == [400] * 20
+        assert store.failures("user", "alice") >= FREE_FAILURES_USER
+        with pytest.raises(ValueError, match="Could not login"):  # throttled: now even the right password waits
+            Client(url, auth=("alice", "alice-password"), verbose=False)
+        assert [j["id"] for j in by_header.predict(api_name="/jobs")] == ["a11ce0000001"]  # tokens still work
+    finally:
+        demo.close()
+        client.close()
+
