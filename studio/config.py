@@ -47,6 +47,9 @@ class Settings:
     visibility_timeout_s: int = 300  # Redis: an unacknowledged message is redelivered after this many seconds
     batch_max_images: int = 64  # micro-batching: at most this many images in one coalesced pass (1: off)
     torch_threads: int = 0  # a worker's torch intra-op threads (0: torch's default, one per core)
+    remote_control: int = 0  # 1: workers obey Celery remote-control broadcasts (Flower, `celery inspect`)
+    stall_s: int = 60  # a worker idle this long while its queues have jobs waiting restarts its broker connection
+    job_process: int = 1  # 1: the solo worker runs jobs in a child it can kill (hard time limit); 0: in-process
     max_queued_per_user: int = 0  # users: a submit is refused while its user has this many QUEUED jobs (0: no limit)
 
     @property

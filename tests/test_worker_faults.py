@@ -149,8 +149,9 @@ def test_stalled_worker_is_shown_and_restarts_its_consumer(harness: QueueHarness
             worker = h.start_worker()
             store = JobStore.from_settings(h.settings)
             spec = h.client().validate(_sample(seed=9))
-            store.create(NewJob(id=uuid.uuid4().hex[:12], spec=spec, priority=5, queue=f"{h.prefix}.any.toy",
-                                max_attempts=2, time_limit_s=60))  # recorded, never published
+            orphan = uuid.uuid4().hex[:12]
+            store.create(NewJob(id=orphan, spec=spec, priority=5, queue=f"{h.prefix}.any.toy", max_attempts=2,
+                                time_limit_s=60))  # recorded, never published
             deadline = time.monotonic() + 30
             out = ""
             while "STALLED" not in out and time.monotonic() < deadline:
@@ -160,6 +161,7 @@ def test_stalled_worker_is_shown_and_restarts_its_consumer(harness: QueueHarness
             assert "STALLED" in out, out
             assert "restarting the broker consumer" in h.worker_log(worker)
             client = h.client()
+            client.cancel(orphan)
             job = client.submit(_sample(seed=10))  # the restarted consumer still serves
             assert client.wait(job, timeout=30)["state"] == "SUCCEEDED"
             assert worker.poll() is None

@@ -60,8 +60,11 @@ def test_watchdog_restarts_an_idle_silent_consumer_only_when_jobs_wait() -> None
 
 def test_limits_and_switches() -> None:
     assert hard_limit(4) > 4 and hard_limit(1800) == 1820
-    assert job_process_enabled(None, {}) and not job_process_enabled(None, {"STUDIO_JOB_PROCESS": "0"})
-    settings = load_settings({"STUDIO_HOME": "/tmp/unused"})
-    assert stall_seconds(settings, {}) == 60 and stall_seconds(settings, {"STUDIO_STALL_S": "2"}) == 2
-    assert not remote_control_enabled(settings, {}) and remote_control_enabled(settings, {"STUDIO_REMOTE_CONTROL": "1"})
+    def settings_with(**env: str):  # noqa: ANN202
+        return load_settings({"STUDIO_HOME": "/tmp/unused", **{f"STUDIO_{k}": v for k, v in env.items()}})
+
+    settings = settings_with()
+    assert job_process_enabled(settings) and not job_process_enabled(settings_with(JOB_PROCESS="0"))
+    assert stall_seconds(settings) == 60 and stall_seconds(settings_with(STALL_S="2")) == 2
+    assert not remote_control_enabled(settings) and remote_control_enabled(settings_with(REMOTE_CONTROL="1"))
     assert celery_config(settings, "redis://127.0.0.1:6379/0")["worker_enable_remote_control"] is False

@@ -16,7 +16,6 @@ What the configuration guarantees:
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Any
 
 from studio.broker import broker_kind, resolve_broker_url
@@ -27,13 +26,9 @@ if TYPE_CHECKING:
     from celery import Celery
 
 
-def remote_control_enabled(settings: Settings, env: dict[str, str] | None = None) -> bool:
-    """Whether workers obey Celery remote-control broadcasts: STUDIO_REMOTE_CONTROL (a setting, when there is one,
-    else the environment variable) is 1, true or yes."""
-    value = getattr(settings, "remote_control", None)
-    if value is None:
-        value = (os.environ if env is None else env).get("STUDIO_REMOTE_CONTROL", "")
-    return str(value).strip().lower() in ("1", "true", "yes", "on")
+def remote_control_enabled(settings: Settings) -> bool:
+    """Whether workers obey Celery remote-control broadcasts (STUDIO_REMOTE_CONTROL=1; off by default)."""
+    return bool(settings.remote_control)
 
 
 def celery_config(settings: Settings, broker_url: str) -> dict[str, Any]:

@@ -28,6 +28,8 @@ from typing import Any
 from celery.worker.consumer import Consumer
 from vine import promise
 
+from studio.config import Settings
+
 log = logging.getLogger("studio.worker")
 EXIT_FAILURE = 1  # Celery's "Unrecoverable error"
 EXIT_STALLED = 75  # EX_TEMPFAIL: the consumer could not be restarted in-process; start the worker again
@@ -44,16 +46,9 @@ class MalformedMessage(ValueError):
     """A broker message that is not a valid envelope."""
 
 
-def stall_seconds(settings: object, env: dict[str, str] | None = None) -> float:
-    """The watchdog's threshold: the `stall_s` setting when there is one, else STUDIO_STALL_S, else 60 s."""
-    value = getattr(settings, "stall_s", None)
-    if value is None:
-        value = (os.environ if env is None else env).get("STUDIO_STALL_S") or DEFAULT_STALL_S
-    try:
-        return max(1.0, float(value))
-    except (TypeError, ValueError):
-        log.warning("STUDIO_STALL_S=%r is not a number of seconds; using %.0f", value, DEFAULT_STALL_S)
-        return DEFAULT_STALL_S
+def stall_seconds(settings: Settings) -> float:
+    """The watchdog's threshold (STUDIO_STALL_S, at least 1 s)."""
+    return max(1.0, float(settings.stall_s))
 
 
 class Liveness:
@@ -69,6 +64,10 @@ class Liveness:
         self._next_restart = 0.0
         self._backoff = stall_s
         self._lock = threading.Lock()
+
+    def configure(self, stall_s: float) -> None:
+        """Set the watchdog's threshold (and the first restart backoff)."""
+        self.stall_s = self._backoff = stall_s
 
     def attach(self, consumer: Any) -> None:
         """Celery's consumer (from the worker_ready signal)."""

@@ -32,6 +32,7 @@ from studio.jobstore import FAILED, QUEUED, Ending
 if TYPE_CHECKING:
     from celery import Celery
 
+    from studio.config import Settings
     from studio_workers.jobs import WorkerContext
 
 log = logging.getLogger("studio.worker")
@@ -44,13 +45,9 @@ def hard_limit(time_limit_s: float) -> float:
     return time_limit_s + min(20.0, 2.0 + 0.05 * time_limit_s)
 
 
-def job_process_enabled(settings: object = None, env: dict[str, str] | None = None) -> bool:
-    """The `job_process` setting when there is one, else STUDIO_JOB_PROCESS (default on): 0/false/no runs jobs
-    inside the worker process."""
-    value = getattr(settings, "job_process", None)
-    if value is None:
-        value = (os.environ if env is None else env).get("STUDIO_JOB_PROCESS", "1")
-    return str(value).strip().lower() not in ("0", "false", "no", "off")
+def job_process_enabled(settings: Settings) -> bool:
+    """Whether jobs run in a killable job process (STUDIO_JOB_PROCESS, default 1; 0 runs them in the worker)."""
+    return bool(settings.job_process)
 
 
 def _watch_parent(parent_pid: int) -> None:

@@ -107,7 +107,9 @@ class WorkerContext:
                     if not any(f'"{j}-'.encode() in raw for j in wanted):
                         continue
                     headers = json.loads(raw).get("headers") or {}
-                    if str(headers.get("id", "")).split("-", 1)[0] in wanted:
+                    named = str(headers.get("id", "")).split("-", 1)[0]
+                    if named in wanted:  # one message per claimed job: messages are tokens (fair-share claims),
+                        wanted.discard(named)  # so a job with two (a retry's) leaves one for another job
                         drop.lrem(key, 1, raw)
             removed = sum(drop.execute())
         except Exception:
@@ -309,7 +311,7 @@ def _run_claimed(ctx: WorkerContext, owner: str, batch: list[dict]) -> dict:
             if len(batch) == 1:
                 spec = batch[0]["spec"]
                 workdir = _workdir(ctx, ids[0]) if spec.get("op") in RESUMABLE_OPS else None
-                results: list = [execute(spec, ctx.runtime, ex.progress, workdir)]
+                results: list = [execute(spec, ctx.runtime, ex.progress, workdir, owner=batch[0].get("owner"))]
             else:
                 try:
                     results = execute_batch([j["spec"] for j in batch], ctx.runtime, ex.progress)
@@ -388,7 +390,7 @@ def _one_by_one(ctx: WorkerContext, ex: Execution, batch: list[dict], execute: C
             results.append(None)
             continue
         try:
-            results.append(execute(job["spec"], ctx.runtime, ex.progress))
+            results.append(execute(job["spec"], ctx.runtime, ex.progress, owner=job.get("owner")))
         except (LeaseLost, Cancelled, TimeLimitExceeded):
             raise
         except Exception as exc:

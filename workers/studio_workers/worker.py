@@ -117,12 +117,14 @@ def run_worker(settings: Settings | None = None, queues: list[str] | None = None
     url, embedded = ensure_broker(settings)
     wid = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:4]}"
     os.environ["STUDIO_WORKER_ID"] = wid
+    if not settings.allow_downloads:  # a second guard behind the model resolvers: no hub download, ever
+        os.environ["HF_HUB_OFFLINE"] = "1"
     ctx = None
     runner = None
     code: object = 0
     stopped: list[object] = []
     liveness = LIVENESS
-    liveness.stall_s = stall_seconds(settings)
+    liveness.configure(stall_seconds(settings))
     harden_redis_transport()
     watch_acks()
     try:
@@ -143,7 +145,8 @@ def run_worker(settings: Settings | None = None, queues: list[str] | None = None
 
         def on_ready(sender: object = None, **_: object) -> None:
             liveness.attach(sender)
-            maintenance.start()
+            if maintenance.ident is None:  # Celery sends it once; never start the thread twice
+                maintenance.start()
 
         def on_received(**_: object) -> None:
             liveness.received()
@@ -157,8 +160,8 @@ def run_worker(settings: Settings | None = None, queues: list[str] | None = None
         worker_shutdown.connect(on_shutdown, weak=False)
         node = "studio-" + wid.split(":", 1)[1].replace(":", "-")
         app.start(["--quiet", "worker", "--queues", ",".join(chosen), "--concurrency", str(concurrency),
-                          "--pool", pool, "--loglevel", loglevel, "--hostname", f"{node}@%h",
-                          "--without-gossip", "--without-mingle"])
+                   "--pool", pool, "--loglevel", loglevel, "--hostname", f"{node}@%h",
+                   "--without-gossip", "--without-mingle"])
         code = getattr(stopped[-1], "exitcode", 0) if stopped else 0
     finally:
         if runner is not None:
