@@ -21,10 +21,7 @@ import json
 import os
 import random
 import re
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -35,6 +32,7 @@ from pathlib import Path
 from studio_workers.testing import QueueHarness, install_toy_plugin
 
 from studio.errors import StudioError
+from studio.ui.testing import bomb_png, bomb_png_bytes, free_port, peak_mb, served_ui, ui_env
 
 FINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
 REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>|at 0x[0-9a-fA-F]{6,}")
@@ -58,13 +56,15 @@ def _tally(client, ids: list[str], timeout: float, guilty: set[str] = frozenset(
         time.sleep(0.1)
     states = Counter(client.status(j)["state"] for j in ids)
     duplicated = sum(1 for j in finals if sum(e["kind"] == "succeeded" for e in client.status(j)["events"]) > 1)
-    unclear = sum(1 for j, job in finals.items() if job["state"] == "FAILED" and not _clear(job["error"] or ""))
+    unclear_errors = [job["error"] or "" for job in finals.values()
+                      if job["state"] == "FAILED" and not _clear(job["error"] or "")]
+    unclear = len(unclear_errors)
     innocent_failed = sum(1 for j, job in finals.items() if job["state"] == "FAILED" and j not in guilty)
     stalled = len(ids) - len(finals)  # not ended by the deadline
     lost = sum(1 for j in ids if j not in finals and client.status(j)["attempts"] == 0)  # and never picked up
     return {"jobs": len(ids), "succeeded": states.get("SUCCEEDED", 0), "failed": states.get("FAILED", 0),
             "lost": lost, "duplicated": duplicated, "stalled": stalled, "innocent_failed": innocent_failed,
-            "unclear_messages": unclear}
+            "unclear_messages": unclear, "unclear_examples": [e[:400] for e in unclear_errors[:3]]}
 
 
 def _clear(message: str) -> bool:
@@ -220,26 +220,10 @@ def _small_b64() -> str:
     return _SMALL[0]
 
 
-def _bomb_png() -> bytes:
-    """A small PNG whose header claims 13000x13000 grey pixels (all zero: it compresses to ~160 KB)."""
-    import struct
-    import zlib
-
-    width = height = 13000
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    raw = zlib.compressobj(9)
-    row = b"\x00" * (width + 1)
-    body = b"".join(raw.compress(row) for _ in range(height)) + raw.flush()
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
-            + chunk(b"IDAT", body) + chunk(b"IEND", b""))
-
-
 def _bomb_b64() -> str:
+    """A small PNG whose header claims 13000x13000 grey pixels (all zero: it compresses to ~160 KB)."""
     if not _BOMB:
-        _BOMB.append(base64.b64encode(_bomb_png()).decode())
+        _BOMB.append(base64.b64encode(bomb_png_bytes(13000, 13000)).decode())
     return _BOMB[0]
 
 
@@ -249,39 +233,25 @@ def fuzz(root: Path, n: int) -> dict:
     with _harness(root) as h:
         workers = [h.start_worker()]
         client = h.client()
-        accepted, rejected, unclear = [], 0, 0
+        accepted, rejected, unclear, examples = [], 0, 0, []
         for _ in range(n):
             spec = _fuzzed_spec(rng)
             try:
                 accepted.append(client.submit(spec, priority=rng.randrange(10)))
             except StudioError as exc:
                 rejected += 1
-                unclear += not _clear(str(exc))
-            except Exception:  # anything but a StudioError is an unclear message (a crash of the client path)
+                if not _clear(str(exc)):
+                    unclear += 1
+                    examples.append(str(exc)[:400])
+            except Exception as exc:  # anything but a StudioError is an unclear message (a crash of the client path)
                 rejected += 1
                 unclear += 1
+                examples.append(f"{type(exc).__name__}: {str(exc)[:300]}")
         out = _tally(client, accepted, 600)
         return {"specs": n, "rejected_at_submit": rejected, "accepted": len(accepted),
                 "unclear_messages": unclear + out["unclear_messages"], "stalled": out["stalled"],
-                "lost": out["lost"], "worker_crashes": 1 - _alive(workers)}
-
-
-UI_SCRIPT = """
-import sys, time
-from studio.config import load_settings
-from studio.ui import serve
-demo, url = serve(load_settings(), port=int(sys.argv[1]))
-print("URL", url, flush=True)
-while True:
-    time.sleep(1)
-"""
-
-
-def _peak_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM")
+                "lost": out["lost"], "worker_crashes": 1 - _alive(workers),
+                "unclear_examples": (examples + out["unclear_examples"])[:3]}
 
 
 def upload(root: Path, copies: int = 3) -> dict:
@@ -289,21 +259,10 @@ def upload(root: Path, copies: int = 3) -> dict:
     from gradio_client import Client, handle_file
 
     plugins = install_toy_plugin(root / "plugins")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "STUDIO_HOME": str(root / "ui-home"), "STUDIO_PLUGINS": "toy",
-           "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(root / "gradio"),
-           "STUDIO_QUEUE_PREFIX": f"rel{os.getpid()}",
-           "PYTHONPATH": os.pathsep.join(p for p in (str(plugins), os.environ.get("PYTHONPATH", "")) if p)}
-    bomb = root / "bomb.png"
-    bomb.write_bytes(_bomb_png())
-    proc = subprocess.Popen([sys.executable, "-c", UI_SCRIPT, str(port)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, start_new_session=True)
-    try:
-        if not proc.stdout.readline().startswith("URL"):
-            raise RuntimeError("the UI did not start")
-        api = Client(f"http://127.0.0.1:{port}/", verbose=False)
+    env = ui_env(root, plugins, plugins="toy", queue_prefix=f"rel{os.getpid()}")
+    bomb = bomb_png(root / "bomb.png", 13000, 13000)
+    with served_ui(env, free_port()) as ui:
+        api = Client(ui.url, verbose=False)
         small = root / "small.png"
         from PIL import Image
 
@@ -311,7 +270,7 @@ def upload(root: Path, copies: int = 3) -> dict:
         with contextlib.suppress(Exception):  # warm the upload path
             api.predict(backend="missing", source="Upload", upload=handle_file(str(small)), bits=6,
                         api_name="/compress")
-        before = _peak_mb(proc.pid)
+        before = peak_mb(ui.pid)
         messages: list[str] = []
 
         def send() -> None:
@@ -327,14 +286,10 @@ def upload(root: Path, copies: int = 3) -> dict:
             t.start()
         for t in threads:
             t.join(120)
-        after = _peak_mb(proc.pid)
+        after = peak_mb(ui.pid)
         return {"upload_bytes": bomb.stat().st_size, "uploads_at_once": copies, "peak_mb_before": round(before),
                 "peak_mb_after": round(after), "growth_mb": round(after - before, 1),
                 "refused_clearly": sum("pixels; the limit is" in m and _clear(m) for m in messages)}
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(20)
 
 
 def main() -> None:

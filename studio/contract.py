@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from studio.errors import InputError, NotFound, StudioError
+from studio.errors import InputError, NotFound, StudioError, clip
 
 if TYPE_CHECKING:
     import torch
@@ -126,7 +126,7 @@ def choose_model(backend: str, models: Sequence[ModelInfo], name: str | None, ki
             if m.error:
                 raise InputError(f"model {name!r} of backend {backend!r} is broken: {m.error}")
             return m
-    raise NotFound(f"unknown {kind or backend} model {name!r} "
+    raise NotFound(f"unknown {kind or backend} model {clip(name)!r} "
                    f"(available: {', '.join(m.name for m in usable) or 'none'})")
 
 

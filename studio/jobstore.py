@@ -22,16 +22,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import sqlite3
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from studio.errors import InputError, NotFound
+from studio.sqlite import ThreadConnections, immediate_transaction
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"
 STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
@@ -157,8 +155,7 @@ class JobStore:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
+        self._db = ThreadConnections(self.path, synchronous="NORMAL")
         self._conn().executescript(SCHEMA)
         self._migrate()
 
@@ -186,33 +183,14 @@ class JobStore:
 
     # ----- connections -----
     def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None or getattr(self._local, "pid", None) != os.getpid():
-            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA busy_timeout=30000")
-            self._local.conn, self._local.pid = conn, os.getpid()
-        return conn
+        return self._db.get()
 
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         """A write transaction that takes the write lock at once (so read-then-write is atomic)."""
-        db = self._conn()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        return immediate_transaction(self._conn())
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        self._db.close()
 
     @staticmethod
     def _event(db: sqlite3.Connection, job_id: str, kind: str, message: str, now: float | None = None) -> None:

@@ -16,13 +16,16 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from studio.errors import InputError
+from studio.errors import InputError, StudioError
 
 if TYPE_CHECKING:
     import torch
+
+    from studio.contract import ModelInfo
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors library's own limit
 DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1, "I16": 2, "U16": 2,
@@ -141,3 +144,29 @@ def load_tensors(path: str | Path, device: str = "cpu") -> dict[str, torch.Tenso
     except SafetensorError as exc:
         first = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
         raise CorruptWeights(f"weights file {Path(path).name!r} is not readable as safetensors: {first}") from None
+
+
+def weights_model_info(name: str, path: str | Path, description: str,
+                       describe: Callable[[dict[str, str]], tuple[dict, str]]) -> ModelInfo:
+    """The ModelInfo of a safetensors weights file: its sha256, and what `describe(metadata)` makes of its
+    validated metadata (the listing's extra fields and an error, "" when the model can load).
+
+    A file that cannot be read or is not valid safetensors is still listed, with the reason (one line, naming the
+    file) as its `error` and no extra fields: loading it is refused, and the backend's other models keep serving.
+    """
+    from studio.contract import ModelInfo
+    from studio.hashing import file_sha256
+
+    path = Path(path)
+    try:
+        sha256 = file_sha256(path)
+    except OSError as exc:
+        return ModelInfo(name=name, path=str(path), sha256="", description=description,
+                         error=f"weights file {path.name!r} cannot be read ({type(exc).__name__})")
+    try:
+        extra, error = describe(read_metadata(path))
+    except StudioError as exc:
+        extra, error = {}, str(exc)
+    except OSError as exc:
+        extra, error = {}, f"weights file {path.name!r} cannot be read ({type(exc).__name__})"
+    return ModelInfo(name=name, path=str(path), sha256=sha256, description=description, extra=extra, error=error)

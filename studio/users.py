@@ -21,12 +21,13 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from studio.errors import InputError, NotFound
+from studio.sqlite import ThreadConnections, immediate_transaction
 
 if TYPE_CHECKING:
     from studio.config import Settings
@@ -130,7 +131,7 @@ class UserStore:
     def __init__(self, path: str | Path, clock: Callable[[], float] = time.time) -> None:
         self.path = Path(path)
         self.clock = clock
-        self._local = threading.local()
+        self._db = ThreadConnections(self.path)
         self._ready = False
 
     @classmethod
@@ -139,35 +140,17 @@ class UserStore:
 
     # ----- connections -----
     def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None or getattr(self._local, "pid", None) != os.getpid():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA busy_timeout=30000")
-            if not self._ready:
-                conn.executescript(SCHEMA)
-                self._ready = True
-            self._local.conn, self._local.pid = conn, os.getpid()
+        conn = self._db.get()
+        if not self._ready:
+            conn.executescript(SCHEMA)
+            self._ready = True
         return conn
 
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        db = self._conn()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+    def _tx(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return immediate_transaction(self._conn())
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        self._db.close()
 
     # ----- users -----
     def any(self) -> bool:

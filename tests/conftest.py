@@ -35,3 +35,26 @@ def studio_cli():
                               check=check, env={**os.environ, **(env or {})})
 
     return run
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Torch on one thread for a module: two threads on a shared two-core machine spin against each other, and one
+    is up to 10x faster here. Use it with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model root (for STUDIO_MODEL_ROOTS) holding the tiny SD pipeline at `sd/tiny` (seed 0), built once per
+    session and shared: add no models to it (a test that needs other models makes its own root)."""
+    from studio_sd.tiny import build_tiny_sd
+
+    models = tmp_path_factory.mktemp("tiny-sd-models")
+    build_tiny_sd(models / "sd" / "tiny", seed=0)
+    return models

@@ -51,25 +51,13 @@ REFUSED = {
     ("sd", "evaluate"): "evaluate needs 1x28x28 images",
 }
 CASES = [(b, op) for b in BACKENDS for op in SPECS]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two threads on a shared two-core machine spin against each other; one is faster here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def runtime(tmp_path_factory, studio_home) -> Runtime:
+def runtime(studio_home, tiny_sd_models) -> Runtime:
     """One runtime (backends loaded once) over a model root that holds the tiny SD pipeline."""
-    from studio_sd.tiny import build_tiny_sd
-
-    models = tmp_path_factory.mktemp("every-op-models")
-    build_tiny_sd(models / "sd" / "tiny")
-    env = {"STUDIO_HOME": str(studio_home), "STUDIO_MODEL_ROOTS": str(models), "STUDIO_DEVICE": "cpu"}
+    env = {"STUDIO_HOME": str(studio_home), "STUDIO_MODEL_ROOTS": str(tiny_sd_models), "STUDIO_DEVICE": "cpu"}
     return Runtime(load_settings(env=env))
 
 

@@ -44,14 +44,9 @@ def _sample(seed: int = 0, n: int = 2, **options: object) -> dict:
 
 @pytest.fixture(scope="module", params=["redis", "embedded"])
 def harness(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
-    h = QueueHarness(tmp_path_factory.mktemp(f"queue-{request.param}"), plugins="toy,vae",
-                     broker_url=REDIS_URL if request.param == "redis" else None)
-    try:
-        with h.active():
-            h.worker = h.start_worker()
-            yield h
-    finally:
-        h.close()
+    with QueueHarness.running(tmp_path_factory.mktemp(f"queue-{request.param}"), plugins="toy,vae",
+                              broker_url=REDIS_URL if request.param == "redis" else None) as h:
+        yield h
 
 
 @pytest.fixture

@@ -363,3 +363,12 @@ def test_embedded_broker_persists_across_restarts(tmp_path: Path, monkeypatch: p
         assert redis.Redis(unix_socket_path=str(second.socket)).lrange("q", 0, -1) == [b"job"]
     finally:
         second.stop()
+
+
+def test_the_job_store_connection_keeps_its_durability_settings(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    db = store._conn()
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL: safe with WAL, one fsync per checkpoint
+    assert db.execute("PRAGMA busy_timeout").fetchone()[0] == 30000
+    assert store.schema_version() >= 2

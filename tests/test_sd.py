@@ -17,23 +17,13 @@ from studio.errors import Cancelled, InputError, NotFound
 from studio.hashing import CACHE_FILE
 
 PROMPT = "a photo of a smiling cat"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two threads on a shared two-core machine spin against each other; one thread is 10x faster here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def roots(tmp_path_factory):
+def roots(tmp_path_factory, tiny_sd_models):
     base = tmp_path_factory.mktemp("sd")
-    models = base / "models"
-    build_tiny_sd(models / "sd" / "tiny", seed=0)
-    return {"STUDIO_HOME": str(base / "home"), "STUDIO_MODEL_ROOTS": str(models), "HF_HOME": str(base / "hf")}
+    return {"STUDIO_HOME": str(base / "home"), "STUDIO_MODEL_ROOTS": str(tiny_sd_models), "HF_HOME": str(base / "hf")}
 
 
 @pytest.fixture(autouse=True)

@@ -13,40 +13,17 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import socket
-import struct
-import subprocess
-import sys
 import urllib.parse
-import zlib
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from studio.config import load_settings
+from studio.ui.testing import bomb_png, free_port, peak_mb, served_in_process, served_ui, ui_env
 
 BOMB = (13000, 13000)
 MAX_SHOWN = 299
-
-
-def bomb_png(path: Path, width: int, height: int) -> Path:
-    """A grey PNG of width x height zeros, written row by row (a ~164 KB file for 13000x13000)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    comp = zlib.compressobj(9)
-    row = b"\x00" * (width + 1)
-    data = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
-                     + chunk(b"IDAT", data) + chunk(b"IEND", b""))
-    return path
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def assert_one_line(message: str, *fields: str) -> None:
@@ -132,6 +109,31 @@ def test_launch_serves_the_shelf_and_blocks_the_store(tmp_path) -> None:
     assert kwargs["blocked_paths"] == [str(settings.store_path)]
     inside = load_settings({"STUDIO_HOME": str(tmp_path / "home"), "STUDIO_STORE_DIR": str(tmp_path / "home")})
     assert inside.store_path not in shelf_root(inside).parents  # a store holding the cache: the shelf moves out
+
+
+def upward_imports(package: Path) -> list[str]:
+    """Imports that go up a layer in the `studio` package at `package`: the UI or the core importing the CLI, or the
+    core (studio/*.py, studio/ops) importing the UI. Read with ast, so `studio.client` is not taken for the CLI."""
+    import ast
+
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        rel = path.relative_to(package).as_posix()
+        if rel.startswith("cli/") or rel == "__main__.py":
+            continue
+        forbidden = ("studio.cli",) if rel.startswith("ui/") else ("studio.cli", "studio.ui")
+        for node in ast.walk(ast.parse(path.read_text(), rel)):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            found += [f"{rel}:{node.lineno} imports {n}" for n in names
+                      if any(n == f or n.startswith(f + ".") for f in forbidden)]
+    return found
+
+
+def test_imports_only_go_down_to_the_core() -> None:
+    import studio
+
+    assert upward_imports(Path(studio.__file__).parent) == []
 
 
 MALFORMED_SUBMITS = [
@@ -228,24 +230,6 @@ def test_submit_fuzz(api_handlers) -> None:
 
 # ----- a served UI: uploads are checked before decoding, and only artifacts are served -----
 
-UI_SCRIPT = """
-import sys, time
-from studio.config import load_settings
-from studio.ui import serve
-demo, url = serve(load_settings(), port=int(sys.argv[1]))
-print("URL", url, flush=True)
-while True:
-    time.sleep(1)
-"""
-
-
-def _peak_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM")
-
-
 @pytest.mark.integration
 @pytest.mark.slow
 def test_an_upload_is_checked_from_its_header_before_it_is_decoded(tmp_path) -> None:
@@ -254,17 +238,10 @@ def test_an_upload_is_checked_from_its_header_before_it_is_decoded(tmp_path) -> 
     from studio_workers.testing import install_toy_plugin
 
     plugins = install_toy_plugin(tmp_path / "plugins")
-    port = _free_port()
-    env = {**os.environ, "STUDIO_HOME": str(tmp_path / "home"), "STUDIO_PLUGINS": "toy",
-           "STUDIO_BROKER_URL": "redis://127.0.0.1:6379/0", "STUDIO_QUEUE_PREFIX": f"uih{os.getpid()}",
-           "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(tmp_path / "gradio"),
-           "PYTHONPATH": os.pathsep.join(p for p in (str(plugins), os.environ.get("PYTHONPATH", "")) if p)}
-    proc = subprocess.Popen([sys.executable, "-c", UI_SCRIPT, str(port)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, start_new_session=True)
-    try:
-        line = proc.stdout.readline()
-        assert line.startswith("URL"), "the UI did not start"
-        api = Client(f"http://127.0.0.1:{port}/", verbose=False)
+    env = ui_env(tmp_path, plugins, plugins="toy", broker_url="redis://127.0.0.1:6379/0",
+                 queue_prefix=f"uih{os.getpid()}")
+    with served_ui(env, free_port()) as ui:  # raises unless the UI printed its URL
+        api = Client(ui.url, verbose=False)
         small = tmp_path / "small.png"
         Image.new("L", (40, 40), 9).save(small)
         bomb = bomb_png(tmp_path / "bomb.png", *BOMB)
@@ -272,7 +249,7 @@ def test_an_upload_is_checked_from_its_header_before_it_is_decoded(tmp_path) -> 
         with pytest.raises(AppError):  # warm up the upload path (then an unknown backend: refused at submit)
             api.predict(backend="missing", source="Upload", upload=handle_file(str(small)), bits=6,
                         api_name="/compress")
-        before = _peak_mb(proc.pid)
+        before = peak_mb(ui.pid)
 
         refusals = []
         for endpoint, kwargs in (
@@ -284,7 +261,7 @@ def test_an_upload_is_checked_from_its_header_before_it_is_decoded(tmp_path) -> 
             with pytest.raises(AppError) as info:
                 api.predict(backend="missing", **kwargs, api_name=endpoint)
             refusals.append(str(info.value))
-        after = _peak_mb(proc.pid)
+        after = peak_mb(ui.pid)
         # 13000x13000 grey is 169 MB decoded (and Gradio's RGB conversion made it ~800 MB): nothing like it ran
         assert after - before < 100, f"peak memory grew {after - before:.0f} MB (from {before:.0f} MB)"
         for message, field in zip(refusals, ("upload", "image", "start_image", "sketch"), strict=True):
@@ -309,16 +286,10 @@ def test_an_upload_is_checked_from_its_header_before_it_is_decoded(tmp_path) -> 
             assert_one_line(str(info.value), field)
         # a server path the client never uploaded (gradio_client would upload a local file: send raw JSON)
         foreign = {"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}
-        message = _raw_call(f"http://127.0.0.1:{port}", "compress",
+        message = _raw_call(ui.url.rstrip("/"), "compress",
                             ["missing", None, "", "", 0, 0, "", "Upload", "mnist", "test", 0, foreign, None, 6])
         assert_one_line(message, "upload")
         assert "not uploaded to this app" in message and "root:" not in message
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def _raw_call(url: str, api_name: str, data: list) -> str:
@@ -358,67 +329,59 @@ def test_only_artifacts_are_served(tmp_path) -> None:
     from studio_workers.testing import QueueHarness
 
     from studio.record import read_record
-    from studio.ui import serve
 
     harness = QueueHarness(tmp_path, broker_url="redis://127.0.0.1:6379/0", plugins="toy")
     try:
-        with harness.active():
-            harness.start_worker()
-            client = harness.client()
-            demo, url = serve(harness.settings, port=_free_port(), client=client)
-            try:
-                api = Client(url, verbose=False)
-                gallery, status, summary = api.predict(backend="toy", seed=3, n=2, api_name="/generate")
-                job_id = summary["job_id"]
-                assert len(gallery) == 2 and read_record(gallery[0]["image"])["item"]["seed"] == 3  # still shown
+        with harness.active(), served_in_process(harness) as (_, url, client):
+            api = Client(url, verbose=False)
+            gallery, status, summary = api.predict(backend="toy", seed=3, n=2, api_name="/generate")
+            job_id = summary["job_id"]
+            assert len(gallery) == 2 and read_record(gallery[0]["image"])["item"]["seed"] == 3  # still shown
 
-                store = harness.settings.store_path
-                artifact = store / "jobs" / job_id / "sample_000.png"
-                assert (store / "jobs.sqlite").is_file() and artifact.is_file()
-                for path in (store / "jobs.sqlite", artifact, store / "jobs", tmp_path / "worker-0.log"):
-                    code, body = _get(url, _file_url(path))  # the store itself: never served
+            store = harness.settings.store_path
+            artifact = store / "jobs" / job_id / "sample_000.png"
+            assert (store / "jobs.sqlite").is_file() and artifact.is_file()
+            for path in (store / "jobs.sqlite", artifact, store / "jobs", tmp_path / "worker-0.log"):
+                code, body = _get(url, _file_url(path))  # the store itself: never served
+                assert code in (403, 404), (path, code)
+                assert b"SQLite format" not in body
+
+            from studio.ui.artifacts import shelf_root
+
+            shelf = shelf_root(harness.settings)
+            from studio.ui.artifacts import ArtifactShelf
+
+            served = shelf / ArtifactShelf.for_settings(harness.settings).folder_name(job_id) / "sample_000.png"
+            code, _ = _get(url, _file_url(shelf / job_id / "sample_000.png"))  # the bare job id: no file
+            assert code in (403, 404)
+            code, body = _get(url, _file_url(served))  # a copy, by job id and name
+            assert code == 200 and body == artifact.read_bytes()
+
+            (shelf / "evil").mkdir(exist_ok=True)
+            (shelf / "evil" / "db.png").symlink_to(store / "jobs.sqlite")
+            sneaky = Path(get_upload_folder()) / f"studio-test-{os.getpid()}.png"
+            sneaky.parent.mkdir(parents=True, exist_ok=True)
+            sneaky.unlink(missing_ok=True)
+            sneaky.symlink_to(store / "jobs.sqlite")
+            try:
+                for path in (f"{shelf}/../../store/jobs.sqlite", f"{shelf}/{job_id}/../../../store/jobs.sqlite",
+                             shelf / "evil" / "db.png", sneaky):
+                    code, body = _get(url, _file_url(path))
                     assert code in (403, 404), (path, code)
                     assert b"SQLite format" not in body
-
-                from studio.ui.artifacts import shelf_root
-
-                shelf = shelf_root(harness.settings)
-                from studio.ui.artifacts import ArtifactShelf
-
-                served = shelf / ArtifactShelf.for_settings(harness.settings).folder_name(job_id) / "sample_000.png"
-                code, _ = _get(url, _file_url(shelf / job_id / "sample_000.png"))  # the bare job id: no file
-                assert code in (403, 404)
-                code, body = _get(url, _file_url(served))  # a copy, by job id and name
-                assert code == 200 and body == artifact.read_bytes()
-
-                (shelf / "evil").mkdir(exist_ok=True)
-                (shelf / "evil" / "db.png").symlink_to(store / "jobs.sqlite")
-                sneaky = Path(get_upload_folder()) / f"studio-test-{os.getpid()}.png"
-                sneaky.parent.mkdir(parents=True, exist_ok=True)
-                sneaky.unlink(missing_ok=True)
-                sneaky.symlink_to(store / "jobs.sqlite")
-                try:
-                    for path in (f"{shelf}/../../store/jobs.sqlite", f"{shelf}/{job_id}/../../../store/jobs.sqlite",
-                                 shelf / "evil" / "db.png", sneaky):
-                        code, body = _get(url, _file_url(path))
-                        assert code in (403, 404), (path, code)
-                        assert b"SQLite format" not in body
-                finally:
-                    sneaky.unlink(missing_ok=True)
-
-                # a few malformed /submit calls over HTTP: one line naming the field
-                for spec_json, priority, field in (("[1]", 5, "spec_json"), ('{"a":' * 50 + "1" + "}" * 50, 5,
-                                                                             "spec_json"),
-                                                   ('{"op": "sample", "backend": "toy"}', "urgent", "priority"),
-                                                   ({"op": "sample", "backend": "toy", "n": 10**30}, 5, "spec_json")):
-                    with pytest.raises(AppError) as info:
-                        api.predict(spec_json=spec_json, priority=priority, api_name="/submit")
-                    assert_one_line(str(info.value), field)
-                queued = api.predict(spec_json='{"op": "sample", "backend": "toy", "n": 1}', priority=None,
-                                     api_name="/submit")
-                assert client.wait(queued, timeout=60)["state"] == "SUCCEEDED"
             finally:
-                demo.close()
-                client.close()
+                sneaky.unlink(missing_ok=True)
+
+            # a few malformed /submit calls over HTTP: one line naming the field
+            for spec_json, priority, field in (("[1]", 5, "spec_json"), ('{"a":' * 50 + "1" + "}" * 50, 5,
+                                                                         "spec_json"),
+                                               ('{"op": "sample", "backend": "toy"}', "urgent", "priority"),
+                                               ({"op": "sample", "backend": "toy", "n": 10**30}, 5, "spec_json")):
+                with pytest.raises(AppError) as info:
+                    api.predict(spec_json=spec_json, priority=priority, api_name="/submit")
+                assert_one_line(str(info.value), field)
+            queued = api.predict(spec_json='{"op": "sample", "backend": "toy", "n": 1}', priority=None,
+                                 api_name="/submit")
+            assert client.wait(queued, timeout=60)["state"] == "SUCCEEDED"
     finally:
         harness.close()

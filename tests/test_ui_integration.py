@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
+from studio.ui.testing import free_port, served_in_process
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -36,12 +37,6 @@ class Stack:
     client: object
     demo: object
     model: str
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _vae_model(root: Path) -> tuple[str, dict]:
@@ -65,21 +60,12 @@ def _vae_model(root: Path) -> tuple[str, dict]:
 def stack(tmp_path_factory: pytest.TempPathFactory):
     from studio_workers.testing import QueueHarness
 
-    from studio.ui import serve
-
     root = tmp_path_factory.mktemp("ui-stack")
     model, extra = _vae_model(root)
     harness = QueueHarness(root, broker_url=None, plugins="vae,toy", max_upload_pixels=MAX_PIXELS, **extra)
     try:
-        with harness.active():
-            harness.start_worker()
-            client = harness.client()
-            demo, url = serve(harness.settings, port=_free_port(), client=client)
-            try:
-                yield Stack(harness, url, client, demo, model)
-            finally:
-                demo.close()
-                client.close()
+        with harness.active(), served_in_process(harness) as (demo, url, client):
+            yield Stack(harness, url, client, demo, model)
     finally:
         harness.close()
 
@@ -268,7 +254,7 @@ def test_auth_is_enforced_when_configured(tmp_path: Path) -> None:
 
     settings = dataclasses.replace(load_settings({"STUDIO_HOME": str(tmp_path / "home")}),
                                    ui_auth="ana:correct-horse")
-    demo, url = serve(settings, host="127.0.0.1", port=_free_port(), client=NoJobs())
+    demo, url = serve(settings, host="127.0.0.1", port=free_port(), client=NoJobs())
     try:
         with pytest.raises(AuthenticationError):
             Client(url, verbose=False)

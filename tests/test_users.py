@@ -425,6 +425,30 @@ def test_cli_users_add_list_token_remove_and_queue_commands(tmp_path: Path) -> N
     assert "not a valid API token" in studio_cli("jobs", env={**env, "STUDIO_TOKEN": token}).stderr
 
 
+@pytest.mark.integration
+@pytest.mark.slow
+def test_cli_vectors_belong_to_their_user_until_shared(tmp_path: Path) -> None:
+    env = {"STUDIO_HOME": str(tmp_path / "home"), "STUDIO_USER": "", "STUDIO_TOKEN": ""}
+    for name in ("alice", "bob"):
+        assert _cli("users", "add", name, "--no-password", env=env).returncode == 0
+    alice, bob = {**env, "STUDIO_USER": "alice"}, {**env, "STUDIO_USER": "bob"}
+    fitted = _cli("vectors", "fit", "--backend", "vae", "--name", "smile", "--with-seeds", "1,2",
+                  "--without-seeds", "3,4", "--json", env=alice)
+    assert fitted.returncode == 0, fitted.stderr
+    assert "smile" in _cli("vectors", "list", env=alice).stdout
+    assert "smile" not in _cli("vectors", "list", env=bob).stdout  # alice's until she shares it
+    edit = ["run", "edit", "--backend", "vae", "--vector", "smile", "--seed", "3", "--strengths", "0,1",
+            "--out", str(tmp_path / "out")]
+    refused = _cli(*edit, env=bob)
+    assert refused.returncode == 2 and "smile" in refused.stderr and refused.stderr.count("\n") == 1
+    stolen = _cli("vectors", "share", "smile", "--backend", "vae", "--with", "bob", env=bob)
+    assert stolen.returncode == 2  # only its owner shares it
+    shared = _cli("vectors", "share", "smile", "--backend", "vae", "--with", "bob", env=alice)
+    assert shared.returncode == 0 and "bob" in shared.stdout, shared.stderr
+    assert "smile" in _cli("vectors", "list", env=bob).stdout
+    assert _cli(*edit, env=bob).returncode == 0
+
+
 # ----- the UI over HTTP, two users (integration) -----
 
 def _free_port() -> int:

@@ -33,14 +33,9 @@ def _inject(sender=None, **_):
 
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory: pytest.TempPathFactory):
-    h = QueueHarness(tmp_path_factory.mktemp("worker-faults"), broker_url=REDIS_URL, job_time_limit_s=TIME_LIMIT_S,
-                     max_retries=1)
-    try:
-        with h.active():
-            h.worker = h.start_worker()
-            yield h
-    finally:
-        h.close()
+    with QueueHarness.running(tmp_path_factory.mktemp("worker-faults"), broker_url=REDIS_URL,
+                              job_time_limit_s=TIME_LIMIT_S, max_retries=1) as h:
+        yield h
 
 
 def _sample(seed: int = 0, n: int = 1, **options: object) -> dict:
@@ -143,30 +138,26 @@ def test_stalled_worker_is_shown_and_restarts_its_consumer(harness: QueueHarness
     """A QUEUED job whose message the broker lost: the idle worker receives nothing while it waits."""
     from studio.jobstore import JobStore, NewJob
 
-    h = QueueHarness(harness.root / "stall", broker_url=REDIS_URL, stall_s=2)
-    try:
-        with h.active():
-            worker = h.start_worker()
-            store = JobStore.from_settings(h.settings)
-            spec = h.client().validate(_sample(seed=9))
-            orphan = uuid.uuid4().hex[:12]
-            store.create(NewJob(id=orphan, spec=spec, priority=5, queue=f"{h.prefix}.any.toy", max_attempts=2,
-                                time_limit_s=60))  # recorded, never published
-            deadline = time.monotonic() + 30
-            out = ""
-            while "STALLED" not in out and time.monotonic() < deadline:
-                time.sleep(0.5)
-                out = subprocess.run([sys.executable, "-m", "studio", "workers"], capture_output=True, text=True,
-                                     env={**os.environ, **h.env}, timeout=60).stdout
-            assert "STALLED" in out, out
-            assert "restarting the broker consumer" in h.worker_log(worker)
-            client = h.client()
-            client.cancel(orphan)
-            job = client.submit(_sample(seed=10))  # the restarted consumer still serves
-            assert client.wait(job, timeout=30)["state"] == "SUCCEEDED"
-            assert worker.poll() is None
-    finally:
-        h.close()
+    with QueueHarness.running(harness.root / "stall", broker_url=REDIS_URL, stall_s=2) as h:
+        worker = h.worker
+        store = JobStore.from_settings(h.settings)
+        spec = h.client().validate(_sample(seed=9))
+        orphan = uuid.uuid4().hex[:12]
+        store.create(NewJob(id=orphan, spec=spec, priority=5, queue=f"{h.prefix}.any.toy", max_attempts=2,
+                            time_limit_s=60))  # recorded, never published
+        deadline = time.monotonic() + 30
+        out = ""
+        while "STALLED" not in out and time.monotonic() < deadline:
+            time.sleep(0.5)
+            out = subprocess.run([sys.executable, "-m", "studio", "workers"], capture_output=True, text=True,
+                                 env={**os.environ, **h.env}, timeout=60).stdout
+        assert "STALLED" in out, out
+        assert "restarting the broker consumer" in h.worker_log(worker)
+        client = h.client()
+        client.cancel(orphan)
+        job = client.submit(_sample(seed=10))  # the restarted consumer still serves
+        assert client.wait(job, timeout=30)["state"] == "SUCCEEDED"
+        assert worker.poll() is None
 
 
 def test_worker_never_exits_0_on_an_unrecoverable_error(harness: QueueHarness, tmp_path) -> None:

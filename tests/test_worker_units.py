@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from studio_workers.app import celery_config, remote_control_enabled
 from studio_workers.faults import EXIT_STALLED, Liveness, exit_status, stall_seconds
 from studio_workers.jobproc import hard_limit, job_process_enabled
@@ -68,3 +69,16 @@ def test_limits_and_switches() -> None:
     assert stall_seconds(settings) == 60 and stall_seconds(settings_with(STALL_S="2")) == 2
     assert not remote_control_enabled(settings) and remote_control_enabled(settings_with(REMOTE_CONTROL="1"))
     assert celery_config(settings, "redis://127.0.0.1:6379/0")["worker_enable_remote_control"] is False
+
+
+def test_a_failed_jobs_message_is_one_short_line_whatever_input_it_names() -> None:
+    from studio_workers.jobs import one_line
+    from studio_workers.testing import ToyBackend
+
+    from studio.errors import NotFound
+
+    with pytest.raises(NotFound) as info:
+        ToyBackend.load("x" * 5000, None)
+    message = one_line(info.value)
+    assert len(message) < 300 and "\n" not in message and "5000 characters" in message
+    assert len(one_line(RuntimeError("boom\n" + "y" * 10_000))) < 300

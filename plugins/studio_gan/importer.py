@@ -16,9 +16,8 @@ import torch
 
 from studio.config import Settings, load_settings, resolve_under
 from studio.contract import ModelInfo
-from studio.errors import InputError, NotFound, StudioError
-from studio.hashing import file_sha256
-from studio.safetensors_io import load_tensors, read_metadata, save_weights
+from studio.errors import InputError, NotFound
+from studio.safetensors_io import load_tensors, read_metadata, save_weights, weights_model_info
 
 from .models import Encoder, Generator, GeneratorConfig
 
@@ -137,22 +136,16 @@ def import_dcgan_tutorial(path: str | Path, name: str, settings: Settings | None
 def model_info(name: str, path: Path, description: str) -> ModelInfo:
     """ModelInfo of a GAN weights file, with its sha256 and generator config; a file that is not valid
     safetensors is listed with the reason as its `error` (loading it is refused, other models keep serving)."""
-    try:
-        sha256 = file_sha256(path)
-    except OSError as exc:
-        return ModelInfo(name=name, path=str(path), sha256="", description=description,
-                         error=f"weights file {Path(path).name!r} cannot be read ({type(exc).__name__})")
-    extra: dict = {}
-    error = ""
-    try:
-        meta = read_metadata(path)
-        extra = {k: int(meta[k]) for k in ("nz", "ngf", "nc", "size") if k in meta}
+
+    def describe(meta: dict[str, str]) -> tuple[dict, str]:
+        try:
+            extra: dict = {k: int(meta[k]) for k in ("nz", "ngf", "nc", "size") if k in meta}
+        except ValueError as exc:
+            return {}, f"weights file {Path(path).name!r} has an unreadable header ({type(exc).__name__})"
         extra["encoder"] = "encoder_width" in meta
-    except StudioError as exc:
-        error = str(exc)
-    except (OSError, ValueError) as exc:
-        error = f"weights file {Path(path).name!r} has an unreadable header ({type(exc).__name__})"
-    return ModelInfo(name=name, path=str(path), sha256=sha256, description=description, extra=extra, error=error)
+        return extra, ""
+
+    return weights_model_info(name, path, description, describe)
 
 
 def load_weights(path: str | Path) -> tuple[Generator, Encoder | None, dict[str, str]]:

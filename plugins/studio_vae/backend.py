@@ -25,8 +25,7 @@ from studio.contract import (
     choose_model,
     no_progress,
 )
-from studio.errors import InputError, NotFound, StudioError
-from studio.hashing import file_sha256
+from studio.errors import InputError, NotFound
 
 SHIPPED = Path(__file__).parent / "weights" / "mnist.safetensors"
 SPACE = "z"
@@ -35,25 +34,13 @@ DTYPES = {"auto": torch.float32, "float32": torch.float32, "float16": torch.floa
 
 def _model_info(name: str, path: Path, description: str) -> ModelInfo:
     """The model's info; a file that is not valid VAE weights is listed with the reason as its `error`."""
-    from studio.safetensors_io import read_metadata
+    from studio.safetensors_io import weights_model_info
 
-    try:
-        sha256 = file_sha256(path)
-    except OSError as exc:
-        return ModelInfo(name=name, path=str(path), sha256="", description=description,
-                         error=f"weights file {path.name!r} cannot be read ({type(exc).__name__})")
-    extra: dict = {}
-    error = ""
-    try:
-        meta = read_metadata(path)
+    def describe(meta: dict[str, str]) -> tuple[dict, str]:
         extra = {k: meta[k] for k in ("dataset", "epochs", "seed") if k in meta}
-        if "config" not in meta:
-            error = f"weights file {path.name!r} holds no VAE config in its metadata"
-    except StudioError as exc:
-        error = str(exc)
-    except OSError as exc:
-        error = f"weights file {path.name!r} cannot be read ({type(exc).__name__})"
-    return ModelInfo(name=name, path=str(path), sha256=sha256, description=description, extra=extra, error=error)
+        return extra, "" if "config" in meta else f"weights file {path.name!r} holds no VAE config in its metadata"
+
+    return weights_model_info(name, path, description, describe)
 
 
 def _resolve_device(device: str) -> str:

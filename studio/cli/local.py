@@ -21,11 +21,13 @@ dev_app = typer.Typer(help="Developer tools.", no_args_is_help=True)
 
 def run_spec(spec: dict, out: Path | None = None, as_json: bool = False) -> dict:
     """Run a spec in-process, write its artifacts to `out`, print a summary (or JSON)."""
+    from studio.config import load_settings
     from studio.executor import execute
+    from studio.users import user_from_env
 
     bar = Bar(spec["op"])
-    try:
-        result = execute(spec, progress=bar)
+    try:  # with users defined, the run is the CLI user's (their vectors; a new vector is theirs)
+        result = execute(spec, progress=bar, owner=user_from_env(load_settings()))
     finally:
         bar.close()
     written = result.write(out or Path("out") / spec["op"]) if result.artifacts else []
@@ -80,7 +82,7 @@ def vectors_fit(backend: ops.Backend, model: ops.Model = None,
                 without_prompt: Annotated[str | None, typer.Option(help="Text direction: prompt without it.")] = None,
                 as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """Fit an attribute vector from dataset labels, picked seeds, or two prompts; store it."""
-    from studio.cli.common import parse_ints
+    from studio.parsing import parse_ints
 
     spec: dict = {"op": "fit_vector", "backend": backend, "model": model, "name": name, "method": method,
                   "limit": limit}
@@ -93,6 +95,27 @@ def vectors_fit(backend: ops.Backend, model: ops.Model = None,
         spec.update(with_options={"prompt": with_prompt or ""}, without_options={"prompt": without_prompt or ""})
     metrics = run_spec({k: v for k, v in spec.items() if v is not None}, out=None, as_json=as_json)
     del metrics
+
+
+def vectors_share(name: Annotated[str, typer.Argument(help="The vector's name.")], backend: ops.Backend,
+                  model: ops.Model = None,
+                  with_users: Annotated[str, typer.Option("--with", help="Comma-separated user names, or * for "
+                                                                          "everyone.")] = ...) -> None:
+    """Share one of your vectors with other users (with users defined; admins may share any vector)."""
+    from studio.config import load_settings
+    from studio.contract import choose_model
+    from studio.registry import get_backend_class
+    from studio.users import user_from_env, viewer_for
+    from studio.vectorstore import share_vector
+
+    settings = load_settings()
+    users = sorted({u.strip() for u in with_users.split(",") if u.strip()})
+    if not users:
+        raise InputError("--with: give at least one user name (or * for everyone)")
+    info = choose_model(backend, get_backend_class(backend).available_models(settings), model)
+    meta = share_vector(settings, backend, info.sha256, name, users,
+                        viewer=viewer_for(settings, user_from_env(settings)))
+    print(f"vector {name!r} of {backend} is shared with {', '.join(meta['shared'])}")
 
 
 def vectors_list(backend: Annotated[str | None, typer.Option(help="Only this backend.")] = None,
@@ -198,6 +221,7 @@ def register(app: typer.Typer) -> None:
     app.command("plugins")(plugins)
     vectors_app.command("fit")(vectors_fit)
     vectors_app.command("list")(vectors_list)
+    vectors_app.command("share")(vectors_share)
     app.add_typer(vectors_app, name="vectors")
     app.command("train")(train)
     app.command("evaluate")(evaluate)

@@ -12,8 +12,9 @@ from typing import Annotated, Any
 
 import typer
 
-from studio.cli.common import parse_floats, parse_ints, parse_option_pairs, source
+from studio.cli.common import parse_option_pairs, source
 from studio.errors import InputError, clip
+from studio.parsing import parse_floats, parse_ints
 
 Backend = Annotated[str, typer.Option("--backend", "-b", help="Backend name (see `studio plugins`).")]
 Model = Annotated[str | None, typer.Option(help="Model name or path (default: the backend's first model).")]

@@ -98,14 +98,17 @@ class Catalog:
         return chosen.get("sha256")
 
     def vectors(self, backend: str | None, model: str | None) -> list[dict]:
-        """Stored vectors that belong to these weights (newest metadata wins on duplicate names)."""
+        """Stored vectors that belong to these weights and that the event's signed-in user sees (newest metadata
+        wins on duplicate names)."""
+        from studio.ui.jobs import CURRENT_USER
+        from studio.users import viewer_for
         from studio.vectorstore import list_vectors
 
         if not backend:
             return []
         sha = self.sha256(backend, model)
         try:
-            rows = list_vectors(self.settings, backend)
+            rows = list_vectors(self.settings, backend, viewer=viewer_for(self.settings, CURRENT_USER.get()))
         except Exception:  # an unreadable store must not break the page
             return []
         return [r for r in rows if sha is None or r.get("sha256", "")[:16] == sha[:16].lower()]

@@ -13,6 +13,7 @@ from typing import Any
 
 from studio.config import Settings
 from studio.errors import InputError
+from studio.parsing import parse_ints
 
 
 def _png_b64(image: Any) -> str:
@@ -81,8 +82,6 @@ def dataset_ref(dataset: str | None, split: str | None, index: int | float | Non
 
 def parse_seeds(text: str | None, what: str) -> list[int]:
     """'1, 5, 7' or '0-3' -> seeds."""
-    from studio.cli.common import parse_ints
-
     if not text or not text.strip():
         return []
     seeds = parse_ints(text, what)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from studio.broker import broker_kind
-from studio.errors import Cancelled, StudioError
+from studio.errors import Cancelled, StudioError, clip
 from studio.jobstore import CANCELLED, FAILED, SUCCEEDED, Ending, JobStore
 from studio.store import ArtifactStore
 from studio_workers.routing import TASK_NAME, broker_priority, task_id
@@ -38,7 +38,7 @@ log = logging.getLogger("studio.worker")
 PROGRESS_WRITE_S = 0.2  # progress rows are written at most this often (and at each phase's first and last step)
 CANCEL_CHECK_S = 0.05  # how stale a cancel flag may be at a progress step
 PROGRESS_QUIET_S = 0.15  # a job's first progress row is written after this long (short jobs write none)
-MAX_ERROR_CHARS = 500
+MAX_ERROR_CHARS = 290  # a FAILED job's message is one line under 300 characters, whatever input it names
 RESUMABLE_OPS = frozenset({"walk"})  # ops that keep frames in a work folder across attempts
 REDIS_PRIORITY_SEP = "\x06\x16"  # kombu's Redis transport names priority lists <queue><sep><priority>
 WITHDRAW_SCAN = 5000  # messages looked at per priority list when withdrawing batched jobs' messages
@@ -159,7 +159,7 @@ def one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     if not isinstance(exc, StudioError):
         text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    return text[:MAX_ERROR_CHARS]
+    return clip(text, MAX_ERROR_CHARS)
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -28,9 +28,10 @@ from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from studio import contract
 from studio.contract import CODEC, DECODE, ENCODE, SAMPLE, SEED, Backend, LatentSpace, ModelInfo, Point, Progress
 from studio.contract import no_progress as _no_progress
-from studio.errors import InputError, NotFound
+from studio.errors import InputError
 
 LATENT_DIM = 8
 SIDE = 8
@@ -68,10 +69,7 @@ class ToyBackend(Backend):
 
     @classmethod
     def load(cls, model: str | None, settings: object, device: str = "cpu", dtype: str = "float32") -> ToyBackend:
-        models = {m.name: m for m in cls.available_models(settings)}
-        if model is not None and model not in models:
-            raise NotFound(f"unknown {cls.name} model {model!r} (available: {', '.join(models)})")
-        return cls(models[model or cls.name], device="cpu", dtype=dtype)
+        return cls(contract.choose_model(cls.name, cls.available_models(settings), model), device="cpu", dtype=dtype)
 
     def __init__(self, model: ModelInfo, device: str = "cpu", dtype: str = "float32") -> None:
         import torch
@@ -171,6 +169,23 @@ class QueueHarness:
         self.settings = load_settings({**os.environ, **env})
         self.embedded = None if broker_url else start_embedded(self.settings)
         self.workers: list[subprocess.Popen] = []
+        self.worker: subprocess.Popen | None = None  # the worker `running` started
+
+    @classmethod
+    @contextlib.contextmanager
+    def running(cls, root: str | Path, broker_url: str | None = None, plugins: str = "toy",
+                **settings: object) -> Iterator[QueueHarness]:
+        """A harness, active in this process, with one worker started (`harness.worker`); closed on exit.
+
+        The usual module fixture: `with QueueHarness.running(tmp_path_factory.mktemp("x"), ...) as h: yield h`.
+        """
+        harness = cls(root, broker_url=broker_url, plugins=plugins, **settings)
+        try:
+            with harness.active():
+                harness.worker = harness.start_worker()
+                yield harness
+        finally:
+            harness.close()
 
     @contextlib.contextmanager
     def active(self) -> Iterator[QueueHarness]:
