@@ -126,14 +126,15 @@ class StudioClient:
         self.store.create(NewJob(id=job_id, spec=clean, priority=priority, queue=queue,
                                  max_attempts=1 + max(0, self.settings.max_retries),
                                  time_limit_s=float(self.settings.job_time_limit_s),
-                                 batch_key=batch_key(clean, self.settings.batch_max_images), parent=parent,
+                                 batch_key=batch_key(clean, self.settings.batch_max_images, self.user), parent=parent,
                                  owner=self.user), max_queued=max(0, int(self.settings.max_queued_per_user)))
         try:
             app.send_task(TASK_NAME, args=[job_id], queue=queue, priority=broker_priority(priority, self._broker),
                           task_id=task_id(job_id), retry=True,
                           retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5})
         except Exception as exc:
-            self.store.delete(job_id)
+            if not self.store.delete(job_id):  # a spare message (fair share) already took it: keep it, it runs
+                return job_id
             raise BrokerUnavailable(f"could not queue the job: {type(exc).__name__}: {exc}") from None
         return job_id
 
@@ -143,28 +144,44 @@ class StudioClient:
         return self.submit(job["spec"], priority=job["priority"], parent=job["id"])
 
     def replay(self, source: str, priority: int | None = None) -> str:
-        """Re-run a job from its record: a job id, or a PNG written by the studio (its record holds the spec)."""
+        """Re-run a job from its record: a job id, or a PNG file written by the studio (its record holds the spec).
+
+        For the CLI on the user's own machine: `source` may name a local file. Servers (the UI) must call
+        `replay_job`, which never reads a path."""
         path = Path(source).expanduser()
         try:
             is_file = path.is_file()
         except OSError:  # e.g. a name too long to be a file: then it is a job id (or nothing)
             is_file = False
         if path.suffix.lower() == ".png" or is_file:
-            from studio.errors import clip
-            from studio.images import check_image_header
-            from studio.record import read_record
+            return self.replay_file(path, priority)
+        return self.replay_job(source, priority)
 
-            if not is_file:
-                raise NotFound(f"no file {clip(path)!r}")
-            # the header first: a small PNG claiming huge dimensions is refused before its pixels are decoded
-            check_image_header(path, self.settings.max_upload_pixels, self.settings.max_upload_bytes, "replay image")
-            record = read_record(path)
-            spec = record.get("spec")
-            if not isinstance(spec, dict):
-                raise InputError(f"the record in {path} has no job spec to replay")
-            return self.submit(spec, priority=5 if priority is None else priority)
-        job = self.store.get(source, events=False, preview=False, viewer=self.viewer)
+    def replay_job(self, job_id: str, priority: int | None = None) -> str:
+        """Re-run the job `job_id` (one this client's user sees) with the same spec; returns the new job's id."""
+        job = self.store.get(job_id, events=False, preview=False, viewer=self.viewer)
         return self.submit(job["spec"], priority=job["priority"] if priority is None else priority, parent=job["id"])
+
+    def replay_file(self, source: str | Path, priority: int | None = None) -> str:
+        """Re-run the job spec recorded in a local PNG written by the studio (size-checked before decoding)."""
+        from studio.errors import clip
+        from studio.images import check_image_header
+        from studio.record import read_record
+
+        path = Path(source).expanduser()
+        try:
+            is_file = path.is_file()
+        except OSError:
+            is_file = False
+        if not is_file:
+            raise NotFound(f"no file {clip(path)!r}")
+        # the header first: a small PNG claiming huge dimensions is refused before its pixels are decoded
+        check_image_header(path, self.settings.max_upload_pixels, self.settings.max_upload_bytes, "replay image")
+        record = read_record(path)
+        spec = record.get("spec")
+        if not isinstance(spec, dict):
+            raise InputError(f"the record in {path} has no job spec to replay")
+        return self.submit(spec, priority=5 if priority is None else priority)
 
     # ----- following -----
     def status(self, job_id: str) -> dict:

@@ -296,11 +296,23 @@ def _roundtrip(job: _Job) -> None:
         job.add_image("comparison.png", imgs.grid(pairs, cols=k), {"rows": ["original", "reconstruction"]})
 
 
+def _store_relative(path: object, settings: object) -> str:
+    """`path` relative to the store (a file's name when it lies elsewhere): results never reveal server folders."""
+    from pathlib import Path
+
+    target = Path(str(path))
+    try:
+        return target.resolve().relative_to(Path(settings.store_path).resolve()).as_posix()  # type: ignore[attr-defined]
+    except (ValueError, OSError):
+        return target.name
+
+
 def _fit_vector(job: _Job) -> None:
     from studio.ops.vectors import fit_attribute_vector, fit_example_vector
-    from studio.vectorstore import save_vector
+    from studio.vectorstore import check_can_save, save_vector
 
     s = job.spec
+    check_can_save(job.settings, job.backend.name, job.backend.model.sha256, s.name, job.owner)  # before the fit
     if s.dataset is not None:
         vector, meta = fit_attribute_vector(job.backend, s.dataset, s.attribute, s.method, job.settings,
                                             limit=s.limit, seed=s.seed, progress=job.sub_progress("fitting"))
@@ -320,7 +332,7 @@ def _fit_vector(job: _Job) -> None:
     path = save_vector(job.settings, job.backend.name, job.backend.model.sha256, s.name, vector, meta,
                        owner=job.owner)
     job.result.metrics.update({k: v for k, v in meta.items() if isinstance(v, (str, int, float, bool, type(None)))})
-    job.result.metrics["path"] = str(path)
+    job.result.metrics["path"] = _store_relative(path, job.settings)  # never the store's absolute location
     job.result.add_json("vector.json", job.result.metrics)
 
 
@@ -354,7 +366,7 @@ def _walk(job: _Job) -> None:
 
     frames = []
     for p in paths:
-        with Image.open(p) as im:
+        with Image.open(p, formats=("PNG",)) as im:
             im.load()
             frames.append(im.copy())
         job.result.artifacts.append(Artifact(p.name, p.read_bytes(), "image"))

@@ -51,6 +51,7 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
     return [_one_pil(x) for x in a]
 
 
+FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF")  # the only formats PIL may open (EPS would run Ghostscript)
 _UNREADABLE = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
 
 
@@ -60,7 +61,7 @@ _REPR = re.compile(r"<[^<>]*\bat 0x[0-9a-fA-F]+>")
 def _reason(exc: BaseException) -> str:
     """Why PIL could not read an image, in words: no Python reprs (`<_io.BytesIO object at 0x...>`)."""
     if isinstance(exc, UnidentifiedImageError):
-        return "unknown or unsupported format"
+        return f"unknown or refused format; accepted: {', '.join(FORMATS)}"
     text = _REPR.sub("the data", str(exc))
     return clip(f"{type(exc).__name__}: {text}" if text else type(exc).__name__, 80)
 
@@ -77,7 +78,7 @@ def check_image_header(
 
     No pixel is decoded: PIL's lazy open reads only the header, so a tiny file that claims 13000x13000 pixels is
     refused before it costs memory. Raises a one-line InputError naming `what` on a missing file, too many bytes,
-    too many pixels, or anything PIL cannot identify.
+    too many pixels, or anything PIL cannot identify as one of FORMATS (no other PIL plugin is ever tried).
     """
     if isinstance(source, (str, Path)):
         path = Path(source)
@@ -97,7 +98,7 @@ def check_image_header(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides, below
-            with Image.open(opener) as im:  # type: ignore[arg-type]
+            with Image.open(opener, formats=FORMATS) as im:  # type: ignore[arg-type]
                 width, height = im.size
     except Image.DecompressionBombError as exc:
         found = re.search(r"\((\d+) pixels\)", str(exc))
@@ -120,7 +121,7 @@ def open_checked(data: bytes | str | Path, max_bytes: int, max_pixels: int, what
         what = f"{what} {_shown(Path(data))!r}"
     raw = Path(data).read_bytes() if isinstance(data, (str, Path)) else bytes(data)
     try:
-        im = Image.open(io.BytesIO(raw))
+        im = Image.open(io.BytesIO(raw), formats=FORMATS)
         im.load()
     except _UNREADABLE as exc:
         raise InputError(f"{what}: not a readable image ({_reason(exc)})") from None

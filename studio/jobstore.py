@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from studio.errors import InputError, NotFound
+from studio.errors import MAX_MESSAGE_CHARS, InputError, NotFound, clip
 from studio.sqlite import ThreadConnections, immediate_transaction
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"
@@ -195,7 +195,7 @@ class JobStore:
     @staticmethod
     def _event(db: sqlite3.Connection, job_id: str, kind: str, message: str, now: float | None = None) -> None:
         db.execute("INSERT INTO events (job_id, ts, kind, message) VALUES (?, ?, ?, ?)",
-                   (job_id, now or time.time(), kind, message))
+                   (job_id, now or time.time(), kind, clip(message, MAX_MESSAGE_CHARS)))
 
     # ----- clients -----
     def create(self, job: NewJob, max_queued: int = 0) -> None:
@@ -222,11 +222,15 @@ class JobStore:
                  job.parent, job.owner))
             self._event(db, job.id, "queued", f"queued on {job.queue} with priority {job.priority}", now)
 
-    def delete(self, job_id: str) -> None:
-        """Remove a job record that was never published (a failed submit leaves nothing behind)."""
+    def delete(self, job_id: str) -> bool:
+        """Remove a job record that was never published (a failed submit leaves nothing behind), only while it is
+        still QUEUED: False when a worker already took it (with fair share a spare message can start any queued job
+        of its queue), and then it is kept."""
         with self._tx() as db:
-            db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
-            db.execute("DELETE FROM events WHERE job_id = ?", (job_id,))
+            gone = db.execute("DELETE FROM jobs WHERE id = ? AND state = ?", (job_id, QUEUED)).rowcount > 0
+            if gone:
+                db.execute("DELETE FROM events WHERE job_id = ?", (job_id,))
+        return gone
 
     def resolve(self, job_id: str, viewer: str | None = None) -> str:
         """A full job id from an id or a unique prefix of at least 4 characters (among `viewer`'s jobs when
@@ -408,22 +412,23 @@ class JobStore:
 
     def claim_batch(self, leader: dict, owner: str, worker: str, lease_s: float, max_images: int,
                     limit: int = 256) -> list[dict]:
-        """Claim QUEUED jobs compatible with `leader` (same batch key) so they run in its forward pass."""
+        """Claim QUEUED jobs compatible with `leader` (same batch key, same job owner) so they run in its forward
+        pass. Never another user's job, whatever its key (a follower's record names its leader's job id)."""
         key = leader.get("batch_key")
         room = max_images - int(leader.get("images") or 0)
         if not key or room <= 0:
             return []
-        peek = self._conn().execute("SELECT 1 FROM jobs WHERE state = ? AND batch_key = ? AND id != ? LIMIT 1",
-                                    (QUEUED, key, leader["id"])).fetchone()
+        same = "state = ? AND batch_key = ? AND id != ? AND owner IS (SELECT owner FROM jobs WHERE id = ?)"
+        args = (QUEUED, key, leader["id"], leader["id"])
+        peek = self._conn().execute(f"SELECT 1 FROM jobs WHERE {same} LIMIT 1", args).fetchone()
         if peek is None:  # nothing to coalesce: no write transaction
             return []
         now = time.time()
         taken: list[str] = []
         with self._tx() as db:
             rows = db.execute(
-                "SELECT id, images, attempts, max_attempts FROM jobs WHERE state = ? AND batch_key = ? AND id != ? "
-                "AND cancel_requested = 0 ORDER BY priority DESC, created, rowid LIMIT ?",
-                (QUEUED, key, leader["id"], limit)).fetchall()
+                f"SELECT id, images, attempts, max_attempts FROM jobs WHERE {same} "
+                "AND cancel_requested = 0 ORDER BY priority DESC, created, rowid LIMIT ?", (*args, limit)).fetchall()
             for r in rows:
                 if r["images"] > room or r["attempts"] >= r["max_attempts"]:
                     continue
@@ -496,6 +501,9 @@ class JobStore:
 
     def _finish_row(self, db: sqlite3.Connection, job_id: str, state: str, now: float, error: str | None = None,
                     metrics: dict | None = None, staging: str | None = None, message: str = "") -> None:
+        # one line under 300 characters, whatever a worker, release or reap put together
+        error = clip(error, MAX_MESSAGE_CHARS) if error is not None else None
+        message = clip(message, MAX_MESSAGE_CHARS)
         db.execute("UPDATE jobs SET state = ?, finished = ?, error = ?, metrics = ?, staging = ?, message = ?, "
                    "lease_owner = NULL, lease_expires = NULL, eta_s = NULL, "
                    "progress = CASE WHEN ? = 'SUCCEEDED' THEN 1.0 ELSE progress END WHERE id = ?",
@@ -511,10 +519,10 @@ class JobStore:
             if row is None or row["lease_owner"] != owner or row["state"] != RUNNING:
                 return None
             if row["attempts"] >= row["max_attempts"]:
-                why = f"{reason} (gave up after {row['attempts']} attempts)"
+                why = f"{clip(reason, 240)} (gave up after {row['attempts']} attempts)"  # the count stays visible
                 self._finish_row(db, job_id, FAILED, now, error=why, message=why)
                 return None
-            msg = f"retrying: {reason} (attempt {row['attempts'] + 1} of {row['max_attempts']} next)"
+            msg = f"retrying: {clip(reason, 220)} (attempt {row['attempts'] + 1} of {row['max_attempts']} next)"
             db.execute("UPDATE jobs SET state = ?, lease_owner = NULL, lease_expires = NULL, leader = NULL, "
                        "message = ? WHERE id = ?", (QUEUED, msg, job_id))
             self._event(db, job_id, "retry", msg, now)

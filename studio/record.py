@@ -47,6 +47,11 @@ def save_png(im: Image.Image, path: str | Path, record: dict) -> None:
 def read_record(source: str | Path | Image.Image) -> dict:
     """The record embedded in a PNG written by the studio."""
     name = clip(getattr(source, "filename", "") or "the image") if isinstance(source, Image.Image) else clip(source)
+    from studio.images import FORMATS
+
+    if isinstance(source, Image.Image) and source.format is not None and source.format not in FORMATS:
+        # loading an image opened elsewhere could run an external program (EPS: Ghostscript)
+        raise InputError(f"{name} is not a PNG (format {clip(source.format, 20)} is refused)")
     try:
         if isinstance(source, Image.Image):
             im = source
@@ -56,7 +61,7 @@ def read_record(source: str | Path | Image.Image) -> dict:
 
             settings = load_settings()
             check_image_header(source, settings.max_upload_pixels, settings.max_upload_bytes, what="record image")
-            im = Image.open(source)
+            im = Image.open(source, formats=FORMATS)
         im.load()
     except (OSError, ValueError) as exc:
         raise InputError(f"{name} is not a readable PNG ({clip(exc, 120)})") from None

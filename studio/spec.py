@@ -10,6 +10,8 @@ its header alone (`max_upload_bytes`, `max_upload_pixels`, and `max_inline_bytes
 from __future__ import annotations
 
 import re
+import typing
+from functools import cache
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
@@ -235,6 +237,8 @@ JobSpec = Annotated[SampleSpec | InterpolateSpec | EditSpec | TraverseSpec | Ana
 OPS = ("sample", "interpolate", "edit", "traverse", "analogy", "roundtrip", "fit_vector", "evaluate", "walk",
        "project", "anomalies")
 _adapter: TypeAdapter = TypeAdapter(JobSpec)
+_MODELS: dict[str, type[BaseModel]] = {cls.model_fields["op"].default: cls for cls in typing.get_args(
+    typing.get_args(JobSpec)[0])}
 
 
 MAX_MESSAGE = 290  # every rejection is one line under 300 characters
@@ -268,14 +272,22 @@ class _Walk:
 
     A value over a bound is refused with its field named and its size given, never echoed back. The walk stops
     at the first problem, so a huge spec costs no more than the bound to look at.
+
+    Inline images: a `png_b64` string is exempt from `max_spec_chars` only where the op's model puts an image
+    reference (`image_paths`, key paths without list indices, e.g. ("keyframes", "image")); anywhere else (in
+    free-form options) it is text like any other. Their base64 lengths together are bounded by
+    `max_inline_bytes`, so the whole spec is at most 64 x `max_spec_chars` characters plus its inline images.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, image_paths: frozenset[tuple[str, ...]] = frozenset()) -> None:
         self.settings = settings
+        self.image_paths = image_paths
         self.total = 0  # characters of the spec, inline images aside
         self.budget = max(settings.max_spec_chars, 1) * 64
+        self.inline = 0  # base64 characters of the inline images
+        self.inline_budget = _b64_limit(settings.max_inline_bytes)
 
-    def check(self, value: object, loc: str, depth: int = 0) -> None:
+    def check(self, value: object, loc: str, depth: int = 0, keys: tuple[str, ...] = ()) -> None:
         if depth > MAX_DEPTH:
             raise _refuse(f"{loc or 'spec'}: nested more than {MAX_DEPTH} levels deep")
         self.total += 1
@@ -292,19 +304,16 @@ class _Walk:
                                   f"{MAX_KEY_CHARS} ({clip(key, 30)})")
                 self.total += len(key)
                 here = f"{loc}.{key}" if loc else key
-                if key == "png_b64" and isinstance(item, str):
-                    limit = _b64_limit(self.settings.max_upload_bytes)
-                    if len(item) > limit:
-                        raise _refuse(f"{here}: about {len(item) * 3 // 4} bytes; the limit is "
-                                      f"{self.settings.max_upload_bytes} bytes (STUDIO_MAX_UPLOAD_BYTES)")
+                if key == "png_b64" and isinstance(item, str) and keys in self.image_paths:
+                    self._inline(item, here)
                     continue
-                self.check(item, here, depth + 1)
+                self.check(item, here, depth + 1, (*keys, key))
         elif isinstance(value, (list, tuple)):
             if len(value) > self.settings.max_spec_items:
                 noun = "seeds" if loc.endswith("seeds") else "items"
                 raise _refuse(f"{loc or 'spec'}: at most {self.settings.max_spec_items} {noun}, got {len(value)}")
             for i, item in enumerate(value):
-                self.check(item, f"{loc}[{i}]", depth + 1)
+                self.check(item, f"{loc}[{i}]", depth + 1, keys)
         elif isinstance(value, str):
             if len(value) > self.settings.max_spec_chars:
                 raise _refuse(f"{loc or 'spec'}: at most {self.settings.max_spec_chars} characters, "
@@ -313,6 +322,37 @@ class _Walk:
         elif value is not None and not isinstance(value, (bool, int, float)):
             raise _refuse(f"{loc or 'spec'}: expected a JSON value (text, number, list or object), "
                           f"got a Python {type(value).__name__} object")
+
+    def _inline(self, text: str, here: str) -> None:
+        limit = _b64_limit(self.settings.max_upload_bytes)
+        if len(text) > limit:
+            raise _refuse(f"{here}: about {len(text) * 3 // 4} bytes; the limit is "
+                          f"{self.settings.max_upload_bytes} bytes (STUDIO_MAX_UPLOAD_BYTES)")
+        self.inline += len(text)
+        if self.inline > self.inline_budget:
+            raise _refuse(f"{here}: the inline images of this spec are over {self.settings.max_inline_bytes} bytes "
+                          f"together (STUDIO_MAX_INLINE_BYTES)")
+
+
+def _types(annotation: object) -> list[type]:
+    """The classes an annotation names (through Optional, unions, list[...] and Annotated)."""
+    args = typing.get_args(annotation)
+    if not args:
+        return [annotation] if isinstance(annotation, type) else []
+    return [t for arg in args for t in _types(arg)]
+
+
+@cache
+def image_paths(model: type[BaseModel]) -> frozenset[tuple[str, ...]]:
+    """Where `model` puts an image reference: key paths without list indices (("start", "image"))."""
+    found: set[tuple[str, ...]] = set()
+    for name, field in model.model_fields.items():
+        for cls in _types(field.annotation):
+            if cls is ImageRef:
+                found.add((name,))
+            elif issubclass(cls, BaseModel):
+                found.update((name, *path) for path in image_paths(cls))
+    return frozenset(found)
 
 
 def _image_refs(model: BaseModel, loc: str = "") -> list[tuple[str, ImageRef]]:
@@ -387,7 +427,7 @@ def parse_spec(data: dict | BaseModel, settings: Settings | None = None, check_b
         shown = "missing" if op is None else f"unknown op {clip(op, 40)!r}" if isinstance(op, str) else \
             f"expected text, got a {type(op).__name__}"
         raise _refuse(f"op: {shown} (use one of {', '.join(OPS)})")
-    _Walk(settings).check(data, "")
+    _Walk(settings, image_paths(_MODELS[op])).check(data, "")
     try:
         spec = _adapter.validate_python(data)
     except ValidationError as exc:

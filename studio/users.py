@@ -4,9 +4,13 @@ The user store is `<store>/users.sqlite`, beside the job store. With no user def
 nothing asks for a login and jobs have no owner. As soon as one user exists, the UI and the API require a login
 or a token, and every job belongs to the user who submitted it (admins see everything).
 
-Failed logins are throttled per user name and per client address: after a few free failures each further
-attempt must wait a delay that doubles with every failure (up to a lockout of LOCK_MAX_S); an attempt made
-while locked is refused without its password being checked, so guessing gains nothing from speed.
+Failed logins are throttled per user and per address: per (user name, client address) pair and per address
+over any names, after a few free failures each further attempt must wait a delay that doubles with every failure
+(up to a lockout of LOCK_MAX_S); an attempt made while its pair or its address waits is refused without its
+password being checked, so guessing gains nothing from speed. A per-user counter over all addresses only slows
+guessing down: once it is past its free failures, every address gets one attempt per current delay for that user
+(a failure locks its pair at once), but a correct password from an address that is not itself waiting is never
+refused, so failures from elsewhere cannot lock a user out.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ MIN_PASSWORD = 8
 MAX_PASSWORD = 1024
 TOKEN_PREFIX = "st_"
 SCRYPT_N, SCRYPT_R, SCRYPT_P, SCRYPT_LEN = 2 ** 14, 8, 1, 32  # ~16 MiB and tens of ms per check
-FREE_FAILURES_USER = 5  # failures of one user name before delays start
+FREE_FAILURES_USER = 5  # failures of one user name from one address (or over all addresses) before delays start
 FREE_FAILURES_ADDRESS = 20  # failures from one address (over any names) before delays start
 DELAY_BASE_S = 2.0  # the first delay; doubles with every further failure
 LOCK_MAX_S = 900.0  # the longest lockout
@@ -242,18 +246,23 @@ class UserStore:
         return ok and stored is not None
 
     def login(self, name: str, secret: str, address: str | None = None) -> LoginResult:
-        """A throttled login with a password or an API token; failures count per user name and per address."""
+        """A throttled login with a password or an API token. Refused unchecked while this (user, address) pair or
+        this address waits; failures of the user over all addresses only make each address wait after its next
+        failure (see the module docstring): they never refuse a correct password."""
         name = (name or "").strip()
-        keys = [("user", name.lower()[:64])] + ([("address", address[:64])] if address else [])
+        user, addr = name.lower()[:64], (address or "")[:64]
+        pair = ("pair", f"{user} {addr}")
+        gates = [pair] + ([("address", addr)] if addr else [])
         now = self.clock()
-        wait = max(self._locked_for(kind, key, now) for kind, key in keys)
+        wait = max(self._locked_for(kind, key, now) for kind, key in gates)
         if wait > 0:
             return LoginResult(False, None, f"too many failed logins; try again in {wait:.0f} s", wait)
         if self.check(name, secret):
-            self._forget(keys[0])
+            self._forget(pair)
             return LoginResult(True, name)
-        for kind, key in keys:
-            self._failed(kind, key, now)
+        user_wait = self._locked_for("user", user, now)  # the user is being guessed at: this address waits too
+        for kind, key in [*gates, ("user", user)]:
+            self._failed(kind, key, now, min_delay=user_wait if kind == "pair" else 0.0)
         return LoginResult(False, None, "wrong user name or password")
 
     def _locked_for(self, kind: str, key: str, now: float) -> float:
@@ -263,12 +272,13 @@ class UserStore:
                                    (kind, key)).fetchone()
         return max(0.0, row["locked_until"] - now) if row else 0.0
 
-    def _failed(self, kind: str, key: str, now: float) -> None:
-        free = FREE_FAILURES_USER if kind == "user" else FREE_FAILURES_ADDRESS
+    def _failed(self, kind: str, key: str, now: float, min_delay: float = 0.0) -> None:
+        free = FREE_FAILURES_ADDRESS if kind == "address" else FREE_FAILURES_USER
         with self._tx() as db:
             row = db.execute("SELECT count, last FROM failures WHERE kind = ? AND key = ?", (kind, key)).fetchone()
             count = 1 if row is None or now - row["last"] > FORGET_S else row["count"] + 1
             delay = 0.0 if count < free else min(LOCK_MAX_S, DELAY_BASE_S * 2 ** (count - free))
+            delay = max(delay, min(LOCK_MAX_S, min_delay))
             db.execute("INSERT INTO failures (kind, key, count, last, locked_until) VALUES (?, ?, ?, ?, ?) "
                        "ON CONFLICT(kind, key) DO UPDATE SET count = excluded.count, last = excluded.last, "
                        "locked_until = excluded.locked_until", (kind, key, count, now, now + delay))
@@ -278,7 +288,8 @@ class UserStore:
             db.execute("DELETE FROM failures WHERE kind = ? AND key = ?", key)
 
     def failures(self, kind: str, key: str) -> int:
-        """How many recent failed logins count against a user name ("user") or an address ("address")."""
+        """How many recent failed logins count against a user name over all addresses ("user"), an address
+        ("address") or one user name from one address ("pair", key "NAME ADDRESS")."""
         if not self.path.exists():
             return 0
         row = self._conn().execute("SELECT count FROM failures WHERE kind = ? AND key = ?", (kind, key)).fetchone()

@@ -7,7 +7,8 @@ created. A vector belongs to one set of weights: another model of the same backe
 
 Users: a vector saved with an `owner` is seen (listed, loaded) only by its owner, by the users it is shared with
 (`shared`, a list of names; "*" means everyone) and by admins (viewer None). A vector with no owner (the
-single-user default) is seen by everyone.
+single-user default) is seen by everyone. A user saves only over their own vectors: a name already used by a
+vector of another owner (or an ownerless one) is refused; owner None (single-user, admins) saves over any.
 """
 
 from __future__ import annotations
@@ -53,13 +54,25 @@ def visible(meta: dict, viewer: str | None) -> bool:
     return viewer is None or owner is None or owner == viewer or viewer in shared or "*" in shared
 
 
+def check_can_save(settings: Settings, backend: str, weights_sha256: str, name: str, owner: str | None) -> None:
+    """Raise InputError when `owner` may not save a vector as `name` for these weights: one of that name exists
+    and belongs to someone else. Owner None (the single-user default, admins) may replace any."""
+    check_name(name)
+    meta_path = _dir(settings, backend, weights_sha256) / f"{name}.json"
+    if owner is None or not meta_path.is_file():
+        return
+    if _meta(meta_path).get("owner") != owner:
+        raise InputError(f"vector {name!r} belongs to another user; choose another name")
+
+
 def save_vector(settings: Settings, backend: str, weights_sha256: str, name: str, vector: torch.Tensor,
                 meta: dict, owner: str | None = None) -> Path:
-    """Store `vector` under `name` for these weights (replacing one of the same name); return its path.
+    """Store `vector` under `name` for these weights (replacing one of the same name: only `owner`'s own, unless
+    `owner` is None; see check_can_save); return its path.
     `owner`: the user it belongs to (None: everyone's, the single-user default)."""
     from safetensors.torch import save
 
-    check_name(name)
+    check_can_save(settings, backend, weights_sha256, name, owner)
     if not isinstance(meta, dict) or not isinstance(meta.get("space"), str) or not meta["space"]:
         raise InputError("vector metadata must name the latent space the vector lives in ('space')")
     folder = _dir(settings, backend, weights_sha256)

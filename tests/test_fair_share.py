@@ -74,3 +74,64 @@ def test_priority_still_comes_before_fairness(tmp_path: Path) -> None:
             client.close()
     finally:
         harness.close()
+
+
+def test_micro_batches_never_mix_users(tmp_path: Path) -> None:
+    """alice and bob queue the same batchable spec before a worker starts: each user's jobs batch together, never
+    with the other's (bob never sees alice's job id as his batch leader, in a message or an event)."""
+    harness = QueueHarness(tmp_path, broker_url=REDIS_URL, batch_max_images=16)
+    try:
+        with harness.active():
+            client = harness.client()
+            alice, bob = client.for_user("alice"), client.for_user("bob")
+            jobs = {"alice": [alice.submit(_sample(i)) for i in range(4)],
+                    "bob": [bob.submit(_sample(10 + i)) for i in range(4)]}
+            harness.start_worker()
+            for owner, ids in jobs.items():
+                for job_id in ids:
+                    assert client.for_user(owner).wait(job_id, timeout=60)["state"] == "SUCCEEDED"
+            batched = 0
+            for owner, ids in jobs.items():
+                others = set(jobs["bob" if owner == "alice" else "alice"])
+                for job_id in ids:
+                    job = client.status(job_id)
+                    shown = " ".join([str(job["batch_leader"]), job["message"] or "",
+                                      *(e["message"] or "" for e in job["events"])])
+                    assert not any(other in shown for other in others), f"{owner}'s job shows {shown!r}"
+                    batched += job["batch_leader"] is not None
+            assert batched >= 2  # both users' jobs still share forward passes (with their own)
+            client.close()
+    finally:
+        harness.close()
+
+
+def test_a_failed_submit_keeps_a_job_that_already_started(tmp_path: Path) -> None:
+    """With fair share a spare message can start a job before its own message is sent: if that send then fails,
+    submit keeps the job (it runs) instead of deleting a RUNNING job's record."""
+    harness = QueueHarness(tmp_path, broker_url=REDIS_URL)
+    try:
+        with harness.active():
+            client = harness.client()
+            app = client._celery()
+
+            def send_fails_after_a_worker_claimed(name: str, args: list, **_: object) -> None:
+                client.store.claim(args[0], "w/spare", "w", 30)  # what a worker's spare message does meanwhile
+                raise ConnectionError("broker went away")
+
+            app.send_task = send_fails_after_a_worker_claimed
+            job_id = client.submit(_sample(1))
+            job = client.status(job_id)
+            assert job["state"] == "RUNNING" and job["worker"] == "w"
+
+            def send_fails(name: str, args: list, **_: object) -> None:
+                raise ConnectionError("broker went away")
+
+            app.send_task = send_fails
+            from studio.broker import BrokerUnavailable
+
+            with pytest.raises(BrokerUnavailable, match="could not queue"):
+                client.submit(_sample(2))
+            assert [j["id"] for j in client.store.list()] == [job_id]  # the queued one left nothing behind
+            client.close()
+    finally:
+        harness.close()

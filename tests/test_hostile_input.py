@@ -344,3 +344,71 @@ def test_cli_never_echoes_a_huge_value(tmp_path, args):
                env={"STUDIO_HOME": str(tmp_path)})
     assert r.returncode != 0 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr[:300]
     assert len(r.stderr) < MAX_MESSAGE, r.stderr[:300]
+
+
+@pytest.mark.parametrize("limit", [3, 20, 30, 40, 60, 120, 290])
+def test_clip_never_returns_more_than_its_limit_suffix_included(limit: int) -> None:
+    """Review #11: clip(text, 290) used to add "... (N characters)" past the limit (~312 characters)."""
+    from studio.errors import clip
+
+    for n in (limit, limit + 1, 999, 123_456):
+        out = clip("word " * (n // 5) + "z" * (n % 5), limit)
+        assert len(out) <= limit and "\n" not in out
+    assert clip("a" * 1000, limit).endswith("...") or clip("a" * 1000, limit).endswith("(1000 characters)")
+    assert clip("short\nline", limit if limit >= 10 else 10) == "short line"
+
+
+def _eps_bytes() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(out, "EPS")  # PIL writes EPS itself; reading its pixels would run Ghostscript
+    return out.getvalue()
+
+
+def test_images_in_formats_that_run_external_programs_are_refused(tmp_path: Path) -> None:
+    """Review #10: the header check accepted EPS, and decoding it then ran Ghostscript."""
+    from studio.record import read_record
+
+    eps = tmp_path / "cat.png"  # a misleading name changes nothing
+    eps.write_bytes(_eps_bytes())
+    for source in (eps.read_bytes(), eps):
+        with pytest.raises(InputError) as refused:
+            check_image_header(source, 10_000, 1_000_000, what="init image")
+        assert one_line(refused.value).startswith("init image")
+        assert "refused format" in str(refused.value) and "PNG" in str(refused.value)
+        with pytest.raises(InputError, match="init image"):
+            open_checked(source, 1_000_000, 10_000, what="init image")
+    with pytest.raises(InputError, match="record image"):
+        read_record(eps)
+    with pytest.raises(InputError, match="format EPS is refused"):
+        read_record(Image.open(eps))  # an image someone else opened is not loaded either
+    png = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(png, "PNG")
+    assert check_image_header(png.getvalue(), 10_000, 1_000_000) == (8, 8)  # the usual formats still pass
+
+
+def test_png_b64_is_exempt_from_the_text_bounds_only_where_an_image_can_sit(settings):
+    """Review #12: any key named png_b64 skipped every bound, also inside free-form options dicts."""
+    long = "A" * (settings.max_spec_chars + 1)
+    for spec, field in [
+        ({"op": "sample", "backend": "pca", "options": {"png_b64": long}}, "options.png_b64"),
+        ({"op": "sample", "backend": "pca", "options": {"x": [{"png_b64": long}]}}, "options.x[0].png_b64"),
+        ({"op": "walk", "backend": "pca", "keyframes": [{"seed": 1, "options": {"png_b64": long}}, {"seed": 2}]},
+         "keyframes[0].options.png_b64"),
+        ({"op": "roundtrip", "backend": "pca", "image": {"png_b64": "A" * 8, "x": {"png_b64": long}}},
+         "image.x.png_b64"),
+    ]:
+        with pytest.raises(InputError) as err:
+            parse_spec(spec, settings, check_backend=False)
+        assert one_line(err.value).startswith(f"{field}: at most {settings.max_spec_chars} characters"), err.value
+    many = {f"k{i}": {"png_b64": "A" * settings.max_spec_chars} for i in range(200)}  # each within the bound
+    with pytest.raises(InputError, match="spec: larger than"):
+        parse_spec({"op": "sample", "backend": "pca", "options": many}, settings, check_backend=False)
+
+
+def test_inline_images_count_toward_the_inline_budget_before_any_is_decoded(tmp_path):
+    tight = load_settings(env={"STUDIO_HOME": str(tmp_path), "STUDIO_MAX_UPLOAD_BYTES": "5000",
+                               "STUDIO_MAX_INLINE_BYTES": "9000"})
+    frames = [{"image": {"png_b64": "A" * 4000}} for _ in range(5)]  # each under the per-image limit, not images
+    with pytest.raises(InputError) as err:
+        parse_spec({"op": "walk", "backend": "pca", "keyframes": frames}, tight, check_backend=False)
+    assert one_line(err.value).startswith("keyframes[3].image.png_b64: the inline images of this spec are over 9000")

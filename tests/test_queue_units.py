@@ -372,3 +372,32 @@ def test_the_job_store_connection_keeps_its_durability_settings(tmp_path: Path) 
     assert db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL: safe with WAL, one fsync per checkpoint
     assert db.execute("PRAGMA busy_timeout").fetchone()[0] == 30000
     assert store.schema_version() >= 2
+
+
+def test_job_errors_messages_and_events_stay_one_line_under_300_characters(tmp_path: Path) -> None:
+    """Review #11: release and reap append to an error the worker already clipped to 290 characters."""
+    store = _store(tmp_path)
+    from studio.errors import clip
+
+    worker_error = clip("RuntimeError: " + "x" * 400, 290)  # as the worker clips it
+    store.create(_new("dddd0001", max_attempts=1))
+    store.claim("dddd0001", "w1/x", "w1", lease_s=30)
+    assert store.release("dddd0001", "w1/x", worker_error) is None  # gave up: FAILED, with more text appended
+    store.create(_new("dddd0002"))
+    store.claim("dddd0002", "w1/x", "w1", lease_s=30)
+    assert store.finish("dddd0002", "w1/x", "FAILED", error="line one\nline two " + "y" * 1000)
+    for job_id in ("dddd0001", "dddd0002"):
+        job = store.get(job_id)
+        assert job["state"] == "FAILED" and job["error"].startswith(("RuntimeError: xxx", "line one line two"))
+        for text in (job["error"], job["message"], *(e["message"] for e in job["events"])):
+            assert len(text) < 300 and "\n" not in text, text
+    assert "characters)" in store.get("dddd0002")["error"]  # the full length is still named
+
+
+def test_a_retry_keeps_its_attempt_count_visible_whatever_the_reason(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    store.create(_new("ffff0001"))
+    store.claim("ffff0001", "w/x", "w", 30)
+    assert store.release("ffff0001", "w/x", "MemoryError: " + "x" * 5000) is not None
+    job = store.get("ffff0001")
+    assert len(job["message"]) < 300 and job["message"].endswith("next)") and "attempt 2 of" in job["message"]

@@ -67,7 +67,7 @@ class FakeClient:
     def retry(self, job_id: str) -> str:
         return "retried"
 
-    def replay(self, source: str) -> str:
+    def replay_job(self, job_id: str, priority: int | None = None) -> str:
         return "replayed"
 
     def jobs(self, state: str | None = None, limit: int = 100) -> list[dict]:
@@ -282,13 +282,16 @@ def test_generate_params_restore_what_made_an_image(settings, tmp_path) -> None:
 
 
 def test_only_the_studios_own_files_are_trusted(settings, tmp_path, monkeypatch) -> None:
+    from studio.ui.artifacts import shelf_root
     from studio.ui.inputs import trusted_path
 
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
-    stored = settings.store_path / "jobs" / "j1" / "grid.png"
-    assert trusted_path(str(stored), settings) == str(stored.resolve())
+    stored = settings.store_path / "jobs" / "j1" / "grid.png"  # the store itself: another user's files live there
+    copy = shelf_root(settings) / "j1-tag" / "grid.png"  # the served copy the page shows
+    assert trusted_path(str(copy), settings) == str(copy.resolve())
     assert trusted_path(str(tmp_path / "gradio" / "abc" / "x.png"), settings).endswith("x.png")
-    for outside in ("/etc/passwd", str(settings.store_path / ".." / "secret.png"), str(tmp_path / "other.png")):
+    for outside in ("/etc/passwd", str(stored), str(settings.store_path / ".." / "secret.png"),
+                    str(tmp_path / "other.png")):
         with pytest.raises(InputError, match="not one of the studio's images"):
             trusted_path(outside, settings)
 

@@ -105,18 +105,18 @@ def test_failed_logins_are_throttled_per_user_with_a_growing_delay(tmp_path: Pat
     store.add("alice", "alice-password")
     for _ in range(FREE_FAILURES_USER - 1):
         assert store.login("alice", "wrong-guess", "10.0.0.1").why == "wrong user name or password"
-    assert not store.login("alice", "wrong-guess", "10.0.0.2").ok  # the last free failure starts a delay
-    refused = store.login("alice", "alice-password", "10.0.0.3")  # even the right password, from anywhere
+    assert not store.login("alice", "wrong-guess", "10.0.0.1").ok  # the last free failure starts a delay
+    refused = store.login("alice", "alice-password", "10.0.0.1")  # even the right password, from that address
     assert not refused.ok and "too many failed logins" in refused.why and refused.retry_after_s > 0
     delays = []
     for _ in range(4):  # each further failure doubles the wait
-        clock.now += store._locked_for("user", "alice", clock.now) + 0.01
-        assert not store.login("alice", "wrong-guess", "10.0.0.4").ok
-        delays.append(store._locked_for("user", "alice", clock.now))
+        clock.now += store._locked_for("pair", "alice 10.0.0.1", clock.now) + 0.01
+        assert not store.login("alice", "wrong-guess", "10.0.0.1").ok
+        delays.append(store._locked_for("pair", "alice 10.0.0.1", clock.now))
     assert delays == sorted(delays) and delays[-1] == pytest.approx(2 * delays[-2])
     clock.now += delays[-1] + 0.01
-    assert store.login("alice", "alice-password", "10.0.0.5").ok  # after the delay the right password works
-    assert store.failures("user", "alice") == 0
+    assert store.login("alice", "alice-password", "10.0.0.1").ok  # after the delay the right password works
+    assert store.failures("pair", "alice 10.0.0.1") == 0
 
 
 def test_failed_logins_are_throttled_per_address_over_any_names(tmp_path: Path) -> None:
@@ -483,6 +483,10 @@ def test_ui_over_http_scopes_jobs_to_the_signed_in_user_and_throttles_logins(tmp
         assert "forbidden" not in str(hidden.value).lower()
         with pytest.raises(Exception, match="no job 'a11ce0000001'"):  # the Queue tab's cancel acts as mallory too
             mallory.predict("a11ce0000001", "all", api_name="/cancel")
+        stolen = str(settings.store_path / "jobs" / "a11ce0000001" / "grid.png")  # replay is by id, never a path
+        with pytest.raises(Exception, match="job_id") as by_path:
+            mallory.predict(stolen, "all", api_name="/replay")
+        assert str(settings.store_path) not in str(by_path.value)
         alice = Client(url, auth=("alice", "alice-password"), verbose=False)
         assert [j["id"] for j in alice.predict(api_name="/jobs")] == ["a11ce0000001"]
         assert alice.predict("a11ce0000001", api_name="/status")["state"] == "QUEUED"
@@ -501,3 +505,242 @@ def test_ui_over_http_scopes_jobs_to_the_signed_in_user_and_throttles_logins(tmp
         demo.close()
         client.close()
 
+
+
+def test_failures_from_other_addresses_never_refuse_the_right_password(tmp_path: Path) -> None:
+    """Review #7: anyone could lock a user out, even against the right password, by failing from anywhere."""
+    clock = Clock()
+    store = UserStore(tmp_path / "users.sqlite", clock=clock)
+    store.add("alice", "alice-password")
+    for i in range(3 * FREE_FAILURES_USER):  # mallory fails as alice from many addresses, and from one
+        assert not store.login("alice", "wrong-guess", f"10.9.9.{i % 3}").ok
+    assert store.failures("user", "alice") > FREE_FAILURES_USER  # (later guesses were refused unchecked)
+    assert store._locked_for("user", "alice", clock.now) > 0  # the user is being guessed at
+    assert "too many" in store.login("alice", "alice-password", "10.9.9.0").why  # mallory's addresses wait
+    assert store.login("alice", "alice-password", "10.0.0.1").ok  # alice from her own address gets in
+    assert store.login("alice", "alice-password", None).ok  # and with no known address
+
+
+def test_a_guessed_at_user_slows_every_address_down(tmp_path: Path) -> None:
+    """The per-user counter over all addresses makes each further address wait after its first failure."""
+    clock = Clock()
+    store = UserStore(tmp_path / "users.sqlite", clock=clock)
+    store.add("alice", "alice-password")
+    for i in range(FREE_FAILURES_USER + 1):  # one guess each from many addresses: no pair ever reaches its limit
+        assert store.login("alice", "wrong-guess", f"10.8.0.{i}").why == "wrong user name or password"
+    user_wait = store._locked_for("user", "alice", clock.now)
+    assert user_wait > 0
+    assert store.login("alice", "wrong-guess", "10.8.1.1").why == "wrong user name or password"
+    refused = store.login("alice", "wrong-guess", "10.8.1.1")  # this address's second guess waits
+    assert "too many" in refused.why and refused.retry_after_s >= user_wait - 0.01
+    assert store.login("alice", "alice-password", "10.8.1.2").ok  # the right password is still never refused
+
+
+# ----- review findings 1, 2, 3, 5, 6: the UI trusts only the user store, by id, per session -----
+
+def _request(name: str | None):
+    """What Gradio passes a handler: a gr.Request naming the signed-in user (None: no login)."""
+    import gradio as gr
+
+    r = gr.Request.__new__(gr.Request)
+    r.username = name
+    return r
+
+
+def _wrapped_as(mode: str | None, fn):  # noqa: ANN001, ANN202 - a handler wrapped while a page of `mode` is built
+    from studio.ui.jobs import building_with, end_building, ui_errors
+
+    token = building_with(mode)
+    try:
+        return ui_errors(fn)
+    finally:
+        end_building(token)
+
+
+def test_ui_trusts_a_login_name_only_from_the_user_store(tmp_path: Path) -> None:
+    import gradio as gr
+
+    from studio.client import StudioClient
+    from studio.ui.jobs import scoped
+    from studio.ui.security import auth_mode
+
+    settings = load_settings({"STUDIO_HOME": str(tmp_path / "home"), "STUDIO_UI_TOKEN": "t" * 24})
+    JobStore.from_settings(settings).create(_new("c11000000001", None))  # a CLI (or pre-upgrade) job: no owner
+    client = StudioClient(settings)
+    assert auth_mode(settings) == "shared"  # any name and the shared token: the name proves nothing
+
+    def visible() -> list[str]:
+        return [j["id"] for j in scoped(client).jobs()]
+
+    shared = _wrapped_as("shared", visible)
+    assert shared(_request("me")) == ["c11000000001"]  # no users: the single-user default, owner stays NULL
+    assert scoped(client).user is None
+    users = UserStore.from_settings(settings)
+    users.add("alice", "alice-password")  # a user added while the UI runs with the shared token
+    JobStore.from_settings(settings).create(_new("a11ce0000001", "alice"))
+    with pytest.raises(gr.Error, match="restart the UI") as refused:  # a token holder calling themselves alice
+        shared(_request("alice"))
+    assert "\n" not in refused.value.message and len(refused.value.message) < 300
+    assert _wrapped_as("users", visible)(_request("alice")) == ["a11ce0000001"]  # the user store's login
+    assert auth_mode(settings) == "users"
+    users.remove("alice")  # a password session outlives the user: it is refused from then on
+    with pytest.raises(gr.Error, match="no longer exists"):
+        _wrapped_as("users", visible)(_request("alice"))
+
+
+def test_ui_token_sessions_are_random_and_end_with_their_token(settings, users: UserStore) -> None:
+    from studio.ui.security import AuthContext
+    from studio.users import token_hash
+
+    token = users.new_token("alice")
+    seen: list[bytes] = []
+
+    class App:  # the part of Gradio's app AuthContext uses: its sessions and cookie name
+        tokens: dict = {}
+        cookie_id = "abc"
+
+    async def inner(scope, receive, send) -> None:  # noqa: ANN001 - an ASGI app
+        seen.append(dict(scope["headers"]).get(b"cookie", b""))
+
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    middleware = AuthContext(inner, settings)
+
+    def call() -> None:
+        scope = {"type": "http", "app": App, "client": ("10.0.0.9", 1),
+                 "headers": [(b"authorization", f"Bearer {token}".encode())]}
+        asyncio.run(middleware(scope, None, send))
+
+    call()
+    call()
+    assert list(App.tokens.values()) == ["alice"]  # one session per token, reused
+    session = next(iter(App.tokens))
+    assert token_hash(token)[:40] not in session  # not derivable from the stored hash
+    assert seen == [f"access-token-abc={session}; access-token-unsecure-abc={session}".encode()] * 2
+    users.revoke_tokens("alice")
+    call()
+    assert App.tokens == {} and sent[0]["status"] == 401 and len(seen) == 2  # revoked: refused, session gone
+
+
+def test_ui_replays_by_job_id_and_trusts_no_store_path(settings, users: UserStore) -> None:
+    import gradio as gr
+    from PIL import Image
+
+    from studio.client import StudioClient
+    from studio.record import save_png
+    from studio.ui.app import build_app
+    from studio.ui.artifacts import ArtifactShelf, shelf_root
+    from studio.ui.catalog import Catalog
+    from studio.ui.inputs import gradio_cache, trusted_path
+
+    spec = {"op": "sample", "backend": "toy", "n": 1, "seed": 0}
+    folder = settings.store_path / "jobs" / "a11ce0000001"
+    folder.mkdir(parents=True)
+    save_png(Image.new("L", (4, 4)), folder / "grid.png", {"spec": spec})
+    store = JobStore.from_settings(settings)
+    store.create(_new("a11ce0000001", "alice"))
+    for bad in (folder / "grid.png", settings.store_path / "jobs.sqlite", "/etc/passwd", f"{gradio_cache()}/../x"):
+        with pytest.raises(InputError, match="not one of the studio's images"):
+            trusted_path(str(bad), settings)
+    copy = ArtifactShelf.for_settings(settings).put("a11ce0000001", "grid.png", folder / "grid.png")
+    assert copy is not None and trusted_path(copy, settings).startswith(str(shelf_root(settings)))
+
+    def describe(settings, load_models: bool = False) -> dict:  # noqa: ANN001
+        return {"backends": [{"name": "toy", "version": "1", "capabilities": ["sample"], "models": []}]}
+
+    demo = build_app(StudioClient(settings), settings, catalog=Catalog(settings, describe=describe),
+                     auth_mode="users")
+    replay = next(f.fn for f in demo.fns.values() if f.api_name == "replay")
+    replay_image = next(f.fn for f in demo.fns.values() if f.name == "replay_png")  # "private", still callable
+    for fn in (replay, replay_image):
+        for source in (str(folder / "grid.png"), "/etc/nonexistent.png", "/etc/passwd"):  # never read as files
+            with pytest.raises(gr.Error, match="job_id") as refused:
+                fn(_request("mallory"), source, "all")
+            assert "file" not in refused.value.message and "image" not in refused.value.message
+        with pytest.raises(gr.Error, match="no job 'a11ce0000001'"):  # another user's job: by id, not found
+            fn(_request("mallory"), "a11ce0000001", "all")
+    assert [j["id"] for j in store.list()] == ["a11ce0000001"]  # nothing was resubmitted
+
+
+def test_ui_lists_vectors_and_worker_jobs_only_for_the_user(settings, users: UserStore) -> None:
+    import torch
+
+    from studio.client import StudioClient
+    from studio.ui.app import build_app
+    from studio.ui.catalog import Catalog
+    from studio.ui.context import UIContext
+    from studio.ui.jobs import JobRunner
+    from studio.ui.scatter import DatasetImages
+    from studio.ui.tabs.plugins import visible_workers
+    from studio.vectorstore import save_vector
+
+    sha = "ab" * 32
+
+    def describe(settings, load_models: bool = False) -> dict:  # noqa: ANN001
+        return {"backends": [{"name": "vae", "version": "1", "capabilities": ["sample"],
+                              "models": [{"name": "mnist", "sha256": sha}]}]}
+
+    save_vector(settings, "vae", sha, "smile", torch.ones(2), {"space": "z"}, owner="alice")
+    catalog = Catalog(settings, describe=describe)
+    assert catalog.vectors("vae", "mnist") == []  # users exist and nobody signed in: none (it was every user's)
+
+    def names() -> list[str]:
+        return [v["name"] for v in catalog.vectors("vae", "mnist")]
+
+    assert _wrapped_as("users", names)(_request("alice")) == ["smile"]
+    assert _wrapped_as("users", names)(_request("mallory")) == []
+    demo = build_app(StudioClient(settings), settings, catalog=catalog, auth_mode="users")
+    # every event that lists vectors (page load, backend, model, vector, refresh) runs as the event's user
+    vector_id = next(c["id"] for c in demo.get_config_file()["components"]
+                     if c.get("props", {}).get("label") == "Vector")
+    listing = [f for f in demo.fns.values() if any(o._id == vector_id for o in f.outputs)
+               or any(i._id == vector_id for i in f.inputs)]
+    assert len(listing) >= 4 and all(hasattr(f.fn, "__wrapped__") for f in listing), [f.name for f in listing]
+
+    store = JobStore.from_settings(settings)
+    store.create(_new("a11ce0000001", "alice", queue="t.any.toy"))
+    claimed, _ = store.claim("a11ce0000001", "lease-1", "w1", 60.0)
+    assert claimed is not None
+    store.worker_seen("w1", {"hostname": "gpu1", "backends": ["toy"], "queues": ["t.any.toy"]}, "a11ce0000001")
+    client = StudioClient(settings)
+    ctx = UIContext(client, settings, catalog, JobRunner(client), DatasetImages(settings))
+    shown = {who: _wrapped_as("users", lambda: [w.get("job_id") for w in visible_workers(ctx)])(_request(who))
+             for who in ("alice", "mallory", "root")}
+    assert shown == {"alice": ["a11ce0000001"], "mallory": [None], "root": ["a11ce0000001"]}
+
+
+def test_a_user_cannot_save_a_vector_over_another_users_vector(settings) -> None:
+    """Review #4: mallory fitting a vector named like alice's replaced alice's vector."""
+    import torch
+
+    from studio.vectorstore import load_vector, save_vector
+
+    sha = "cd" * 32
+    save_vector(settings, "vae", sha, "smile", torch.ones(2), {"space": "z"}, owner="alice")
+    save_vector(settings, "vae", sha, "public", torch.ones(2), {"space": "z"})  # ownerless (single-user default)
+    for name in ("smile", "public"):
+        with pytest.raises(InputError) as refused:
+            save_vector(settings, "vae", sha, name, torch.zeros(2), {"space": "z"}, owner="mallory")
+        assert str(refused.value) == f"vector '{name}' belongs to another user; choose another name"
+    vector, meta = load_vector(settings, "vae", sha, "smile", viewer="alice")
+    assert meta["owner"] == "alice" and vector.tolist() == [1.0, 1.0]  # untouched
+    save_vector(settings, "vae", sha, "smile", torch.full((2,), 2.0), {"space": "z"}, owner="alice")  # her own
+    assert load_vector(settings, "vae", sha, "smile")[0].tolist() == [2.0, 2.0]
+    save_vector(settings, "vae", sha, "mine", torch.zeros(2), {"space": "z"}, owner="mallory")  # a new name: fine
+    save_vector(settings, "vae", sha, "smile", torch.zeros(2), {"space": "z"})  # owner None (admin) replaces any
+    assert load_vector(settings, "vae", sha, "smile")[0].tolist() == [0.0, 0.0]
+
+
+def test_fit_vector_results_do_not_reveal_the_store_location(settings) -> None:
+    import json
+
+    from studio.executor import Runtime, execute
+
+    result = execute({"op": "fit_vector", "backend": "pca", "name": "smile", "with_seeds": [1, 2],
+                      "without_seeds": [3, 4]}, Runtime(settings), owner="alice")
+    shown = json.dumps(result.metrics)
+    assert result.metrics["path"].endswith("smile.safetensors") and not result.metrics["path"].startswith("/")
+    assert str(settings.store_path) not in shown and str(settings.home) not in shown

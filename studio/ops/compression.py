@@ -216,7 +216,7 @@ def _search(image: Image.Image, fmt: str, encode: Callable[[int], bytes], qualit
         ref = ref[None]
 
     def result(quality: int, data: bytes) -> EncodedImage:
-        decoded = Image.open(io.BytesIO(data))
+        decoded = Image.open(io.BytesIO(data), formats=(fmt.upper(),))  # our own encoder's output, in its format
         decoded.load()
         decoded = decoded.convert(mode)
         arr = _image_array(decoded, mode)

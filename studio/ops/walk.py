@@ -106,7 +106,7 @@ def is_complete_png(path: Path) -> bool:
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
+        with Image.open(path, formats=("PNG",)) as im:
             if im.format != "PNG":
                 return False
             im.verify()
@@ -202,7 +202,7 @@ def write_gif(paths: Sequence[str | Path], out: str | Path, ms_per_frame: int = 
         raise InputError("a GIF needs at least one frame")
     frames = []
     for p in paths:
-        with Image.open(p) as im:
+        with Image.open(p, formats=("PNG",)) as im:
             frames.append(im.convert("RGB"))
     out = Path(out)
     out.write_bytes(gif_bytes(frames, ms_per_frame=ms_per_frame, bounce=bounce, scale=scale))
@@ -225,6 +225,6 @@ def write_mp4(paths: Sequence[str | Path], out: str | Path, fps: int = 12) -> Pa
     out = Path(out)
     with imageio.get_writer(out, fps=fps, codec="libx264", macro_block_size=1) as writer:
         for p in paths:
-            with Image.open(p) as im:
+            with Image.open(p, formats=("PNG",)) as im:
                 writer.append_data(np.asarray(im.convert("RGB")))
     return out

@@ -18,11 +18,11 @@ if TYPE_CHECKING:
     from studio.ui.jobs import QueueClient
 
 
-def build_app(client: QueueClient, settings: Settings) -> gr.Blocks:
-    """The studio's Gradio Blocks, built on a queue client."""
+def build_app(client: QueueClient, settings: Settings, auth_mode: str | None = None) -> gr.Blocks:
+    """The studio's Gradio Blocks, built on a queue client (`auth_mode`: see studio.ui.security.auth_mode)."""
     from studio.ui.app import build_app as build
 
-    return build(client, settings)
+    return build(client, settings, auth_mode=auth_mode)
 
 
 def launch_kwargs(settings: Settings, host: str, port: int, share: bool = False) -> dict:
@@ -51,12 +51,15 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None, 
     """Start the UI in a background thread; returns the app (call `.close()` to stop) and its local URL."""
     host = host or settings.ui_host
     port = settings.ui_port if port is None else port
+    from studio.ui.security import auth_mode
+
+    mode = auth_mode(settings)  # recorded with the auth it launches with: a user added later never changes it
     kwargs = launch_kwargs(settings, host, port, share)  # refuse unsafe setups before building anything
     if client is None:
         from studio.client import StudioClient
 
         client = StudioClient(settings)
-    demo = build_app(client, settings)
+    demo = build_app(client, settings, auth_mode=mode)
     _, local_url, _ = demo.launch(prevent_thread_lock=True, **kwargs)
     return demo, local_url
 

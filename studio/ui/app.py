@@ -9,7 +9,7 @@ from studio.ui.artifacts import ArtifactShelf
 from studio.ui.catalog import Catalog
 from studio.ui.components import StudioBlocks
 from studio.ui.context import TEXT, UIContext
-from studio.ui.jobs import JobRunner, QueueClient, scoped, ui_errors
+from studio.ui.jobs import JobRunner, QueueClient, building_with, end_building, scoped, ui_errors
 from studio.ui.scatter import DatasetImages
 from studio.ui.tabs import compress, edit, explore, generate, interpolate, plugins, queue
 from studio.ui.views import chips, esc, without_paths
@@ -48,8 +48,22 @@ def backend_line(ctx: UIContext, backend: str | None) -> str:
     return " &nbsp; ".join(parts)
 
 
-def build_app(client: QueueClient, settings: Settings, catalog: Catalog | None = None) -> gr.Blocks:
-    """Build the studio's Gradio app on a queue client (nothing runs a model in this process)."""
+def build_app(client: QueueClient, settings: Settings, catalog: Catalog | None = None,
+              auth_mode: str | None = None) -> gr.Blocks:
+    """Build the studio's Gradio app on a queue client (nothing runs a model in this process).
+
+    `auth_mode` is how its login is checked (studio.ui.security.auth_mode; default: from `settings` now): the
+    signed-in name is a studio user only for "users" (studio.ui.jobs.current_user)."""
+    from studio.ui.security import auth_mode as mode_of
+
+    token = building_with(auth_mode or mode_of(settings))
+    try:
+        return _build(client, settings, catalog)
+    finally:
+        end_building(token)
+
+
+def _build(client: QueueClient, settings: Settings, catalog: Catalog | None) -> gr.Blocks:
     catalog = catalog or Catalog(settings)
     ctx = UIContext(client=client, settings=settings, catalog=catalog,
                     runner=JobRunner(client, timeout_s=float(settings.job_time_limit_s) + 300.0,
@@ -106,9 +120,11 @@ def _wire(ctx: UIContext, demo: gr.Blocks, tabs: dict, text_row: gr.Row, line: g
         return (gr.update(choices=models, value=chosen), gr.update(visible=bool(entry and entry.can(TEXT))),
                 backend_line(ctx, backend_), *refresh_vectors(backend_, chosen, vector_))
 
-    backend.change(on_backend, inputs=[backend, model, vector], outputs=[model, text_row, line, vector, note],
-                   api_visibility="private")
-    model.change(refresh_vectors, inputs=[backend, model, vector], outputs=[vector, note], api_visibility="private")
+    # every handler that lists vectors is wrapped, so that it knows the event's user (studio.ui.jobs.current_user)
+    backend.change(ui_errors(on_backend), inputs=[backend, model, vector],
+                   outputs=[model, text_row, line, vector, note], api_visibility="private")
+    model.change(ui_errors(refresh_vectors), inputs=[backend, model, vector], outputs=[vector, note],
+                 api_visibility="private")
 
     preview_fn, preview_inputs, preview_out = ctx["compress_preview"]
 
@@ -117,7 +133,7 @@ def _wire(ctx: UIContext, demo: gr.Blocks, tabs: dict, text_row: gr.Row, line: g
         no_vectors = not ctx.catalog.vectors(backend_, model_)
         return (backend_line(ctx, backend_), *vectors, gr.Accordion(open=no_vectors), preview_fn(*preview_args))
 
-    demo.load(on_load, inputs=[backend, model, vector, *preview_inputs],
+    demo.load(ui_errors(on_load), inputs=[backend, model, vector, *preview_inputs],
               outputs=[line, vector, note, ctx["edit_fit_box"], preview_out], api_visibility="private")
 
     timer, auto = ctx["queue_timer"], ctx["queue_auto"]

@@ -98,9 +98,10 @@ class Catalog:
         return chosen.get("sha256")
 
     def vectors(self, backend: str | None, model: str | None) -> list[dict]:
-        """Stored vectors that belong to these weights and that the event's signed-in user sees (newest metadata
-        wins on duplicate names)."""
-        from studio.ui.jobs import CURRENT_USER
+        """Stored vectors that belong to these weights and that the event's studio user sees (newest metadata
+        wins on duplicate names). Fails closed: none when the event has no trusted user and users exist."""
+        from studio.errors import StudioError
+        from studio.ui.jobs import current_user
         from studio.users import viewer_for
         from studio.vectorstore import list_vectors
 
@@ -108,7 +109,11 @@ class Catalog:
             return []
         sha = self.sha256(backend, model)
         try:
-            rows = list_vectors(self.settings, backend, viewer=viewer_for(self.settings, CURRENT_USER.get()))
+            user = current_user(self.settings)
+        except StudioError:
+            return []
+        try:
+            rows = list_vectors(self.settings, backend, viewer=viewer_for(self.settings, user))
         except Exception:  # an unreadable store must not break the page
             return []
         return [r for r in rows if sha is None or r.get("sha256", "")[:16] == sha[:16].lower()]

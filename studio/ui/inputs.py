@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+from pathlib import Path
 from typing import Any
 
 from studio.config import Settings
@@ -123,19 +124,28 @@ def read_png_record(path: str | None, settings: Settings) -> dict:
     return read_record(image)
 
 
-def trusted_path(path: str | None, settings: Settings) -> str:
-    """`path` if it lies in the artifact store or Gradio's upload cache (where the page's own files are);
-    InputError otherwise (a gallery event names a path the browser sent: never trust it blindly)."""
+def gradio_cache() -> Path:
+    """Gradio's upload and cache folder (where the page's uploads and the copies it shows are)."""
     import os
     import tempfile
-    from pathlib import Path
 
-    if not path:
+    return Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio").resolve()
+
+
+def trusted_path(path: str | None, settings: Settings) -> str:
+    """`path` if it lies in Gradio's upload/cache folder or the artifact shelf (the copies the page shows);
+    InputError otherwise. Never the store (another user's artifacts are there): a gallery event names a path the
+    browser sent, so it is never trusted blindly."""
+    from studio.ui.artifacts import shelf_root
+
+    if not path or not isinstance(path, str):
         raise InputError("no image selected")
-    resolved = Path(path).resolve()
-    roots = [Path(settings.store_path).resolve(),
-             Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio").resolve()]
-    if not any(resolved == r or r in resolved.parents for r in roots):
+    try:
+        resolved = Path(path).resolve()
+    except (OSError, ValueError, RuntimeError):
+        raise InputError("that file is not one of the studio's images") from None
+    roots = [gradio_cache(), shelf_root(settings)]
+    if not any(r in resolved.parents for r in roots):
         raise InputError("that file is not one of the studio's images")
     return str(resolved)
 

@@ -40,7 +40,7 @@ class QueueClient(Protocol):
     def status(self, job_id: str) -> dict: ...
     def cancel(self, job_id: str) -> dict: ...
     def retry(self, job_id: str) -> str: ...
-    def replay(self, source: str) -> str: ...
+    def replay_job(self, job_id: str, priority: int | None = None) -> str: ...
     def jobs(self, state: str | None = None, limit: int = 100) -> list[dict]: ...
     def result(self, job_id: str) -> dict: ...
     def workers(self) -> list[dict]: ...
@@ -81,26 +81,64 @@ def user_error(exc: BaseException) -> Exception:
 
 
 CURRENT_USER: contextvars.ContextVar[str | None] = contextvars.ContextVar("studio_ui_user", default=None)
+# How the page's login was checked (recorded when the page was built for a launch; see studio.ui.security):
+# "users" (the user store), "shared" (STUDIO_UI_AUTH or STUDIO_UI_TOKEN: the name proves nothing), "none".
+AUTH_MODE: contextvars.ContextVar[str | None] = contextvars.ContextVar("studio_ui_auth_mode", default=None)
+_BUILD_MODE: contextvars.ContextVar[str | None] = contextvars.ContextVar("studio_ui_build_mode", default=None)
+AUTH_MODES = ("users", "shared", "none")
+_IN_EVENT: contextvars.ContextVar[tuple[str | None, str | None] | None] = contextvars.ContextVar(
+    "studio_ui_in_event", default=None)
+
+
+def building_with(mode: str | None) -> contextvars.Token:
+    """While a page is built: handlers wrapped by `ui_errors` remember `mode` as their login's auth mode (reset
+    with `_BUILD_MODE.reset(token)`)."""
+    if mode is not None and mode not in AUTH_MODES:
+        raise ValueError(f"unknown auth mode {mode!r}")
+    return _BUILD_MODE.set(mode)
+
+
+def end_building(token: contextvars.Token) -> None:
+    _BUILD_MODE.reset(token)
+
+
+def current_user(settings: object) -> str | None:
+    """The studio user of the current event, or None (the single-user default). Fails closed (InputError, one
+    line) whenever the signed-in name cannot be trusted as a studio user:
+
+    - the login was the user store ("users"): the name is that user, who must still exist;
+    - the login was a shared password or token ("shared") or none: the name proves nothing, so with users defined
+      it refuses, and without users it is None (jobs have no owner, as for the CLI);
+    - unknown (a handler wrapped outside a page build): "users" when users exist, else None."""
+    from studio.users import shared_store
+
+    store = shared_store(settings)  # type: ignore[arg-type]
+    users = store.any()
+    mode = AUTH_MODE.get() or ("users" if users else "none")
+    name = CURRENT_USER.get()
+    if mode != "users":
+        if users:
+            raise InputError("this studio has users now: restart the UI so that it asks for a studio login")
+        return None
+    if name is None:
+        if users:
+            raise InputError("this studio has users: sign in (restart the UI if it did not ask for a login)")
+        return None
+    try:
+        store.get(name)
+    except StudioError:
+        raise InputError(f"user {str(name)[:64]!r} no longer exists: sign in again as an existing user") from None
+    return name
 
 
 def scoped(client: QueueClient) -> QueueClient:
-    """`client` scoped to the signed-in user of the current event (StudioClient.for_user); unchanged without one.
-
-    Fails closed: with users defined but no signed-in user (a UI started before the first user was added), it
-    refuses instead of showing every user's jobs."""
-    user = CURRENT_USER.get()
+    """`client` scoped to the studio user of the current event (StudioClient.for_user, see `current_user`);
+    unchanged for a client without users support. Fails closed with one line (`current_user`)."""
     for_user = getattr(client, "for_user", None)
-    if for_user is None:
+    settings = getattr(client, "settings", None)
+    if for_user is None or settings is None:
         return client
-    if user is None:
-        settings = getattr(client, "settings", None)
-        if settings is not None:
-            from studio.users import users_exist
-
-            if users_exist(settings):
-                raise InputError("this studio has users now: restart the UI so that it asks for a login")
-        return client
-    return for_user(user)
+    return for_user(current_user(settings))
 
 
 class ScopedClient:
@@ -115,15 +153,24 @@ class ScopedClient:
 
 def ui_errors(fn: F) -> F:
     """Wrap an event handler so any failure reaches the user as gr.Error with one line. The signed-in user of
-    the event (Gradio's `request.username`) is CURRENT_USER while it runs (see `scoped`)."""
+    the event (Gradio's `request.username`) is CURRENT_USER while it runs, and the auth mode of the page being
+    built when it was wrapped is AUTH_MODE (see `current_user` and `scoped`)."""
     import gradio as gr
+
+    mode = _BUILD_MODE.get()
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        user = None
+        user, outer = None, _IN_EVENT.get()
         if args and isinstance(args[0], gr.Request):  # Gradio fills the leading `studio_request` parameter
-            user, args = getattr(args[0], "username", None), args[1:]
+            user, args, outer = getattr(args[0], "username", None), args[1:], None
+        if outer is not None:  # called by another wrapped handler: its user and auth mode stay
+            user, this_mode = outer
+        else:
+            this_mode = mode
         reset = CURRENT_USER.set(user)
+        reset_mode = AUTH_MODE.set(this_mode)
+        reset_event = _IN_EVENT.set((user, this_mode))
         try:
             return fn(*args, **kwargs)
         except gr.Error:
@@ -135,6 +182,8 @@ def ui_errors(fn: F) -> F:
                 log.exception("UI handler %s failed", getattr(fn, "__name__", fn))
             raise user_error(exc) from None
         finally:
+            _IN_EVENT.reset(reset_event)
+            AUTH_MODE.reset(reset_mode)
             CURRENT_USER.reset(reset)
 
     try:  # declare a leading gr.Request parameter so that Gradio passes the request (direct calls pass none)

@@ -13,6 +13,7 @@ import contextvars
 import hmac
 import json
 import logging
+import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -75,6 +76,17 @@ def auth_from_settings(settings: Settings) -> Auth:
     return None
 
 
+def auth_mode(settings: Settings) -> str:
+    """How `auth_from_settings` checks a login: "users" (the user store: the signed-in name is a studio user),
+    "shared" (STUDIO_UI_AUTH or STUDIO_UI_TOKEN: the name proves nothing) or "none". Recorded when the page is
+    built, so that users added later are never trusted through a shared login (studio.ui.jobs.current_user)."""
+    from studio.users import users_exist
+
+    if users_exist(settings):
+        return "users"
+    return "shared" if settings.ui_auth or settings.ui_token else "none"
+
+
 def launch_auth(settings: Settings, host: str, share: bool = False) -> Auth:
     """The auth to launch with; refuses a non-loopback host or a share link without auth."""
     auth = auth_from_settings(settings)
@@ -99,13 +111,17 @@ def auth_message(settings: Settings, auth: Auth) -> str | None:
 
 class AuthContext:
     """ASGI middleware: records the client address (for the login throttle) and signs in requests that carry a
-    valid API token in a header; a request with an invalid token is refused with 401."""
+    valid API token in a header; a request with an invalid token is refused with 401.
+
+    Each valid token gets a random Gradio session id (never derived from the token or its stored hash); when the
+    token no longer verifies (revoked, or its user removed) its session is dropped from Gradio's sessions."""
 
     def __init__(self, app: Any, settings: Settings) -> None:
         from studio.users import UserStore
 
         self.app = app
         self.store = UserStore.from_settings(settings)
+        self.sessions: dict[str, str] = {}  # token hash -> the random session id given to it
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope.get("type") not in ("http", "websocket"):
@@ -117,6 +133,8 @@ class AuthContext:
             token = _header_token(scope.get("headers") or [])
             if token is not None:
                 user = await asyncio.to_thread(self.store.user_for_token, token)
+                if user is None:
+                    self._sign_out(scope, token)
                 if user is None or not self._sign_in(scope, token, user):
                     await _refuse(scope, send, "invalid API token (create one with `studio users token NAME`)")
                     return
@@ -124,21 +142,34 @@ class AuthContext:
         finally:
             CLIENT_ADDRESS.reset(reset)
 
-    @staticmethod
-    def _sign_in(scope: dict, token: str, user: str) -> bool:
-        """Give the request a Gradio session of `user` (as if it had logged in)."""
+    def _sign_in(self, scope: dict, token: str, user: str) -> bool:
+        """Give the request a Gradio session of `user` (as if it had logged in): a random session id per token."""
         from studio.users import token_hash
 
         app = scope.get("app")
         tokens, cookie_id = getattr(app, "tokens", None), getattr(app, "cookie_id", None)
         if not isinstance(tokens, dict) or cookie_id is None:
             return False
-        session = "studio-" + token_hash(token)[:40]
+        key = token_hash(token)
+        session = self.sessions.get(key)
+        if session is None or tokens.get(session) != user:
+            if session is not None:
+                tokens.pop(session, None)
+            session = self.sessions[key] = "studio-" + secrets.token_urlsafe(32)
         tokens[session] = user
         cookie = f"access-token-{cookie_id}={session}; access-token-unsecure-{cookie_id}={session}".encode()
         headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"cookie"]
         scope["headers"] = [*headers, (b"cookie", cookie)]
         return True
+
+    def _sign_out(self, scope: dict, token: str) -> None:
+        """Drop the session given to `token` (it no longer verifies)."""
+        from studio.users import token_hash
+
+        session = self.sessions.pop(token_hash(token), None)
+        tokens = getattr(scope.get("app"), "tokens", None)
+        if session is not None and isinstance(tokens, dict):
+            tokens.pop(session, None)
 
 
 def _header_token(headers: list) -> str | None:

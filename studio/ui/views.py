@@ -106,7 +106,8 @@ def workers_view(workers: Sequence[dict]) -> str:
                 'Start one with <code>studio worker</code> (or <code>studio up</code>).</div>')
     items = []
     for w in workers:
-        busy = f' · running <code>{esc(w.get("job_id"))}</code>' if w.get("job_id") else " · idle"
+        busy = (f' · running <code>{esc(w.get("job_id"))}</code>' if w.get("job_id") else
+                " · running another user's job" if w.get("busy") else " · idle")
         items.append(f'<li><b>{esc(w.get("hostname") or w.get("id"))}</b> ({esc(w.get("device") or "?")}) '
                      f'serves {chips(w.get("backends") or [])}{busy}</li>')
     return f'<ul class="ls-workers">{"".join(items)}</ul>'

@@ -36,6 +36,7 @@ EXIT_STALLED = 75  # EX_TEMPFAIL: the consumer could not be restarted in-process
 DEFAULT_STALL_S = 60.0
 MAX_BACKOFF_S = 600.0
 QUEUED_SCAN = 500  # newest QUEUED jobs looked at by the watchdog
+RUNNING_SCAN = 5000  # RUNNING jobs (of all workers) it looks at to tell whether this worker is busy
 
 
 class ConsumerStalled(ConnectionError):
@@ -183,6 +184,12 @@ class StudioConsumer(Consumer):
         return on_task_received
 
 
+def running_on(store: Any, worker: str, limit: int = RUNNING_SCAN) -> bool:
+    """Whether a job RUNNING in the store names `worker` (its prefork children and pool threads run jobs that the
+    worker process itself never sees)."""
+    return any(j["worker"] == worker for j in store.list("RUNNING", limit=limit))
+
+
 def oldest_queued(store: Any, queues: list[str], limit: int = QUEUED_SCAN) -> float | None:
     """Creation time of the oldest QUEUED job of `queues` among the newest `limit` QUEUED jobs (None: none)."""
     wanted = set(queues)
@@ -251,4 +258,4 @@ def exit_status(celery_code: object, liveness: Liveness = LIVENESS) -> int:
 
 
 __all__ = ["EXIT_STALLED", "LIVENESS", "ConsumerStalled", "Liveness", "MalformedMessage", "StudioConsumer",
-           "exit_status", "harden_redis_transport", "oldest_queued", "stall_seconds", "watch_acks"]
+           "exit_status", "harden_redis_transport", "oldest_queued", "running_on", "stall_seconds", "watch_acks"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import sqlite3
@@ -39,6 +40,8 @@ PROGRESS_WRITE_S = 0.2  # progress rows are written at most this often (and at e
 CANCEL_CHECK_S = 0.05  # how stale a cancel flag may be at a progress step
 PROGRESS_QUIET_S = 0.15  # a job's first progress row is written after this long (short jobs write none)
 MAX_ERROR_CHARS = 290  # a FAILED job's message is one line under 300 characters, whatever input it names
+# a repr with a memory address, e.g. <foo.Bar object at 0x7f3a...>, <function f.<locals>.<lambda> at 0x7f...>
+ADDRESS_REPR_RE = re.compile(r"<(?:[^<>\n]|<\w+>){1,200}? at 0x[0-9a-fA-F]+>")
 RESUMABLE_OPS = frozenset({"walk"})  # ops that keep frames in a work folder across attempts
 REDIS_PRIORITY_SEP = "\x06\x16"  # kombu's Redis transport names priority lists <queue><sep><priority>
 WITHDRAW_SCAN = 5000  # messages looked at per priority list when withdrawing batched jobs' messages
@@ -154,12 +157,17 @@ def context_for(app: Celery) -> WorkerContext:
         return ctx
 
 
+def scrub_reprs(text: str) -> str:
+    """`text` without Python object reprs that show memory addresses (`<foo.Bar object at 0x7f...>` -> `<object>`)."""
+    return ADDRESS_REPR_RE.sub("<object>", text)
+
+
 def one_line(exc: BaseException) -> str:
-    """An exception as the one-line message a FAILED job shows."""
+    """An exception as the one-line message a FAILED job shows (no Python reprs; at most MAX_ERROR_CHARS)."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     if not isinstance(exc, StudioError):
         text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    return clip(text, MAX_ERROR_CHARS)
+    return clip(scrub_reprs(text), MAX_ERROR_CHARS)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -433,4 +441,4 @@ def _end_all(ctx: WorkerContext, owner: str, ids: list[str], state: str, error: 
 
 
 __all__ = ["Execution", "LeaseLost", "TimeLimitExceeded", "WorkerContext", "context_for", "is_transient",
-           "one_line", "preview_b64", "run_job", "worker_id"]
+           "one_line", "preview_b64", "run_job", "scrub_reprs", "worker_id"]

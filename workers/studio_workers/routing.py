@@ -69,9 +69,14 @@ def broker_priority(priority: int, broker: str) -> int:
     return 9 - priority if broker == "redis" else priority
 
 
-def batch_key(spec: dict, max_images: int) -> str | None:
-    """Jobs with the same key can share one forward pass (they differ only in seed and count), else None."""
+def batch_key(spec: dict, max_images: int, owner: str | None = None) -> str | None:
+    """Jobs with the same key can share one forward pass (same owner; they differ only in seed and count), else None.
+
+    The owner is part of the key: jobs of different users never share a batch (a follower's record names its
+    leader's job id). `owner` None (the single-user default) keeps the key it always had.
+    """
     if spec.get("op") not in BATCHABLE_OPS or max_images <= 1 or int(spec.get("n", 1)) >= max_images:
         return None
     rest = {k: v for k, v in spec.items() if k not in BATCH_VARYING}
-    return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:32]
+    payload = rest if owner is None else {"owner": owner, "spec": rest}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]

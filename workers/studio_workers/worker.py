@@ -29,6 +29,7 @@ from studio_workers.faults import (
     exit_status,
     harden_redis_transport,
     oldest_queued,
+    running_on,
     stall_seconds,
     watch_acks,
 )
@@ -70,10 +71,13 @@ class Maintenance(threading.Thread):
         live = self.liveness
         if live is None or live.consumer is None:
             return {"stalled": False, "stalled_since": None}
-        busy = bool(self.ctx.current)  # type: ignore[attr-defined]
+        busy = bool(self.ctx.current)  # type: ignore[attr-defined]  # solo pool: set in this process
         oldest = None
         if not busy and time.monotonic() - live.last_received >= live.stall_s:  # only then read the store
-            oldest = oldest_queued(self.ctx.store, self.info.get("queues", []))  # type: ignore[attr-defined]
+            # prefork children and pool threads never set this process's ctx.current: the store knows what runs here
+            busy = running_on(self.ctx.store, self.worker)  # type: ignore[attr-defined]
+            if not busy:
+                oldest = oldest_queued(self.ctx.store, self.info.get("queues", []))  # type: ignore[attr-defined]
         stalled = live.check(busy, oldest)
         return {"stalled": stalled, "stalled_since": live.stalled_since if stalled else None}
 

@@ -121,10 +121,12 @@ def build(ctx: UIContext) -> None:
         value = current if current in names else (names[0] if names else None)
         return gr.update(choices=names, value=value), vector_note(ctx, backend_, model_, value)
 
-    refresh.click(refresh_vectors, inputs=[backend, model, vector], outputs=[vector, note], api_visibility="private")
-    vector.change(lambda b, m, v: vector_note(ctx, b, m, v), inputs=[backend, model, vector], outputs=note,
-                  api_visibility="private", queue=False)
-    ctx.components["refresh_vectors"] = refresh_vectors
+    # wrapped: the event's signed-in user is known while the vectors are listed (studio.ui.jobs.current_user)
+    refresh.click(ui_errors(refresh_vectors), inputs=[backend, model, vector], outputs=[vector, note],
+                  api_visibility="private")
+    vector.change(ui_errors(lambda b, m, v: vector_note(ctx, b, m, v)), inputs=[backend, model, vector],
+                  outputs=note, api_visibility="private", queue=False)
+    ctx.components["refresh_vectors"] = refresh_vectors  # unwrapped: for handlers that are wrapped themselves
 
     @ui_errors
     def edit(backend: str, model: str, prompt: str, negative_prompt: str, denoise_steps: float, guidance: float,
@@ -167,7 +169,7 @@ def build(ctx: UIContext) -> None:
     fit_go.click(fit_from_dataset, inputs=[*ctx.common_inputs(), fit_name, fit_dataset, fit_attribute, fit_method,
                                            fit_limit],
                  outputs=[vector, fit_status], api_name="fit_vector_dataset", show_progress="full"
-                 ).then(refresh_vectors, inputs=[backend, model, vector], outputs=[vector, note],
+                 ).then(ui_errors(refresh_vectors), inputs=[backend, model, vector], outputs=[vector, note],
                         api_visibility="private")
 
     @ui_errors
@@ -221,5 +223,5 @@ def build(ctx: UIContext) -> None:
 
     pick_fit.click(fit_from_picks, inputs=[*ctx.common_inputs(), pick_name, with_seeds, without_seeds],
                    outputs=[vector, pick_status], api_name="fit_vector_picks", show_progress="full"
-                   ).then(refresh_vectors, inputs=[backend, model, vector], outputs=[vector, note],
+                   ).then(ui_errors(refresh_vectors), inputs=[backend, model, vector], outputs=[vector, note],
                           api_visibility="private")

@@ -5,8 +5,28 @@ from __future__ import annotations
 import gradio as gr
 
 from studio.ui.context import UIContext
-from studio.ui.jobs import ui_errors
+from studio.ui.jobs import current_user, scoped, ui_errors
 from studio.ui.views import plugin_cards, without_paths, workers_view
+
+
+def visible_workers(ctx: UIContext) -> list[dict]:
+    """Live workers as the event's user may see them: the id of a job they run only when it is that user's own
+    (admins and the single-user default see every id; without a trusted user, none)."""
+    from studio.errors import StudioError
+    from studio.users import viewer_for
+
+    workers = [dict(w) for w in ctx.client.workers()]
+    try:
+        user = current_user(ctx.settings)
+        if viewer_for(ctx.settings, user) is None:
+            return workers
+        own = {j["id"] for j in scoped(ctx.client).jobs("RUNNING", limit=1000)}
+    except StudioError:
+        own = set()
+    for w in workers:
+        if w.get("job_id") and w["job_id"] not in own:
+            w["job_id"], w["busy"] = None, True
+    return workers
 
 
 def build(ctx: UIContext) -> None:
@@ -22,8 +42,8 @@ def build(ctx: UIContext) -> None:
     def rescan() -> tuple:
         """Describe installed plugins (versions, capabilities, models, errors) and live workers."""
         info = ctx.catalog.refresh(rescan=True)
-        return plugin_cards(info), workers_view(ctx.client.workers()), without_paths(info)
+        return plugin_cards(info), workers_view(visible_workers(ctx)), without_paths(info)
 
     details = gr.JSON(visible=False)
     refresh.click(rescan, outputs=[cards, workers, details], api_name="plugins")
-    ctx.components["plugins_refresh"] = (lambda: workers_view(ctx.client.workers()), workers)
+    ctx.components["plugins_refresh"] = (ui_errors(lambda: workers_view(visible_workers(ctx))), workers)

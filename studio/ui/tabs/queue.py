@@ -10,7 +10,7 @@ import gradio as gr
 from studio.errors import InputError
 from studio.ui.artifacts import ArtifactShelf
 from studio.ui.context import UIContext
-from studio.ui.inputs import generate_params, read_png_record, trusted_path
+from studio.ui.inputs import generate_params, job_id_field, read_png_record, trusted_path
 from studio.ui.jobs import ScopedClient, ui_errors
 from studio.ui.tabs.generate import restore_outputs, restore_targets
 from studio.ui.views import job_table, without_paths
@@ -74,6 +74,7 @@ def build(ctx: UIContext) -> None:
                 send = gr.Button("Send to Generate", variant="primary", elem_id="send-to-generate")
                 replay_image = gr.Button("Replay this image")
     selected = gr.State(None)
+    selected_job = gr.State(None)  # the id of the picked image's job (replayed by id, never from a file)
     timer = gr.Timer(REFRESH_S, active=False)
     ctx.components.update(queue_timer=timer, queue_auto=auto)
 
@@ -133,8 +134,8 @@ def build(ctx: UIContext) -> None:
 
     @ui_errors
     def replay_job(job_id: str, state_filter: str) -> tuple:
-        """Re-run a job from its record; returns the new job's id."""
-        new = client.replay(need(job_id))
+        """Re-run a job (by id, one you see) from its record; returns the new job's id."""
+        new = client.replay_job(job_id_field(job_id))
         return f"Replaying as job `{new}`.", jobs_view(state_filter)
 
     cancel.click(cancel_job, inputs=[job, state], outputs=[action, table], api_name="cancel")
@@ -147,7 +148,7 @@ def build(ctx: UIContext) -> None:
         result = client.result(job_id)
         shelf = ctx.runner.shelf
         items = [(shelf.put(result.get("id") or job_id, a["name"], a["path"]) if shelf is not None else a["path"],
-                  a["name"]) for a in result.get("artifacts", [])
+                  f'{a["name"]} · {result.get("id") or job_id}') for a in result.get("artifacts", [])
                  if a.get("kind") == "image" and Path(a["path"]).is_file()]
         return [(p, name) for p, name in items if p is not None]
 
@@ -159,15 +160,24 @@ def build(ctx: UIContext) -> None:
         image = value.get("image") if isinstance(value, dict) else None
         path = image.get("path") if isinstance(image, dict) else None
         if not path:
-            return None, None, None
+            return None, None, None, None
         path = trusted_path(path, ctx.settings)
         try:
             record = read_png_record(path, ctx.settings)
         except InputError as exc:  # a plot or a GIF frame: still downloadable, just without a record
             record = {"note": str(exc)}
-        return record, path, path
+        return record, path, path, caption_job(value.get("caption") if isinstance(value, dict) else None)
 
-    history.select(pick, outputs=[record, download, selected], api_visibility="private")
+    def caption_job(caption: object) -> str | None:
+        """The job id that ends a history caption, when it is a job this user sees (else None)."""
+        if not isinstance(caption, str) or " · " not in caption:
+            return None
+        try:
+            return str(client.status(job_id_field(caption.rsplit(" · ", 1)[1]))["id"])
+        except Exception:
+            return None
+
+    history.select(pick, outputs=[record, download, selected, selected_job], api_visibility="private")
 
     @ui_errors
     def send_to_generate(path: str | None) -> tuple:
@@ -180,10 +190,11 @@ def build(ctx: UIContext) -> None:
                api_visibility="private")
 
     @ui_errors
-    def replay_png(path: str | None, state_filter: str) -> tuple:
-        if not path:
+    def replay_png(job_id: str | None, state_filter: str) -> tuple:
+        """Replay the picked image's job, by its id (the page never replays from a file path)."""
+        if not job_id:
             raise InputError("click an image in the history first")
-        new = client.replay(trusted_path(path, ctx.settings))
+        new = client.replay_job(job_id_field(job_id))
         return f"Replaying the image's job as `{new}`.", jobs_view(state_filter)
 
-    replay_image.click(replay_png, inputs=[selected, state], outputs=[action, table], api_visibility="private")
+    replay_image.click(replay_png, inputs=[selected_job, state], outputs=[action, table], api_visibility="private")
