@@ -71,7 +71,10 @@ def test_registered_through_the_entry_point():
     assert {"sample", "encode", "decode", "text", "img2img"} == set(cls.capabilities)
 
 
-def test_available_models_lists_folders_under_sd(settings, roots):
+def test_available_models_lists_folders_under_sd(settings, roots, monkeypatch):
+    from studio import hashing
+
+    monkeypatch.setattr(hashing, "_memory", {})  # as in a fresh process (the shared tiny model was hashed before)
     models = SDBackend.available_models(settings)
     assert [m.name for m in models] == ["tiny"]
     assert len(models[0].sha256) == 64 and models[0].sha256 == weights_sha256(settings.model_root_paths[0] / "sd/tiny")
