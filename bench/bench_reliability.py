@@ -115,6 +115,7 @@ def restart(root: Path, jobs: int) -> dict:
         h.embedded = start_embedded(h.settings)
         out = _tally(client, ids, 240)
         out["worker_crashes"] = 2 - _alive(workers)
+        out["failed_acks"] = sum(h.worker_log(w).count("Couldn't ack") for w in workers)  # the fault happened
         return out
 
 
@@ -182,6 +183,8 @@ def batch(root: Path, jobs: int) -> dict:
         workers = [h.start_worker()]  # started after the submits: the jobs wait together and are batched
         out = _tally(client, ids, 120, guilty=guilty)
         out["worker_crashes"] = 1 - _alive(workers)
+        out["ran_batched"] = sum(any("batched with" in e["message"] for e in client.status(j)["events"])
+                                 for j in ids)  # followers of a batch leader (the fault hit a real batch)
         return out
 
 
