@@ -36,7 +36,7 @@ from studio.ui.testing import bomb_png, bomb_png_bytes, free_port, peak_mb, serv
 
 FINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
 REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>|at 0x[0-9a-fA-F]{6,}")
-SCENARIOS = ("kill", "restart", "malformed", "hang", "exit", "batch", "fuzz", "upload")
+SCENARIOS = ("kill", "restart", "malformed", "hang", "exit", "batch", "fuzz", "upload", "login")
 
 
 def _sample(seed: int, delay_ms: int = 150, **options: object) -> dict:
@@ -295,6 +295,34 @@ def upload(root: Path, copies: int = 3) -> dict:
                 "refused_clearly": sum("pixels; the limit is" in m and _clear(m) for m in messages)}
 
 
+def login(root: Path, attempts: int = 200) -> dict:
+    """`attempts` wrong passwords for one user over HTTP from 127.0.0.1, then the right one from there and from
+    127.0.0.2 (another address): how long the guesses took and who gets in."""
+    import httpx
+
+    from studio.config import load_settings
+    from studio.users import UserStore
+
+    env = ui_env(root, queue_prefix=f"rel{os.getpid()}")
+    UserStore.from_settings(load_settings(env)).add("alice", "alice-password")
+
+    def post(url: str, password: str, address: str = "127.0.0.1") -> int:
+        with httpx.Client(transport=httpx.HTTPTransport(local_address=address), timeout=60) as http:
+            return http.post(f"{url}login", data={"username": "alice", "password": password}).status_code
+
+    with served_ui(env, free_port()) as ui:
+        started = time.monotonic()
+        codes = Counter(post(ui.url, f"guess-{i}") for i in range(attempts))
+        seconds = time.monotonic() - started
+        same_address = post(ui.url, "alice-password")
+        other_address = post(ui.url, "alice-password", "127.0.0.2")
+    store = UserStore.from_settings(load_settings(env))
+    return {"wrong_attempts": attempts, "refused": codes.get(400, 0), "accepted": codes.get(200, 0),
+            "seconds_for_all": round(seconds, 2), "checked_failures_counted": store.failures("pair", "alice 127.0.0.1"),
+            "right_password_same_address": "in" if same_address == 200 else "refused (throttled)",
+            "right_password_other_address": "in" if other_address == 200 else "refused"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--jobs", type=int, default=30, help="jobs per fault scenario")
@@ -308,7 +336,7 @@ def main() -> None:
     runs = {"kill": lambda r: kill(r, args.jobs), "restart": lambda r: restart(r, args.jobs),
             "malformed": lambda r: malformed(r, args.jobs), "hang": lambda r: hang(r, 10),
             "exit": lambda r: exit_(r, 10), "batch": lambda r: batch(r, 16), "fuzz": lambda r: fuzz(r, args.fuzz),
-            "upload": lambda r: upload(r)}
+            "upload": lambda r: upload(r), "login": lambda r: login(r)}
     print(f"# machine: {os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f} at start", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-reliability-") as tmp:
         for name in chosen:
