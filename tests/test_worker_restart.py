@@ -28,8 +28,9 @@ def _free_port() -> int:
 class RedisServer:
     """Our own redis-server on a free TCP port (never the shared one at 6379), with append-only persistence."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, persistent: bool = True) -> None:
         self.folder = folder
+        self.persistent = persistent
         self.port = _free_port()
         self.proc: subprocess.Popen | None = None
 
@@ -42,7 +43,8 @@ class RedisServer:
 
         self.folder.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                      "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.folder)],
+                                      "--appendonly", "yes" if self.persistent else "no", "--appendfsync", "always",
+                                      "--dir", str(self.folder)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
         deadline = time.monotonic() + 10
@@ -109,6 +111,33 @@ def test_tcp_redis_restart_mid_batch_all_jobs_finish(tmp_path: Path) -> None:
     try:
         with h.active():
             _run_batch_through_restart(h, restart)
+    finally:
+        h.close()
+        server.stop()
+
+
+def test_a_broker_that_lost_its_queue_still_gets_every_job_done(tmp_path: Path) -> None:
+    """A Redis without persistence restarted mid-batch forgets every queued message: the jobs stay QUEUED in the job
+    store with no message to run them. The stall watchdog restarts the consumer and, when that does not help,
+    publishes their messages again (tokens for the store's claims: nothing runs twice)."""
+    server = RedisServer(tmp_path / "redis", persistent=False)
+    server.start()
+    h = QueueHarness(tmp_path / "h", broker_url=server.url, batch_max_images=1, stall_s=2)
+    try:
+        with h.active():
+            worker = h.start_worker()
+            client = h.client()
+            ids = [client.submit({"op": "sample", "backend": "toy", "n": 1, "seed": i, "options": {"delay_ms": 200}})
+                   for i in range(12)]
+            deadline = time.monotonic() + 30
+            while sum(client.status(j)["state"] == "SUCCEEDED" for j in ids) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            server.stop()  # every queued message is gone with it
+            server.start()
+            finals = [client.wait(j, timeout=90) for j in ids]
+            assert Counter(f["state"] for f in finals) == {"SUCCEEDED": 12}
+            assert all(sum(e["kind"] == "succeeded" for e in f["events"]) == 1 for f in finals)
+            assert "published" in h.worker_log(worker) and worker.poll() is None
     finally:
         h.close()
         server.stop()

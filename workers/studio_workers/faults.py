@@ -23,6 +23,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from celery.worker.consumer import Consumer
@@ -61,6 +62,7 @@ class Liveness:
         self.last_received = time.monotonic()
         self.stalled_since: float | None = None  # wall-clock time, for the worker's advertisement
         self.restarts = 0
+        self.stall_attempts = 0  # restarts asked for since the last message arrived
         self.exit_code: int | None = None  # set when the worker must exit non-zero
         self._next_restart = 0.0
         self._backoff = stall_s
@@ -81,6 +83,7 @@ class Liveness:
             self.last_received = time.monotonic()
             self.stalled_since = None
             self._backoff = self.stall_s
+            self.stall_attempts = 0
 
     def restart_consumer(self, reason: str) -> bool:
         """Make Celery's event loop reconnect (thread-safe); False when there is no event loop to restart."""
@@ -102,11 +105,15 @@ class Liveness:
         self.exit_code = code
         os.kill(os.getpid(), signal.SIGTERM)
 
-    def check(self, busy: bool, oldest_waiting: float | None, now: float | None = None) -> bool:
+    def check(self, busy: bool, oldest_waiting: float | None, now: float | None = None,
+              republish: Callable[[float], int] | None = None) -> bool:
         """The watchdog: True when the consumer looks stalled (and a restart was asked for when due).
 
         `busy`: a job runs here; `oldest_waiting`: creation time (Unix) of the oldest QUEUED job of this worker's
-        queues, or None.
+        queues, or None. `republish(older_than)`: publishes a message again for each QUEUED job of this worker's
+        queues created before `older_than` (Unix); called when a restart is due and the last one did not help —
+        the broker lost those messages (a restart of a broker without persistence). Messages are tokens for the
+        job store's claims, so a spare one is a no-op: nothing runs twice.
         """
         mono = time.monotonic()
         now = now or time.time()
@@ -122,8 +129,16 @@ class Liveness:
                 return True
             self._next_restart = mono + self._backoff
             self._backoff = min(MAX_BACKOFF_S, self._backoff * 2)  # e.g. QUEUED jobs whose messages were lost
+            self.stall_attempts += 1
+            attempt = self.stall_attempts
         reason = (f"idle and nothing received for {silent:.0f} s while jobs of its queues have waited "
                   f"{now - oldest_waiting:.0f} s")
+        if attempt > 1 and republish is not None:  # a restart did not bring their messages back: they are lost
+            try:
+                count = republish(now - self.stall_s)
+                log.warning("published %d message(s) again for jobs whose messages the broker lost", count)
+            except Exception:
+                log.warning("could not publish the lost messages again", exc_info=True)
         if not self.restart_consumer(reason):
             self.request_exit(EXIT_STALLED, reason)
         return True

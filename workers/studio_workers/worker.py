@@ -25,6 +25,7 @@ from studio.errors import StudioError
 from studio_workers import jobproc
 from studio_workers.faults import (
     LIVENESS,
+    QUEUED_SCAN,
     Liveness,
     exit_status,
     harden_redis_transport,
@@ -78,8 +79,17 @@ class Maintenance(threading.Thread):
             busy = running_on(self.ctx.store, self.worker)  # type: ignore[attr-defined]
             if not busy:
                 oldest = oldest_queued(self.ctx.store, self.info.get("queues", []))  # type: ignore[attr-defined]
-        stalled = live.check(busy, oldest)
+        stalled = live.check(busy, oldest, republish=self.republish)
         return {"stalled": stalled, "stalled_since": live.stalled_since if stalled else None}
+
+    def republish(self, older_than: float) -> int:
+        """Publish a message again for each QUEUED job of this worker's queues created before `older_than`."""
+        ctx, queues = self.ctx, set(self.info.get("queues", []))
+        jobs = [j for j in ctx.store.list("QUEUED", limit=QUEUED_SCAN)  # type: ignore[attr-defined]
+                if j["queue"] in queues and j["created"] < older_than]
+        for job in jobs:
+            ctx.publish(job["id"], job["queue"], job["priority"])  # type: ignore[attr-defined]
+        return len(jobs)
 
     def tick(self) -> None:
         ctx = self.ctx
