@@ -140,9 +140,7 @@ def resolve_under(path: str | Path, roots: list[Path], what: str) -> Path:
     p = Path(path).expanduser()
     candidates = [p.resolve()] if p.is_absolute() else [(r / p).resolve() for r in roots] + [p.resolve()]
     for c in candidates:
-        for root in roots:
-            root = root.resolve()
-            if c == root or root in c.parents:
-                return c
+        if within(c, roots) is not None:
+            return c
     shown = clip(os.pathsep.join(str(r) for r in roots), 120)
     raise InputError(f"{what} {clip(path)!r} is outside the configured roots ({shown})")

@@ -21,7 +21,7 @@ from studio.contract import CODEC, DECODE, ENCODE, SAMPLE, SEED, TEXT, Backend, 
 from studio.errors import InputError
 from studio.points import batch_size, check_compatible, concat, decode_batched, encode_images, random_point, take
 from studio.record import make_record, pnginfo
-from studio.spec import ImageRef, Source, parse_spec, spec_dict
+from studio.spec import ImageRef, Source, check_backend_options, parse_spec, spec_dict
 
 
 @dataclass
@@ -441,8 +441,9 @@ def execute(spec: BaseModel | dict, runtime: Runtime | None = None, progress: Pr
     """Validate and run one job spec for `owner` (whose vectors it may use and whose new vectors it saves);
     return its artifacts and metrics."""
     runtime = runtime or Runtime()
-    check_capabilities(parse_spec(spec, runtime.settings, check_backend=False))  # before its options are checked
-    spec = parse_spec(spec, runtime.settings)
+    spec = parse_spec(spec, runtime.settings, check_backend=False)  # parsed once (inline images decode once)
+    check_capabilities(spec)  # before its options are checked
+    check_backend_options(spec)
     started = time.perf_counter()
     job = _Job(spec, runtime, progress, workdir, owner)
     OPS[spec.op](job)

@@ -206,8 +206,7 @@ class JobStore:
         now = time.time()
         with self._tx() as db:
             if max_queued > 0:
-                queued = db.execute("SELECT COUNT(*) FROM jobs WHERE owner IS ? AND state = ?",
-                                    (job.owner, QUEUED)).fetchone()[0]
+                queued = self.count_queued(job.owner)  # this thread's connection: inside the transaction
                 if queued >= max_queued:
                     who = f"user {job.owner}" if job.owner else "you"
                     raise QuotaExceeded(f"max_queued_per_user: {who} already {'has' if job.owner else 'have'} "

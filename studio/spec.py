@@ -440,20 +440,25 @@ def parse_spec(data: dict | BaseModel, settings: Settings | None = None, check_b
     if spec.op == "roundtrip" and spec.limit > 10000:
         raise InputError(f"roundtrip limit is at most 10000 images, got {spec.limit}")
     if check_backend:
-        from studio.registry import get_backend_class
-
-        cls = get_backend_class(spec.backend)
-        try:
-            cls.parse_options(spec.options)
-            for src in spec.sources():
-                if src.options is not None:
-                    cls.parse_options({**spec.options, **src.options})
-            for extra in (getattr(spec, "with_options", None), getattr(spec, "without_options", None)):
-                if extra is not None:
-                    cls.parse_options({**spec.options, **extra})
-        except InputError as exc:  # a plugin's message: keep it to one short line
-            raise _refuse(str(exc)) from None
+        check_backend_options(spec)
     return spec
+
+
+def check_backend_options(spec: BaseModel) -> None:
+    """Validate a parsed spec's backend options (the job's, each source's, text directions') with its backend."""
+    from studio.registry import get_backend_class
+
+    cls = get_backend_class(spec.backend)
+    try:
+        cls.parse_options(spec.options)
+        for src in spec.sources():
+            if src.options is not None:
+                cls.parse_options({**spec.options, **src.options})
+        for extra in (getattr(spec, "with_options", None), getattr(spec, "without_options", None)):
+            if extra is not None:
+                cls.parse_options({**spec.options, **extra})
+    except InputError as exc:  # a plugin's message: keep it to one short line
+        raise _refuse(str(exc)) from None
 
 
 def spec_dict(spec: BaseModel) -> dict:

@@ -11,10 +11,8 @@ import base64
 import io
 import json
 import os
-import struct
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import pytest
@@ -24,21 +22,9 @@ from studio.config import load_settings
 from studio.errors import InputError, NotFound
 from studio.images import check_image_header, open_checked
 from studio.spec import parse_spec
+from studio.ui.testing import bomb_png_bytes as bomb_png
 
 MAX_MESSAGE = 300
-
-
-def bomb_png(width: int, height: int) -> bytes:
-    """A valid greyscale PNG of width x height built row by row: tiny on disk, huge once decoded."""
-    z = zlib.compressobj(9)
-    row = b"\x00" + b"\x80" * width
-    data = b"".join(z.compress(row) for _ in range(height)) + z.flush()
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
 
 
 def png(size: tuple[int, int] = (28, 28), mode: str = "L") -> bytes:
@@ -67,7 +53,7 @@ def settings(tmp_path):
 # ----- item 6: the header is checked before any pixel is decoded -----
 def test_check_image_header_refuses_a_pixel_bomb_without_decoding_it(tmp_path):
     path = tmp_path / "bomb.png"
-    path.write_bytes(bomb_png(13000, 13000))  # ~190 KB on disk, 169 MB of grey pixels once decoded
+    path.write_bytes(bomb_png(13000, 13000))  # ~164 KB on disk, 169 MB of grey pixels once decoded
     script = (
         "import resource, sys\n"
         "from studio.images import check_image_header\n"
@@ -328,7 +314,6 @@ def test_cli_wait_reports_the_timeout_it_was_given(tmp_path):
     r = studio("wait", "feedc0de0001", "--timeout", "1", env=env)
     assert r.returncode != 0 and r.stderr.count("\n") == 1, r.stderr
     assert "not finished after 1 s" in r.stderr, r.stderr
-
 
 
 @pytest.mark.integration

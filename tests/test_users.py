@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import pytest
 from studio.config import load_settings
 from studio.errors import InputError, NotFound
 from studio.jobstore import SCHEMA, SCHEMA_VERSION, JobStore, NewJob, QuotaExceeded
+from studio.ui.testing import free_port
 from studio.users import (
     FREE_FAILURES_ADDRESS,
     FREE_FAILURES_USER,
@@ -384,13 +384,8 @@ def test_ui_handlers_run_as_the_signed_in_user(settings, users: UserStore) -> No
     params = list(inspect.signature(jobs).parameters)
     assert params == ["studio_request", "state"]  # Gradio fills the request in front of the inputs
 
-    def request(name: str) -> gr.Request:  # what Gradio passes: a gr.Request naming the signed-in user
-        r = gr.Request.__new__(gr.Request)
-        r.username = name
-        return r
-
-    assert jobs(request("alice"), "all") == ["a11ce0000001"]
-    assert jobs(request("mallory"), "all") == []
+    assert jobs(_request("alice"), "all") == ["a11ce0000001"]  # what Gradio passes: a gr.Request naming the user
+    assert jobs(_request("mallory"), "all") == []
     with pytest.raises(gr.Error, match="restart the UI"):  # users exist but nobody signed in: fail closed
         jobs("all")
     assert scoped(object()) is not None  # a client without users support is used as it is
@@ -451,11 +446,6 @@ def test_cli_vectors_belong_to_their_user_until_shared(tmp_path: Path) -> None:
 
 # ----- the UI over HTTP, two users (integration) -----
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.mark.integration
 @pytest.mark.slow
@@ -474,7 +464,7 @@ def test_ui_over_http_scopes_jobs_to_the_signed_in_user_and_throttles_logins(tmp
     token = store.new_token("alice")
     JobStore.from_settings(settings).create(_new("a11ce0000001", "alice"))
     client = StudioClient(settings)
-    demo, url = serve(settings, host="127.0.0.1", port=_free_port(), client=client)
+    demo, url = serve(settings, host="127.0.0.1", port=free_port(), client=client)
     try:
         mallory = Client(url, auth=("mallory", "mallory-password"), verbose=False)
         assert mallory.predict(api_name="/jobs") == []
@@ -504,7 +494,6 @@ def test_ui_over_http_scopes_jobs_to_the_signed_in_user_and_throttles_logins(tmp
     finally:
         demo.close()
         client.close()
-
 
 
 def test_failures_from_other_addresses_never_refuse_the_right_password(tmp_path: Path) -> None:

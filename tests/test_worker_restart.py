@@ -5,7 +5,6 @@ meanwhile fail ("Couldn't ack"): the fault that used to leave both workers alive
 from __future__ import annotations
 
 import contextlib
-import socket
 import subprocess
 import time
 from collections import Counter
@@ -14,15 +13,11 @@ from pathlib import Path
 import pytest
 from studio_workers.testing import QueueHarness
 
+from studio.ui.testing import free_port
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 JOBS = 30
 DOWN_S = 6.0  # longer than redis-py's ~3.6 s of retries: acks fail while it is down
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RedisServer:
@@ -31,7 +26,7 @@ class RedisServer:
     def __init__(self, folder: Path, persistent: bool = True) -> None:
         self.folder = folder
         self.persistent = persistent
-        self.port = _free_port()
+        self.port = free_port()
         self.proc: subprocess.Popen | None = None
 
     @property

@@ -7,9 +7,7 @@ import sys
 
 import typer
 
-from studio.errors import StudioError, clip
-
-MAX_MESSAGE_CHARS = 290  # every rejection is one line under 300 characters, whatever input it names
+from studio.errors import MAX_MESSAGE_CHARS, StudioError, clip
 
 app = typer.Typer(name="studio", help="Latent Studio: sample, walk, edit and compress in latent space.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)

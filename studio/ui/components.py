@@ -178,21 +178,13 @@ def _field(block_fn: Any, index: int | None) -> str:
     return str(label) if label else f"input {index + 1}"
 
 
-def _foreign_file(value: Any, depth: int = 0) -> bool:
+def _foreign_file(value: Any) -> bool:
     """True when `value` holds a file reference outside Gradio's upload folder."""
     from gradio import utils
 
-    if depth > 8:
-        return False
-    if isinstance(value, dict):
-        path = value.get("path")
-        if isinstance(path, str) and not path.startswith(("http://", "https://", "data:")) \
-                and not utils.is_in_or_equal(path, utils.get_upload_folder()):
-            return True
-        return any(_foreign_file(v, depth + 1) for v in value.values())
-    if isinstance(value, list):
-        return any(_foreign_file(v, depth + 1) for v in value)
-    return False
+    folder = utils.get_upload_folder()
+    return any(isinstance(path := ref.get("path"), str) and not path.startswith(("http://", "https://", "data:"))
+               and not utils.is_in_or_equal(path, folder) for ref in _files(value))
 
 
 def _failing_input(block_fn: Any, inputs: list[Any]) -> int | None:

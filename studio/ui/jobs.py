@@ -267,8 +267,9 @@ class JobRunner:
     def follow(self, job_id: str, progress: ProgressFn | None = None) -> dict:
         """Poll a job until it ends, reporting progress; returns its final status."""
         started = time.monotonic()
+        client = scoped(self.client)  # once: the event's user does not change while it waits
         while True:
-            status = scoped(self.client).status(job_id)
+            status = client.status(job_id)
             if progress is not None:
                 try:
                     progress(float(status.get("progress") or 0.0), desc=_describe(status))

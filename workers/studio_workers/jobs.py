@@ -367,7 +367,7 @@ def _record_results(ctx: WorkerContext, owner: str, batch: list[dict], results: 
                               message="done"))
     accepted = ctx.store.finish_many(owner, endings)
     outcome = {}
-    for job in batch:
+    for job, result in zip(batch, results, strict=True):
         job_id = job["id"]
         if job_id not in accepted:
             outcome[job_id] = "lease lost"
@@ -381,7 +381,7 @@ def _record_results(ctx: WorkerContext, owner: str, batch: list[dict], results: 
             if job["spec"].get("op") in RESUMABLE_OPS:
                 shutil.rmtree(ctx.artifacts.root / "work" / job_id, ignore_errors=True)
             outcome[job_id] = SUCCEEDED
-        elif isinstance(results[batch.index(job)], BaseException):
+        elif isinstance(result, BaseException):
             outcome[job_id] = FAILED
         else:
             outcome[job_id] = CANCELLED
