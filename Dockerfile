@@ -12,7 +12,6 @@ RUN pip install "${TORCH_SPEC}"
 COPY pyproject.toml README.md ./
 COPY studio ./studio
 COPY plugins ./plugins
-COPY workers ./workers
 RUN pip install . flower \
     && useradd --create-home --uid 1000 studio \
     && mkdir -p /data && chown studio /data

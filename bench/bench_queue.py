@@ -8,7 +8,7 @@ P6  time from `studio up` (installed entry point) to the first image (goal: <= 2
     .venv/bin/python bench/bench_queue.py --only P1 --runs 30 --broker redis://127.0.0.1:6379/9
     .venv/bin/python bench/bench_queue.py --model-root DIR     # VAE weights under DIR/vae/*.safetensors
 
-Workers are real `python -m studio_workers` processes; everything runs in a temporary STUDIO_HOME.
+Workers are real `python -m studio.queue` processes; everything runs in a temporary STUDIO_HOME.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def _gate(client, seconds: float) -> str:
 def _p2_round(h, batching: bool, jobs: int) -> dict:
     max_images = h.settings.batch_max_images if batching else 1
     settings = dataclasses.replace(h.settings, batch_max_images=max_images)
-    from studio.client import StudioClient
+    from studio.queue.client import StudioClient
 
     worker = h.start_worker(env={"STUDIO_BATCH_MAX_IMAGES": str(max_images)}, loglevel="WARNING")
     client = StudioClient(settings)
@@ -147,9 +147,9 @@ def _free_port() -> int:
 def bench_p6(h, ui: bool) -> dict:
     """Fresh STUDIO_HOME (empty broker, no worker): run the installed `studio up`, submit as soon as the broker
     answers, and time until the first image is in the store."""
-    from studio.broker import BrokerUnavailable
-    from studio.client import StudioClient
     from studio.config import load_settings
+    from studio.queue.broker import BrokerUnavailable
+    from studio.queue.client import StudioClient
 
     home = Path(tempfile.mkdtemp(prefix="bench-p6-"))
     env = {**os.environ, **h.env, "STUDIO_HOME": str(home), "STUDIO_BROKER_URL": ""}
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     only = {x.strip().upper() for x in args.only.split(",")}
 
-    from studio_workers.testing import QueueHarness
+    from studio.queue.testing import QueueHarness
 
     root = Path(tempfile.mkdtemp(prefix="bench-queue-"))
     extra = {"model_roots": args.model_root} if args.model_root else {}

@@ -1,6 +1,6 @@
 """Reliability under faults and hostile input: the figures of docs/BENCHMARKS.md's "Reliability" table.
 
-Every scenario runs real worker processes (studio_workers.testing.QueueHarness, the shared toy backend) on the
+Every scenario runs real worker processes (studio.queue.testing.QueueHarness, the shared toy backend) on the
 embedded Redis, injects one fault mid-batch, and counts what a user would: jobs lost (never ended and no longer
 queued or running), duplicated (more than one success recorded for a job), stalled (not ended by the deadline),
 innocent jobs failed, and worker crashes. Then 1000 fuzzed specs are submitted (rejections and failures must be one
@@ -29,9 +29,8 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
-from studio_workers.testing import QueueHarness, install_toy_plugin
-
 from studio.errors import StudioError
+from studio.queue.testing import QueueHarness, install_toy_plugin
 from studio.ui.testing import bomb_png, bomb_png_bytes, free_port, peak_mb, served_ui, ui_env
 
 FINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
@@ -102,7 +101,7 @@ def kill(root: Path, jobs: int) -> dict:
 
 def restart(root: Path, jobs: int) -> dict:
     """Stop the embedded broker for 6 s mid-batch (longer than redis-py's retries: in-flight acks fail)."""
-    from studio.broker import start_embedded
+    from studio.queue.broker import start_embedded
 
     with _harness(root, batch_max_images=1) as h:
         workers = [h.start_worker(), h.start_worker()]
@@ -129,7 +128,7 @@ def _envelope(body: str, **headers: object) -> bytes:
 
 def malformed(root: Path, jobs: int) -> dict:
     """Push 10 kinds of malformed envelope into the worker's queue between real jobs."""
-    from studio.broker import redis_client
+    from studio.queue.broker import redis_client
 
     args = base64.b64encode(json.dumps([["0" * 12], {}, {}]).encode()).decode()
     bad = [b"not json", b"[1, 2, 3]", b'"a string"', b"\xff\xfe not utf-8", _envelope("%%% not base64 %%%"),

@@ -41,7 +41,7 @@ class Settings:
     ui_port: int = 7860
     ui_auth: str = ""  # "user:password" or empty
     ui_token: str = ""
-    # The job queue (studio.client, studio_workers); see docs/QUEUE.md.
+    # The job queue (studio.queue.client, studio.queue); see docs/QUEUE.md.
     queue_prefix: str = "studio"  # names the queues and prefixes every broker key: several studios share a broker
     lease_s: int = 30  # a running job's lease; its worker renews it every lease_s/3, an expired one is reissued
     visibility_timeout_s: int = 300  # Redis: an unacknowledged message is redelivered after this many seconds
@@ -51,6 +51,10 @@ class Settings:
     stall_s: int = 60  # a worker idle this long while its queues have jobs waiting restarts its broker connection
     job_process: int = 1  # 1: the solo worker runs jobs in a child it can kill (hard time limit); 0: in-process
     max_queued_per_user: int = 0  # users: a submit is refused while its user has this many QUEUED jobs (0: no limit)
+    # Beyond one machine (docs/DEPLOY.md): a worker elsewhere needs only the broker, database and storage URLs.
+    database_url: str = ""  # empty: embedded SQLite (store/jobs.sqlite); postgresql://user:pass@host:5432/db
+    storage_url: str = ""  # empty: the local folder store_path; s3://bucket/prefix: any S3-compatible store
+    s3_endpoint_url: str = ""  # S3-compatible server (MinIO, R2, moto); empty: AWS. Credentials: AWS_* variables
 
     @property
     def store_path(self) -> Path:

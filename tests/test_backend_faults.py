@@ -184,7 +184,7 @@ import torch
 
 from studio.contract import ModelInfo, no_progress
 from studio.errors import NotFound
-from studio_workers.testing import ToyBackend
+from studio.queue.testing import ToyBackend
 
 KINDS = ("ok", "nan", "inf", "float64", "shape", "list")
 
@@ -263,7 +263,7 @@ def test_a_conforming_decode_still_passes(faulty_registry):
 
 @pytest.mark.integration
 def test_a_worker_fails_faulty_decodes_and_corrupt_weights_without_retrying(tmp_path, roots):
-    from studio_workers.testing import QueueHarness
+    from studio.queue.testing import QueueHarness
 
     harness = QueueHarness(tmp_path / "queue", broker_url=REDIS_URL, plugins="toy,studio_faulty_plugin,vae",
                            model_roots=str(roots), max_retries=2)

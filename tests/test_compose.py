@@ -62,8 +62,8 @@ def test_every_service_command_is_a_real_entry_point(compose: dict) -> None:
             _check_studio_command(argv)
             seen.add(" ".join(argv[:2]))
         else:
-            assert argv[:3] == ["celery", "-A", "studio_workers.app"], argv
-            import studio_workers.app as module
+            assert argv[:3] == ["celery", "-A", "studio.queue.app"], argv
+            import studio.queue.app as module
 
             assert callable(module.make_app) and "app" not in vars(module)  # the app is built lazily, on use
     assert {"studio up", "studio worker"} <= seen

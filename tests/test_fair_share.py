@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-from studio_workers.testing import QueueHarness
 
+from studio.queue.testing import QueueHarness
 from studio.users import UserStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -127,7 +127,7 @@ def test_a_failed_submit_keeps_a_job_that_already_started(tmp_path: Path) -> Non
                 raise ConnectionError("broker went away")
 
             app.send_task = send_fails
-            from studio.broker import BrokerUnavailable
+            from studio.queue.broker import BrokerUnavailable
 
             with pytest.raises(BrokerUnavailable, match="could not queue"):
                 client.submit(_sample(2))

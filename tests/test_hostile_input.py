@@ -128,7 +128,7 @@ def test_huge_values_are_refused_in_one_short_line_naming_the_field(settings, sp
 
 
 def test_inline_images_are_checked_from_the_header_at_submit(tmp_path, settings):
-    from studio.client import StudioClient
+    from studio.queue.client import StudioClient
 
     client = StudioClient(settings)
     bomb = {"op": "roundtrip", "backend": "pca", "image": {"png_b64": b64(bomb_png(13000, 13000))}}
@@ -149,7 +149,7 @@ def test_inline_images_are_checked_from_the_header_at_submit(tmp_path, settings)
 
 
 def test_replaying_a_png_checks_its_header_before_decoding(tmp_path, settings):
-    from studio.client import StudioClient
+    from studio.queue.client import StudioClient
 
     bomb = tmp_path / "bomb.png"
     bomb.write_bytes(bomb_png(13000, 13000))
@@ -304,7 +304,7 @@ def test_cli_size_error_names_the_file_once(tmp_path):
 
 @pytest.mark.integration
 def test_cli_wait_reports_the_timeout_it_was_given(tmp_path):
-    from studio.jobstore import JobStore, NewJob
+    from studio.queue.jobstore import JobStore, NewJob
 
     env = {"STUDIO_HOME": str(tmp_path), "STUDIO_BROKER_URL": "redis://127.0.0.1:6379/0",
            "STUDIO_QUEUE_PREFIX": f"hostile{os.getpid()}"}

@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 
 import pytest
-from studio_workers.testing import QueueHarness
+
+from studio.queue.testing import QueueHarness
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from studio_workers.testing import QueueHarness
 
 from studio.errors import StudioError
+from studio.queue.testing import QueueHarness
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REDIS_URL = "redis://127.0.0.1:6379/12"

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from studio_workers.testing import QueueHarness
 
 from studio.errors import InputError, NotFound, StudioError
+from studio.queue.testing import QueueHarness
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REDIS_URL = "redis://127.0.0.1:6379/11"
@@ -227,10 +227,10 @@ class _Exploit:
 
 def test_pickle_message_is_refused_and_the_worker_survives(harness: QueueHarness, client, tmp_path: Path) -> None:
     from kombu import Exchange, Producer
-    from studio_workers.app import make_app
-    from studio_workers.routing import TASK_NAME
 
-    from studio.broker import resolve_broker_url
+    from studio.queue.app import make_app
+    from studio.queue.broker import resolve_broker_url
+    from studio.queue.routing import TASK_NAME
 
     marker = tmp_path / "pwned"
     queue = f"{harness.prefix}.any.toy"
@@ -252,7 +252,7 @@ def test_pickle_message_is_refused_and_the_worker_survives(harness: QueueHarness
 
 
 def test_wait_times_out_cleanly(client) -> None:
-    from studio.client import WaitTimeout
+    from studio.queue.client import WaitTimeout
 
     job_id = client.submit(_sample(n=4, delay_ms=200))
     with pytest.raises(WaitTimeout):

@@ -11,18 +11,17 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from studio_workers import routing
 
 from studio.config import load_settings
 from studio.errors import Cancelled, InputError, NotFound, StudioError
-from studio.jobstore import JobStore, NewJob
+from studio.queue import routing
+from studio.queue.jobstore import JobStore, NewJob
 
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory: pytest.TempPathFactory):
     """The toy backends registered in this process (through a real entry point)."""
-    from studio_workers.testing import install_toy_plugin
-
+    from studio.queue.testing import install_toy_plugin
     from studio.registry import load_registry
 
     folder = install_toy_plugin(tmp_path_factory.mktemp("toy-plugin"))
@@ -84,7 +83,7 @@ def test_batch_key_ignores_seed_and_count_only() -> None:
 
 
 def test_celery_config_is_json_only_late_ack_prefetch_one(settings_) -> None:
-    from studio_workers.app import celery_config
+    from studio.queue.app import celery_config
 
     conf = celery_config(settings_, "redis://127.0.0.1:6379/3")
     assert conf["task_serializer"] == conf["result_serializer"] == "json"
@@ -191,7 +190,7 @@ def test_history_lists_newest_first_and_filters(tmp_path: Path) -> None:
 
 def test_artifact_store_publishes_one_result_and_recovers_a_half_finished_one(tmp_path: Path) -> None:
     from studio.executor import JobResult
-    from studio.store import ArtifactStore
+    from studio.queue.store import ArtifactStore
 
     store = ArtifactStore(tmp_path)
     result = JobResult()
@@ -218,8 +217,8 @@ def test_artifact_store_publishes_one_result_and_recovers_a_half_finished_one(tm
 def test_model_cache_evicts_least_recently_used_under_budget(toy, settings_, monkeypatch) -> None:
     import dataclasses
 
-    from studio_workers.runtime import WorkerRuntime, model_bytes
-    from studio_workers.testing import ToyBackend
+    from studio.queue.runtime import WorkerRuntime, model_bytes
+    from studio.queue.testing import ToyBackend
 
     class Big(ToyBackend):
         def memory_bytes(self) -> int:
@@ -240,7 +239,7 @@ def test_model_cache_evicts_least_recently_used_under_budget(toy, settings_, mon
 
 
 def test_gpu_only_backend_is_refused_on_a_cpu_runtime(toy, settings_) -> None:
-    from studio_workers.runtime import WorkerRuntime
+    from studio.queue.runtime import WorkerRuntime
 
     rt = WorkerRuntime(settings_)
     assert rt.device_for(frozenset({"cpu", "cuda"}), "x") == ("cpu", "float32")
@@ -274,9 +273,8 @@ def test_execute_batch_matches_separate_runs_pixel_for_pixel(toy, settings_) -> 
 def test_progress_callback_stops_on_cancel_time_limit_and_lost_lease(tmp_path: Path, settings_) -> None:
     import dataclasses
 
-    from studio_workers.jobs import Execution, LeaseLost, TimeLimitExceeded, WorkerContext, preview_b64
-
-    from studio.store import ArtifactStore
+    from studio.queue.jobs import Execution, LeaseLost, TimeLimitExceeded, WorkerContext, preview_b64
+    from studio.queue.store import ArtifactStore
 
     store = _store(tmp_path)
     ctx = WorkerContext(app=None, settings=dataclasses.replace(settings_, lease_s=30), store=store,  # type: ignore
@@ -309,8 +307,8 @@ def test_progress_callback_stops_on_cancel_time_limit_and_lost_lease(tmp_path: P
 # ----- the client without a broker -----
 
 def test_client_rejects_bad_input_and_creates_nothing(toy, settings_) -> None:
-    from studio.broker import BrokerUnavailable
-    from studio.client import StudioClient
+    from studio.queue.broker import BrokerUnavailable
+    from studio.queue.client import StudioClient
 
     client = StudioClient(settings_)
     for spec, match in [({"op": "sample", "backend": "nope"}, "unknown backend"),
@@ -334,7 +332,7 @@ def test_client_rejects_bad_input_and_creates_nothing(toy, settings_) -> None:
                                  st.lists(st.integers(0, 3), max_size=2),
                                  st.dictionaries(st.text(max_size=4), st.integers(), max_size=2))))
 def test_fuzzed_specs_are_rejected_with_a_clean_error(toy, spec: dict) -> None:
-    from studio.client import StudioClient
+    from studio.queue.client import StudioClient
 
     try:
         StudioClient(load_settings()).validate(spec)
@@ -345,7 +343,7 @@ def test_fuzzed_specs_are_rejected_with_a_clean_error(toy, spec: dict) -> None:
 def test_embedded_broker_persists_across_restarts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import redis
 
-    from studio.broker import embedded_running, resolve_broker_url, start_embedded
+    from studio.queue.broker import embedded_running, resolve_broker_url, start_embedded
 
     monkeypatch.setenv("STUDIO_HOME", str(tmp_path / ("h" * 90)))  # a long home: the socket moves to /tmp
     monkeypatch.delenv("STUDIO_BROKER_URL", raising=False)

@@ -9,13 +9,14 @@ import sys
 import time
 
 import pytest
-from studio_workers.testing import QueueHarness
+
+from studio.queue.testing import QueueHarness
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_up_restarts_the_embedded_broker_with_its_queue_and_serves_it(tmp_path) -> None:
-    from studio.broker import embedded_running
+    from studio.queue.broker import embedded_running
 
     h = QueueHarness(tmp_path)
     up = None

@@ -112,8 +112,9 @@ def test_launch_serves_the_shelf_and_blocks_the_store(tmp_path) -> None:
 
 
 def upward_imports(package: Path) -> list[str]:
-    """Imports that go up a layer in the `studio` package at `package`: the UI or the core importing the CLI, or the
-    core (studio/*.py, studio/ops) importing the UI. Read with ast, so `studio.client` is not taken for the CLI."""
+    """Imports that go up a layer in the `studio` package at `package` (core, then queue, then CLI and UI): the UI
+    importing the CLI, the queue importing a front end, or the core (studio/*.py, studio/ops) importing the queue or
+    a front end. Read with ast, so `studio.queue.client` is no CLI import."""
     import ast
 
     found = []
@@ -121,7 +122,8 @@ def upward_imports(package: Path) -> list[str]:
         rel = path.relative_to(package).as_posix()
         if rel.startswith("cli/") or rel == "__main__.py":
             continue
-        forbidden = ("studio.cli",) if rel.startswith("ui/") else ("studio.cli", "studio.ui")
+        forbidden = ("studio.cli",) if rel.startswith("ui/") else ("studio.cli", "studio.ui") \
+            if rel.startswith("queue/") else ("studio.cli", "studio.ui", "studio.queue")
         for node in ast.walk(ast.parse(path.read_text(), rel)):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
@@ -154,8 +156,7 @@ MALFORMED_SUBMITS = [
 @pytest.fixture
 def api_handlers(tmp_path):
     """The /submit, /status and /jobs handlers of a built page on a real client (real Redis, no worker)."""
-    from studio_workers.testing import QueueHarness
-
+    from studio.queue.testing import QueueHarness
     from studio.ui.app import build_app
 
     harness = QueueHarness(tmp_path, broker_url="redis://127.0.0.1:6379/0", plugins="toy")
@@ -235,7 +236,8 @@ def test_submit_fuzz(api_handlers) -> None:
 def test_an_upload_is_checked_from_its_header_before_it_is_decoded(tmp_path) -> None:
     from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError
-    from studio_workers.testing import install_toy_plugin
+
+    from studio.queue.testing import install_toy_plugin
 
     plugins = install_toy_plugin(tmp_path / "plugins")
     env = ui_env(tmp_path, plugins, plugins="toy", broker_url="redis://127.0.0.1:6379/0",
@@ -326,8 +328,8 @@ def test_only_artifacts_are_served(tmp_path) -> None:
     from gradio.utils import get_upload_folder
     from gradio_client import Client
     from gradio_client.exceptions import AppError
-    from studio_workers.testing import QueueHarness
 
+    from studio.queue.testing import QueueHarness
     from studio.record import read_record
 
     harness = QueueHarness(tmp_path, broker_url="redis://127.0.0.1:6379/0", plugins="toy")

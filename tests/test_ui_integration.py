@@ -58,7 +58,7 @@ def _vae_model(root: Path) -> tuple[str, dict]:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory):
-    from studio_workers.testing import QueueHarness
+    from studio.queue.testing import QueueHarness
 
     root = tmp_path_factory.mktemp("ui-stack")
     model, extra = _vae_model(root)

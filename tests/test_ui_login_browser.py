@@ -2,7 +2,7 @@
 with Gradio's own error, and each signed-in user's Queue tab lists only their own jobs.
 
 Drives Debian's chromium with the PyPI playwright package (launched as tests/test_ui_integration.py does) against
-the UI served in this process on a real worker (studio_workers.testing.QueueHarness, the toy backend).
+the UI served in this process on a real worker (studio.queue.testing.QueueHarness, the toy backend).
 Screenshots go to test-output/ui/login-alice.png and login-bob.png.
 """
 
@@ -24,7 +24,7 @@ WAIT_MS = 30_000
 
 def _finished_job(settings: object, user: str, seed: int) -> str:
     """Submit a toy job as `user` and wait until the worker has finished it; returns its id."""
-    from studio.client import StudioClient
+    from studio.queue.client import StudioClient
 
     client = StudioClient(settings, user=user)
     try:
@@ -57,8 +57,8 @@ def _queue_table(page) -> str:  # noqa: ANN001 - a playwright Page
 
 def test_login_in_the_browser_and_each_user_sees_only_their_jobs(tmp_path: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
-    from studio_workers.testing import QueueHarness
 
+    from studio.queue.testing import QueueHarness
     from studio.users import UserStore
 
     harness = QueueHarness(tmp_path, broker_url=REDIS_URL, plugins="toy")

@@ -16,7 +16,7 @@ import pytest
 
 from studio.config import load_settings
 from studio.errors import InputError, NotFound
-from studio.jobstore import SCHEMA, SCHEMA_VERSION, JobStore, NewJob, QuotaExceeded
+from studio.queue.jobstore import SCHEMA, SCHEMA_VERSION, JobStore, NewJob, QuotaExceeded
 from studio.ui.testing import free_port
 from studio.users import (
     FREE_FAILURES_ADDRESS,
@@ -168,7 +168,7 @@ def test_another_users_job_is_not_found_and_admins_see_all(tmp_path: Path) -> No
 
 
 def test_the_client_scopes_status_result_cancel_retry_replay_and_files(settings, users: UserStore) -> None:
-    from studio.client import StudioClient
+    from studio.queue.client import StudioClient
 
     store = JobStore.from_settings(settings)
     store.create(_new("a11ce0000001", "alice"))
@@ -201,7 +201,7 @@ def test_quota_refuses_at_submit_with_one_line(tmp_path: Path) -> None:
 
 @pytest.mark.integration
 def test_client_submit_applies_the_quota_before_anything_is_queued(tmp_path: Path) -> None:
-    from studio_workers.testing import QueueHarness
+    from studio.queue.testing import QueueHarness
 
     harness = QueueHarness(tmp_path, broker_url=REDIS_URL, max_queued_per_user=2)
     try:
@@ -371,7 +371,7 @@ def test_ui_handlers_run_as_the_signed_in_user(settings, users: UserStore) -> No
 
     import gradio as gr
 
-    from studio.client import StudioClient
+    from studio.queue.client import StudioClient
     from studio.ui.jobs import ScopedClient, scoped, ui_errors
 
     JobStore.from_settings(settings).create(_new("a11ce0000001", "alice"))
@@ -453,7 +453,7 @@ def test_ui_over_http_scopes_jobs_to_the_signed_in_user_and_throttles_logins(tmp
     import httpx
     from gradio_client import Client
 
-    from studio.client import StudioClient
+    from studio.queue.client import StudioClient
     from studio.ui import serve
 
     settings = load_settings({"STUDIO_HOME": str(tmp_path / "home"), "STUDIO_BROKER_URL": REDIS_URL,
@@ -549,7 +549,7 @@ def _wrapped_as(mode: str | None, fn):  # noqa: ANN001, ANN202 - a handler wrapp
 def test_ui_trusts_a_login_name_only_from_the_user_store(tmp_path: Path) -> None:
     import gradio as gr
 
-    from studio.client import StudioClient
+    from studio.queue.client import StudioClient
     from studio.ui.jobs import scoped
     from studio.ui.security import auth_mode
 
@@ -618,7 +618,7 @@ def test_ui_replays_by_job_id_and_trusts_no_store_path(settings, users: UserStor
     import gradio as gr
     from PIL import Image
 
-    from studio.client import StudioClient
+    from studio.queue.client import StudioClient
     from studio.record import save_png
     from studio.ui.app import build_app
     from studio.ui.artifacts import ArtifactShelf, shelf_root
@@ -657,7 +657,7 @@ def test_ui_replays_by_job_id_and_trusts_no_store_path(settings, users: UserStor
 def test_ui_lists_vectors_and_worker_jobs_only_for_the_user(settings, users: UserStore) -> None:
     import torch
 
-    from studio.client import StudioClient
+    from studio.queue.client import StudioClient
     from studio.ui.app import build_app
     from studio.ui.catalog import Catalog
     from studio.ui.context import UIContext

@@ -12,7 +12,8 @@ import time
 import uuid
 
 import pytest
-from studio_workers.testing import QueueHarness
+
+from studio.queue.testing import QueueHarness
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REDIS_URL = "redis://127.0.0.1:6379/12"
@@ -82,9 +83,8 @@ def test_malformed_envelopes_are_rejected_and_logged_and_the_worker_goes_on(harn
 
 
 def test_remote_control_shutdown_broadcast_is_ignored(harness: QueueHarness) -> None:
-    from studio_workers.app import make_app
-
-    from studio.broker import resolve_broker_url
+    from studio.queue.app import make_app
+    from studio.queue.broker import resolve_broker_url
 
     app = make_app(harness.settings, resolve_broker_url(harness.settings))
     try:
@@ -136,7 +136,7 @@ def test_backend_that_exits_its_process_fails_after_bounded_retries(harness: Que
 
 def test_stalled_worker_is_shown_and_restarts_its_consumer(harness: QueueHarness) -> None:
     """A QUEUED job whose message the broker lost: the idle worker receives nothing while it waits."""
-    from studio.jobstore import JobStore, NewJob
+    from studio.queue.jobstore import JobStore, NewJob
 
     with QueueHarness.running(harness.root / "stall", broker_url=REDIS_URL, stall_s=2) as h:
         worker = h.worker
@@ -167,7 +167,7 @@ def test_worker_never_exits_0_on_an_unrecoverable_error(harness: QueueHarness, t
     inject.mkdir()
     (inject / "sitecustomize.py").write_text(INJECT)
     path = os.pathsep.join([str(inject), harness.env["PYTHONPATH"]])
-    proc = subprocess.run([sys.executable, "-m", "studio_workers", "--loglevel", "INFO"], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "studio.queue", "--loglevel", "INFO"], capture_output=True,
                           text=True, timeout=120, env={**os.environ, **harness.env, "PYTHONPATH": path})
     assert "injected unrecoverable error" in proc.stdout + proc.stderr
     assert proc.returncode != 0

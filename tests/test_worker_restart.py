@@ -11,8 +11,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from studio_workers.testing import QueueHarness
 
+from studio.queue.testing import QueueHarness
 from studio.ui.testing import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -77,7 +77,7 @@ def _run_batch_through_restart(h: QueueHarness, restart) -> None:  # noqa: ANN00
 
 
 def test_embedded_broker_restart_mid_batch_all_jobs_finish(tmp_path: Path) -> None:
-    from studio.broker import start_embedded
+    from studio.queue.broker import start_embedded
 
     h = QueueHarness(tmp_path, batch_max_images=1)
 

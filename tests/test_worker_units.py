@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 
 import pytest
-from studio_workers.app import celery_config, remote_control_enabled
-from studio_workers.faults import EXIT_STALLED, Liveness, exit_status, stall_seconds
-from studio_workers.jobproc import hard_limit, job_process_enabled
 
 from studio.config import load_settings
+from studio.queue.app import celery_config, remote_control_enabled
+from studio.queue.faults import EXIT_STALLED, Liveness, exit_status, stall_seconds
+from studio.queue.jobproc import hard_limit, job_process_enabled
 
 
 class _Hub:
@@ -72,10 +72,9 @@ def test_limits_and_switches() -> None:
 
 
 def test_a_failed_jobs_message_is_one_short_line_whatever_input_it_names() -> None:
-    from studio_workers.jobs import one_line
-    from studio_workers.testing import ToyBackend
-
     from studio.errors import NotFound
+    from studio.queue.jobs import one_line
+    from studio.queue.testing import ToyBackend
 
     with pytest.raises(NotFound) as info:
         ToyBackend.load("x" * 5000, None)
@@ -89,9 +88,8 @@ def test_watchdog_counts_jobs_that_pool_children_run_as_busy(tmp_path) -> None: 
     in the job store (worker == this worker) and not call a busy worker stalled."""
     from types import SimpleNamespace
 
-    from studio_workers.worker import Maintenance
-
-    from studio.jobstore import JobStore, NewJob
+    from studio.queue.jobstore import JobStore, NewJob
+    from studio.queue.worker import Maintenance
 
     store = JobStore(tmp_path / "jobs.sqlite")
     for i in range(2):
@@ -111,7 +109,7 @@ def test_watchdog_counts_jobs_that_pool_children_run_as_busy(tmp_path) -> None: 
 
 
 def test_a_failed_jobs_message_shows_no_python_reprs() -> None:
-    from studio_workers.jobs import one_line
+    from studio.queue.jobs import one_line
 
     class Thing:
         pass
@@ -124,7 +122,7 @@ def test_a_failed_jobs_message_shows_no_python_reprs() -> None:
 
 
 def _owned_job(job_id: str, owner: str | None, seed: int, key: str | None = "same-key"):  # noqa: ANN202
-    from studio.jobstore import NewJob
+    from studio.queue.jobstore import NewJob
 
     return NewJob(id=job_id, spec={"op": "sample", "backend": "toy", "n": 1, "seed": seed}, priority=5,
                   queue="t.any.toy", max_attempts=1, time_limit_s=60.0, batch_key=key, owner=owner)
@@ -133,9 +131,8 @@ def _owned_job(job_id: str, owner: str | None, seed: int, key: str | None = "sam
 def test_a_micro_batch_never_mixes_owners(tmp_path) -> None:  # noqa: ANN001
     """The batch key includes the owner, and claim_batch takes only the leader's owner's jobs even when two owners'
     jobs share a key (e.g. queued before the key had the owner): no user learns another user's job id."""
-    from studio_workers.routing import batch_key
-
-    from studio.jobstore import JobStore
+    from studio.queue.jobstore import JobStore
+    from studio.queue.routing import batch_key
 
     spec = {"op": "sample", "backend": "toy", "n": 1, "seed": 0}
     assert batch_key(spec, 64, owner="alice") == batch_key({**spec, "seed": 5}, 64, owner="alice")
@@ -158,7 +155,7 @@ def test_a_micro_batch_never_mixes_owners(tmp_path) -> None:  # noqa: ANN001
 
 
 def test_deleting_a_job_after_a_failed_submit_spares_one_that_started(tmp_path) -> None:  # noqa: ANN001
-    from studio.jobstore import JobStore
+    from studio.queue.jobstore import JobStore
 
     store = JobStore(tmp_path / "jobs.sqlite")
     store.create(_owned_job("cccc0000", None, 0, key=None))

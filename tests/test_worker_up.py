@@ -9,9 +9,9 @@ import sys
 import time
 
 import pytest
-from studio_workers.testing import QueueHarness
 
 from studio.errors import StudioError
+from studio.queue.testing import QueueHarness
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -38,7 +38,7 @@ def _wait_for(predicate, timeout: float = 30.0) -> None:  # noqa: ANN001 - a cal
 
 
 def test_up_restarts_a_dead_embedded_broker_and_a_dead_worker(tmp_path) -> None:
-    from studio.broker import broker_dir, embedded_running
+    from studio.queue.broker import broker_dir, embedded_running
 
     h = QueueHarness(tmp_path)
     up = None

@@ -6,8 +6,12 @@ studio.cli.ops) plus --priority, --wait and --json.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import inspect
+import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
@@ -25,8 +29,8 @@ Priority = Annotated[int, typer.Option(min=0, max=9, help="0-9, 9 most urgent.")
 
 
 def _client():  # noqa: ANN202 - imported lazily so `--help` stays fast
-    from studio.client import StudioClient
     from studio.config import load_settings
+    from studio.queue.client import StudioClient
     from studio.users import user_from_env
 
     settings = load_settings()
@@ -73,7 +77,7 @@ def describe(job: dict) -> str:
 
 def _follow(client: object, job_id: str, timeout: float | None = None) -> dict:
     """Wait for a job, drawing its progress on stderr when that is a terminal."""
-    from studio.client import WaitTimeout
+    from studio.queue.client import WaitTimeout
 
     bar = Bar(job_id)
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -231,9 +235,8 @@ def worker(queues: Annotated[str | None, typer.Option(help="Comma-separated queu
                                                          "else prefork).")] = None,
            loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "WARNING") -> None:
     """Run a worker here: it serves the installed backends on this machine's device until stopped."""
-    from studio_workers.worker import run_worker
-
     from studio.config import load_settings
+    from studio.queue.worker import run_worker
 
     chosen = [q for q in queues.split(",") if q.strip()] if queues else None
     run_worker(load_settings(), chosen, concurrency, pool, loglevel)
@@ -245,11 +248,27 @@ def up(host: Annotated[str | None, typer.Option(help="UI host (default STUDIO_UI
        no_worker: Annotated[bool, typer.Option("--no-worker", help="No worker here (they run elsewhere).")] = False,
        concurrency: Annotated[int, typer.Option(min=1, help="Worker concurrency.")] = 1) -> None:
     """Start the studio here: embedded Redis (unless STUDIO_BROKER_URL), one worker, and the UI."""
-    from studio_workers.up import run_up
-
     from studio.config import load_settings
+    from studio.queue.up import run_up
 
-    run_up(load_settings(), host, port, ui=not no_ui, concurrency=concurrency, worker=not no_worker)
+    settings = load_settings()
+    launch = None
+    if not no_ui and importlib.util.find_spec("studio.ui") is not None:
+        from studio.ui.security import launch_auth
+
+        launch_auth(settings, host or settings.ui_host, False)  # refuse an unsafe address before anything starts
+        launch = find_ui()
+    run_up(settings, host, port, launch=launch, concurrency=concurrency, worker=not no_worker)
+
+
+def find_ui() -> Callable[..., None] | None:
+    """`studio.ui.launch`, or None when the UI fails to load (a broken UI must not stop the queue from serving)."""
+    try:
+        module = importlib.import_module("studio.ui")
+    except Exception as exc:
+        sys.stderr.write(f"studio up: the UI failed to load ({type(exc).__name__}: {exc}); serving without it\n")
+        return None
+    return getattr(module, "launch", None)
 
 
 def register(app: typer.Typer) -> None:

@@ -56,7 +56,7 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None, 
     mode = auth_mode(settings)  # recorded with the auth it launches with: a user added later never changes it
     kwargs = launch_kwargs(settings, host, port, share)  # refuse unsafe setups before building anything
     if client is None:
-        from studio.client import StudioClient
+        from studio.queue.client import StudioClient
 
         client = StudioClient(settings)
     demo = build_app(client, settings, auth_mode=mode)

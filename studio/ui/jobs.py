@@ -34,7 +34,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class QueueClient(Protocol):
-    """The part of `studio.client.StudioClient` the UI uses."""
+    """The part of `studio.queue.client.StudioClient` the UI uses."""
 
     def submit(self, spec: dict, priority: int = 5) -> str: ...
     def status(self, job_id: str) -> dict: ...

@@ -1,4 +1,4 @@
-"""Helpers to test and measure a served UI (as studio_workers.testing is for the queue).
+"""Helpers to test and measure a served UI (as studio.queue.testing is for the queue).
 
 - `bomb_png_bytes(width, height)` / `bomb_png(path, width, height)`: a tiny PNG whose header claims a huge image
   (13000x13000 grey zeros is ~164 KB on disk, 169 MB once decoded).
@@ -7,7 +7,7 @@
 - `ui_env(root, plugin_dir, **settings)` and `served_ui(env, port)`: the UI served by a separate process (its
   memory can be measured alone), stopped afterwards.
 - `served_in_process(harness)`: a worker, a client and the UI served in this process, on a
-  studio_workers.testing.QueueHarness.
+  studio.queue.testing.QueueHarness.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
-    from studio_workers.testing import QueueHarness
+    from studio.queue.testing import QueueHarness
 
 UI_SCRIPT = """
 import sys, time

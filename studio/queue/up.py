@@ -5,8 +5,6 @@ installed)."""
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import importlib.util
 import os
 import signal
 import subprocess
@@ -15,9 +13,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from studio.broker import EmbeddedBroker, embedded_running, ensure_broker, redacted, start_embedded
 from studio.config import Settings
 from studio.errors import StudioError
+from studio.queue.broker import EmbeddedBroker, embedded_running, ensure_broker, redacted, start_embedded
 
 STOP_GRACE_S = 20.0
 BROKER_CHECK_S = 1.0
@@ -26,7 +24,7 @@ WORKER_FIRST_S = 30.0  # `up` loads the UI once its worker is serving (or after 
 
 
 class WorkerSupervisor(threading.Thread):
-    """Runs `python -m studio_workers` and starts it again when it exits unexpectedly (with a backoff)."""
+    """Runs `python -m studio.queue` and starts it again when it exits unexpectedly (with a backoff)."""
 
     def __init__(self, argv: list[str], env: dict[str, str]) -> None:
         super().__init__(name="studio-worker-supervisor", daemon=True)
@@ -107,18 +105,6 @@ class BrokerSupervisor(threading.Thread):
         self.handle.stop()
 
 
-def find_ui() -> Callable[..., None] | None:
-    """`studio.ui.launch` when the UI is installed, else None."""
-    if importlib.util.find_spec("studio.ui") is None:
-        return None
-    try:
-        module = importlib.import_module("studio.ui")
-    except Exception as exc:  # a broken UI must not stop the queue from serving
-        sys.stderr.write(f"studio up: the UI failed to load ({type(exc).__name__}: {exc}); serving without it\n")
-        return None
-    return getattr(module, "launch", None)
-
-
 def _wait_for_worker(client: object, supervisor: WorkerSupervisor, timeout: float) -> None:
     """Until the worker advertises itself (or exits, or `timeout` passes)."""
     deadline = time.monotonic() + timeout
@@ -135,19 +121,16 @@ def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def run_up(settings: Settings, host: str | None = None, port: int | None = None, ui: bool = True,
-           concurrency: int = 1, worker: bool = True) -> None:
-    """Start broker, worker and front end; block until interrupted; then stop what was started here."""
-    from studio.client import StudioClient
+def run_up(settings: Settings, host: str | None = None, port: int | None = None,
+           launch: Callable[..., None] | None = None, concurrency: int = 1, worker: bool = True) -> None:
+    """Start broker and worker, then `launch(settings, host, port, client)` (the front end, given by the caller: the
+    queue never imports one) when given; block until interrupted; then stop what was started here."""
+    from studio.queue.client import StudioClient
 
-    if ui and importlib.util.find_spec("studio.ui") is not None:  # refuse an unsafe address before anything starts
-        from studio.ui.security import launch_auth
-
-        launch_auth(settings, host or settings.ui_host, False)
     url, embedded = ensure_broker(settings)
     settings = dataclasses.replace(settings, broker_url=url)
     env = {**os.environ, "STUDIO_BROKER_URL": url, "STUDIO_HOME": str(settings.home)}
-    supervisor = WorkerSupervisor([sys.executable, "-m", "studio_workers", "--concurrency", str(concurrency)], env)
+    supervisor = WorkerSupervisor([sys.executable, "-m", "studio.queue", "--concurrency", str(concurrency)], env)
     client = StudioClient(settings)
     broker = BrokerSupervisor(settings, embedded) if embedded is not None else None
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -162,16 +145,15 @@ def run_up(settings: Settings, host: str | None = None, port: int | None = None,
         else:
             workers = "no worker here"
         print(f"studio up: broker {where}; {workers}; store {settings.store_path}", flush=True)
-        if worker and ui:  # on a small machine the UI's imports would slow the worker down: it goes second
+        if worker and launch is not None:  # on a small machine the UI's imports would slow the worker: it goes second
             _wait_for_worker(client, supervisor, WORKER_FIRST_S)
-        launch = find_ui() if ui else None
         if launch is not None:
             launch(settings, host or settings.ui_host, port or settings.ui_port, client)
         elif not worker:
             raise StudioError("nothing to serve: --no-ui and --no-worker (or no UI installed) leave only the broker")
         else:
             print("studio up: no UI here; submit with `studio submit sample -b vae -n 16`, follow with "
-                  "`studio status ID` or `studio jobs`, or use studio.client.StudioClient. Ctrl-C stops.", flush=True)
+                  "`studio status ID` or `studio jobs` or StudioClient. Ctrl-C stops.", flush=True)
             while supervisor.is_alive():
                 time.sleep(0.5)
     except KeyboardInterrupt:
@@ -185,4 +167,4 @@ def run_up(settings: Settings, host: str | None = None, port: int | None = None,
         print("studio up: stopped", flush=True)
 
 
-__all__ = ["BrokerSupervisor", "WorkerSupervisor", "find_ui", "run_up"]
+__all__ = ["BrokerSupervisor", "WorkerSupervisor", "run_up"]

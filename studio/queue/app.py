@@ -1,7 +1,7 @@
 """The Celery app: all of its configuration lives here, and the one task (run a job by id) is registered here.
 
-`make_app(settings, broker_url)` builds a configured app; `studio_workers.app.app` is the app for the current
-environment (STUDIO_* variables), built on first use, for `celery -A studio_workers.app worker|flower|inspect`.
+`make_app(settings, broker_url)` builds a configured app; `studio.queue.app.app` is the app for the current
+environment (STUDIO_* variables), built on first use, for `celery -A studio.queue.app worker|flower|inspect`.
 
 What the configuration guarantees:
 - JSON only (task, result, accepted content): a pickle message is refused, never deserialised;
@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from studio.broker import broker_kind, resolve_broker_url
 from studio.config import Settings, load_settings
-from studio_workers.routing import DEFAULT_PRIORITY, TASK_NAME, broker_priority
+from studio.queue.broker import broker_kind, resolve_broker_url
+from studio.queue.routing import DEFAULT_PRIORITY, TASK_NAME, broker_priority
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -57,7 +57,7 @@ def celery_config(settings: Settings, broker_url: str) -> dict[str, Any]:
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,
         "worker_enable_remote_control": remote_control_enabled(settings),
-        "worker_consumer": "studio_workers.faults:StudioConsumer",  # malformed messages are rejected, not fatal
+        "worker_consumer": "studio.queue.faults:StudioConsumer",  # malformed messages are rejected, not fatal
         "worker_disable_rate_limits": True,
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         "enable_utc": True,
@@ -89,7 +89,7 @@ def make_app(settings: Settings | None = None, broker_url: str | None = None) ->
     app.conf.update(celery_config(settings, url))
     app.studio_settings = settings  # type: ignore[attr-defined]
 
-    from studio_workers.jobproc import dispatch
+    from studio.queue.jobproc import dispatch
 
     @app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True,
               max_retries=0)
@@ -104,7 +104,7 @@ _app: Celery | None = None
 
 
 def __getattr__(name: str) -> Any:
-    """`app` (and `celery`, for `celery -A studio_workers.app`): built from the environment on first use."""
+    """`app` (and `celery`, for `celery -A studio.queue.app`): built from the environment on first use."""
     global _app
     if name in ("app", "celery"):
         if _app is None:

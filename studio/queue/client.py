@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 
 from studio.config import Settings, load_settings
 from studio.errors import InputError, NotFound, StudioError
-from studio.jobstore import FINAL, QUEUED, JobStore, NewJob
-from studio.store import ArtifactStore
+from studio.queue.jobstore import FINAL, QUEUED, JobStore, NewJob
+from studio.queue.store import ArtifactStore
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -101,9 +101,8 @@ class StudioClient:
     def _celery(self) -> Celery:
         with self._lock:
             if self._app is None:
-                from studio_workers.app import make_app
-
-                from studio.broker import broker_kind, resolve_broker_url
+                from studio.queue.app import make_app
+                from studio.queue.broker import broker_kind, resolve_broker_url
 
                 url = resolve_broker_url(self.settings)
                 self._app = make_app(self.settings, url)
@@ -112,9 +111,8 @@ class StudioClient:
 
     def submit(self, spec: dict, priority: int = 5, parent: str | None = None) -> str:
         """Validate and queue a job; returns its id at once. Priority 0-9, 9 most urgent."""
-        from studio_workers.routing import TASK_NAME, batch_key, broker_priority, check_priority, queue_name, task_id
-
-        from studio.broker import BrokerUnavailable
+        from studio.queue.broker import BrokerUnavailable
+        from studio.queue.routing import TASK_NAME, batch_key, broker_priority, check_priority, queue_name, task_id
         from studio.registry import get_backend_class
 
         check_priority(priority)
@@ -223,7 +221,7 @@ class StudioClient:
     def _listen(self):  # noqa: ANN202 - a redis PubSub or None
         """A subscription to 'job ended' announcements (Redis brokers); None means poll only."""
         try:
-            from studio.broker import broker_kind, ended_channel, redis_client, resolve_broker_url
+            from studio.queue.broker import broker_kind, ended_channel, redis_client, resolve_broker_url
 
             url = resolve_broker_url(self.settings)
             if broker_kind(url) != "redis":

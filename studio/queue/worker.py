@@ -19,11 +19,11 @@ import threading
 import time
 import uuid
 
-from studio.broker import ensure_broker, redacted
 from studio.config import Settings, load_settings
 from studio.errors import StudioError
-from studio_workers import jobproc
-from studio_workers.faults import (
+from studio.queue import jobproc
+from studio.queue.broker import ensure_broker, redacted
+from studio.queue.faults import (
     LIVENESS,
     QUEUED_SCAN,
     Liveness,
@@ -34,7 +34,7 @@ from studio_workers.faults import (
     stall_seconds,
     watch_acks,
 )
-from studio_workers.routing import full_queue_names, worker_queues
+from studio.queue.routing import full_queue_names, worker_queues
 
 log = logging.getLogger("studio.worker")
 
@@ -119,8 +119,8 @@ def run_worker(settings: Settings | None = None, queues: list[str] | None = None
     non-zero status when the worker stopped on an unrecoverable error (never exits 0 then)."""
     from celery.signals import task_received, worker_ready, worker_shutdown
 
-    from studio_workers.app import make_app
-    from studio_workers.jobs import context_for
+    from studio.queue.app import make_app
+    from studio.queue.jobs import context_for
 
     settings = settings or load_settings()
     if concurrency < 1:

@@ -23,17 +23,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from studio.broker import broker_kind
 from studio.errors import Cancelled, StudioError, clip
-from studio.jobstore import CANCELLED, FAILED, SUCCEEDED, Ending, JobStore
-from studio.store import ArtifactStore
-from studio_workers.routing import TASK_NAME, broker_priority, task_id
+from studio.queue.broker import broker_kind
+from studio.queue.jobstore import CANCELLED, FAILED, SUCCEEDED, Ending, JobStore
+from studio.queue.routing import TASK_NAME, broker_priority, task_id
+from studio.queue.store import ArtifactStore
 
 if TYPE_CHECKING:
     from celery import Celery
 
     from studio.config import Settings
-    from studio_workers.runtime import WorkerRuntime
+    from studio.queue.runtime import WorkerRuntime
 
 log = logging.getLogger("studio.worker")
 PROGRESS_WRITE_S = 0.2  # progress rows are written at most this often (and at each phase's first and last step)
@@ -83,7 +83,7 @@ class WorkerContext:
 
     def redis(self):  # noqa: ANN201 - redis.Redis for the broker (Redis brokers only)
         if self._redis is None:
-            from studio.broker import redis_client
+            from studio.queue.broker import redis_client
 
             self._redis = redis_client(self.app.conf.broker_url, timeout=2.0)
         return self._redis
@@ -125,7 +125,7 @@ class WorkerContext:
         if self.broker != "redis" or not job_ids:
             return
         try:
-            from studio.broker import ended_channel
+            from studio.queue.broker import ended_channel
 
             pipe = self.redis().pipeline(transaction=False)
             for job_id in job_ids:
@@ -146,7 +146,7 @@ def context_for(app: Celery) -> WorkerContext:
     with _context_lock:
         ctx = _contexts.get(key)
         if ctx is None or getattr(ctx, "_pid", None) != os.getpid():
-            from studio_workers.runtime import WorkerRuntime
+            from studio.queue.runtime import WorkerRuntime
 
             settings = app.studio_settings
             ctx = WorkerContext(app=app, settings=settings, store=JobStore.from_settings(settings),

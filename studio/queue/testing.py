@@ -57,7 +57,7 @@ class ToyBackend(Backend):
 
     name: ClassVar[str] = "toy"
     version: ClassVar[str] = "1.0"
-    description: ClassVar[str] = "Tiny deterministic test backend (studio_workers.testing)"
+    description: ClassVar[str] = "Tiny deterministic test backend (studio.queue.testing)"
     capabilities: ClassVar[frozenset[str]] = frozenset({SAMPLE, ENCODE, DECODE})
     Options: ClassVar[type[BaseModel]] = ToyOptions
     devices: ClassVar[frozenset[str]] = frozenset({"cpu", "cuda"})
@@ -140,7 +140,7 @@ def install_toy_plugin(directory: str | Path) -> Path:
     info = folder / "studio_toy_plugin-1.0.dist-info"
     info.mkdir(parents=True, exist_ok=True)
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: studio-toy-plugin\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[latent_studio.backends]\ntoy = studio_workers.testing:register\n")
+    (info / "entry_points.txt").write_text("[latent_studio.backends]\ntoy = studio.queue.testing:register\n")
     return folder
 
 
@@ -152,8 +152,8 @@ class QueueHarness:
 
     def __init__(self, root: str | Path, broker_url: str | None = None, plugins: str = "toy",
                  **settings: object) -> None:
-        from studio.broker import start_embedded
         from studio.config import load_settings
+        from studio.queue.broker import start_embedded
 
         self.root = Path(root)
         self.prefix = f"t{uuid.uuid4().hex[:10]}"
@@ -209,17 +209,17 @@ class QueueHarness:
             load_registry(refresh=True)
 
     def client(self):  # noqa: ANN201 - StudioClient, imported lazily
-        from studio.client import StudioClient
+        from studio.queue.client import StudioClient
 
         return StudioClient(self.settings)
 
     def start_worker(self, *args: str, env: dict[str, str] | None = None, timeout: float = 90.0,
                      loglevel: str = "INFO") -> subprocess.Popen:
-        """Start `python -m studio_workers ARGS` in its own process group; wait until it advertises itself."""
-        from studio.jobstore import JobStore
+        """Start `python -m studio.queue ARGS` in its own process group; wait until it advertises itself."""
+        from studio.queue.jobstore import JobStore
 
         log = open(self.root / f"worker-{len(self.workers)}.log", "w")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen([sys.executable, "-m", "studio_workers", "--loglevel", loglevel, *args],
+        proc = subprocess.Popen([sys.executable, "-m", "studio.queue", "--loglevel", loglevel, *args],
                                 env={**os.environ, **self.env, **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
         self.workers.append(proc)
@@ -246,8 +246,8 @@ class QueueHarness:
     def _delete_amqp_queues(self) -> None:
         from kombu import Connection
 
+        from studio.queue.routing import queue_name
         from studio.registry import load_registry
-        from studio_workers.routing import queue_name
 
         names = {f"{self.prefix}.default"} | {queue_name(self.prefix, n, c.devices)
                                                for n, c in load_registry().backends.items()}

@@ -27,13 +27,13 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from studio.jobstore import FAILED, QUEUED, Ending
+from studio.queue.jobstore import FAILED, QUEUED, Ending
 
 if TYPE_CHECKING:
     from celery import Celery
 
     from studio.config import Settings
-    from studio_workers.jobs import WorkerContext
+    from studio.queue.jobs import WorkerContext
 
 log = logging.getLogger("studio.worker")
 POLL_S = 0.5
@@ -64,8 +64,8 @@ def _child_main(conn: Any, settings: Any, broker_url: str, parent_pid: int, logl
     threading.Thread(target=_watch_parent, args=(parent_pid,), name="studio-parent-watch", daemon=True).start()
     logging.basicConfig(level=getattr(logging, loglevel.upper(), logging.WARNING),
                         format="[%(asctime)s: %(levelname)s/JobProcess-%(process)d] %(message)s")
-    from studio_workers.app import make_app
-    from studio_workers.jobs import context_for, one_line, run_job
+    from studio.queue.app import make_app
+    from studio.queue.jobs import context_for, one_line, run_job
 
     app = make_app(settings, broker_url)
     ctx = context_for(app)
@@ -185,7 +185,7 @@ class JobProcess:
         return {"job": job_id, "state": FAILED, "error": why}
 
     def _died(self, job_id: str, ctx: WorkerContext, claimed: tuple[str, list[str], float] | None) -> dict:
-        from studio_workers.faults import EXIT_FAILURE, LIVENESS
+        from studio.queue.faults import EXIT_FAILURE, LIVENESS
 
         was_ready = self.ready
         code = self.kill()
@@ -234,7 +234,7 @@ def current() -> JobProcess | None:
 
 def dispatch(app: Celery, job_id: Any) -> dict:
     """The task body: run the job in the job process when there is one, else here."""
-    from studio_workers.jobs import context_for, run_job
+    from studio.queue.jobs import context_for, run_job
 
     runner = current()
     if runner is None or not isinstance(job_id, str):
