@@ -120,10 +120,10 @@ def test_claim_lease_and_finish_only_by_the_holder(tmp_path: Path) -> None:
     assert not store.finish("aaaa0001", "w2/y", "SUCCEEDED")
     assert store.renew("w1/x", 30) == {"aaaa0001": False}
     assert store.finish("aaaa0001", "w1/x", "SUCCEEDED", metrics={"n": 1},
-                        artifacts=[{"name": "a.png", "kind": "image", "path": "/x/a.png", "size": 3}])
+                        artifacts=[{"name": "a.png", "kind": "image", "key": "jobs/aaaa0001/t1/a.png", "size": 3}])
     done = JobStore(tmp_path / "jobs.sqlite").get("aaaa")  # a fresh connection: durable; a prefix resolves
     assert done["state"] == "SUCCEEDED" and done["progress"] == 1.0 and done["metrics"] == {"n": 1}
-    assert done["artifacts"] == [{"name": "a.png", "kind": "image", "path": "/x/a.png", "size": 3}]
+    assert done["artifacts"] == [{"name": "a.png", "kind": "image", "key": "jobs/aaaa0001/t1/a.png", "size": 3}]
     assert store.claim("aaaa0001", "w3/z", "w3", 30) == (None, "already SUCCEEDED")
 
 
@@ -188,28 +188,41 @@ def test_history_lists_newest_first_and_filters(tmp_path: Path) -> None:
         store.get("eeee")
 
 
-def test_artifact_store_publishes_one_result_and_recovers_a_half_finished_one(tmp_path: Path) -> None:
+def test_artifact_store_commits_one_attempt_and_collects_orphans(tmp_path: Path) -> None:
+    """Each attempt uploads under its own prefix; only the one the lease-checked transaction commits is the result;
+    an attempt that lost its lease (or died mid-upload) is an orphan that collect_orphans removes once old enough."""
     from studio.executor import JobResult
     from studio.queue.store import ArtifactStore
+    from studio.storage import LocalStorage
 
-    store = ArtifactStore(tmp_path)
+    jobs = _store(tmp_path)
+    store = ArtifactStore(LocalStorage(tmp_path / "store"), tmp_path / "cache")
     result = JobResult()
     result.add_json("m.json", {"a": 1})
-    staging, listed = store.stage("abcd1234", result)
-    assert listed[0]["path"] == str(tmp_path / "jobs" / "abcd1234" / "m.json")
-    job = {"id": "abcd1234", "state": "SUCCEEDED", "staging": staging, "artifacts": listed, "finished": time.time()}
-    store.recover(job)  # too soon: its worker may still be renaming it
-    assert not store.job_dir("abcd1234").exists()
-    assert store.path(job, "m.json").read_text().strip().startswith("{")  # asked for: recovered, renamed into place
-    store.publish("abcd1234", staging)  # the worker's own rename, after a reader's recovery: no error
-    other, _ = store.stage("abcd1234", result)
-    store.discard(other)
-    assert [p.name for p in (tmp_path / "jobs").iterdir()] == ["abcd1234"]
+    jobs.create(_new("abcd1234"))
+    job, _ = jobs.claim("abcd1234", "w1/x", "w1", 30)
+    lost_prefix, _ = store.stage("abcd1234", result)  # an attempt whose lease is lost before it commits
+    jobs.reap(now=time.time() + 60)
+    job, _ = jobs.claim("abcd1234", "w2/y", "w2", 30)
+    assert not jobs.finish("abcd1234", "w1/x", "SUCCEEDED")  # the first attempt cannot commit any more
+    prefix, listed = store.stage("abcd1234", result)
+    assert prefix != lost_prefix and listed[0]["key"] == f"{prefix}/m.json"
+    assert jobs.finish("abcd1234", "w2/y", "SUCCEEDED", artifacts=listed, staging=prefix)
+    job = jobs.get("abcd1234")
+    assert [a["key"] for a in job["artifacts"]] == [f"{prefix}/m.json"]
+    assert store.read(job, "m.json").strip().startswith(b"{")
+    assert store.path(job, "m.json").read_text().strip().startswith("{")  # a local copy in the cache
+    assert store.collect_orphans(jobs, older_than_s=3600) == 0  # too young: its worker may still be uploading
+    assert store.collect_orphans(jobs, older_than_s=-1) == 1  # the lost attempt's file; the committed one stays
+    assert [k for k, _ in store.storage.list("jobs/")] == [f"{prefix}/m.json"]
     for bad in ("../x", "", "a/b"):
         with pytest.raises(InputError):
-            store.path(job, bad)
+            store.read(job, bad)
     with pytest.raises(NotFound, match="no artifact"):
-        store.path(job, "missing.png")
+        store.read(job, "missing.png")
+    store.storage.delete(f"{prefix}/m.json")
+    with pytest.raises(NotFound, match="missing from storage"):
+        store.read(job, "m.json")
 
 
 # ----- runtime -----
@@ -278,7 +291,7 @@ def test_progress_callback_stops_on_cancel_time_limit_and_lost_lease(tmp_path: P
 
     store = _store(tmp_path)
     ctx = WorkerContext(app=None, settings=dataclasses.replace(settings_, lease_s=30), store=store,  # type: ignore
-                        artifacts=ArtifactStore(tmp_path / "store"), runtime=None, broker="redis")  # type: ignore
+                        artifacts=ArtifactStore.from_settings(settings_), runtime=None, broker="redis")  # type: ignore
     store.create(_new("ffff0001"))
     job, _ = store.claim("ffff0001", "w/x", "w", 30)
     ex = Execution(ctx, "w/x", [job])
@@ -364,12 +377,14 @@ def test_embedded_broker_persists_across_restarts(tmp_path: Path, monkeypatch: p
 
 
 def test_the_job_store_connection_keeps_its_durability_settings(tmp_path: Path) -> None:
+    from studio.db import SCHEMA_VERSION
+
     store = _store(tmp_path)
-    db = store._conn()
-    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL: safe with WAL, one fsync per checkpoint
-    assert db.execute("PRAGMA busy_timeout").fetchone()[0] == 30000
-    assert store.schema_version() >= 2
+    with store.db.read() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL: safe with WAL
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
+    assert store.schema_version() == SCHEMA_VERSION
 
 
 def test_job_errors_messages_and_events_stay_one_line_under_300_characters(tmp_path: Path) -> None:

@@ -173,9 +173,9 @@ def jobs(state: Annotated[str | None, typer.Option(help="Only jobs in this state
 
 
 def result(job_id: JobId,
-           out: Annotated[Path | None, typer.Option(help="Copy the artifacts into this folder.")] = None,
+           out: Annotated[Path | None, typer.Option(help="Download the artifacts into this folder.")] = None,
            as_json: Json = False) -> None:
-    """A finished job's artifacts and metrics; --out DIR copies the files."""
+    """A finished job's artifacts and metrics; --out DIR downloads the files from storage (any machine)."""
     client = _client()
     res = client.result(job_id)
     if out is not None:
@@ -184,8 +184,12 @@ def result(job_id: JobId,
     if as_json:
         print_json(res)
         return
-    for p in res.get("copied") or [a["path"] for a in res["artifacts"]]:
-        print(p)
+    if res.get("copied"):
+        for p in res["copied"]:
+            print(p)
+        return
+    for a in res["artifacts"]:
+        print(f"{a['name']}  {a['kind']}  {a['size']} bytes  (--out DIR downloads it)")
 
 
 def replay(source: Annotated[str, typer.Argument(help="A job id, or a PNG written by the studio.")],

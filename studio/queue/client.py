@@ -185,7 +185,6 @@ class StudioClient:
     def status(self, job_id: str) -> dict:
         """The job's record: state, progress, ETA, preview, timings, attempts, artifacts, events."""
         job = self.store.get(job_id, viewer=self.viewer)
-        self.artifacts.recover(job)
         if job["state"] == QUEUED:
             serving = [w for w in self.workers() if job["queue"] in w.get("queues", [])]
             if not serving:
@@ -246,17 +245,27 @@ class StudioClient:
         if job["state"] != "SUCCEEDED":
             detail = f": {job['error']}" if job.get("error") else ""
             raise InputError(f"job {job['id']} is {job['state']}{detail}; only a SUCCEEDED job has a result")
-        self.artifacts.recover(job)
         return {"id": job["id"], "metrics": job["metrics"] or {}, "artifacts": job["artifacts"]}
 
+    def _job(self, job_id: str) -> dict:
+        return self.store.get(job_id, events=False, preview=False, viewer=self.viewer)
+
+    def artifact_bytes(self, job_id: str, name: str) -> bytes:
+        """The bytes of one artifact, read from storage (any machine)."""
+        return self.artifacts.read(self._job(job_id), name)
+
     def artifact_path(self, job_id: str, name: str) -> Path:
-        """The stored file of one artifact."""
-        return self.artifacts.path(self.store.get(job_id, events=False, preview=False, viewer=self.viewer), name)
+        """A local file holding one artifact (downloaded from storage into this machine's cache once)."""
+        return self.artifacts.path(self._job(job_id), name)
+
+    def artifact_url(self, job_id: str, name: str, expires_s: int = 3600) -> str | None:
+        """A presigned URL of one artifact (S3 storage), or None (a local folder: use artifact_bytes)."""
+        return self.artifacts.url(self._job(job_id), name, expires_s)
 
     def copy_result(self, job_id: str, out: str | Path) -> list[Path]:
-        """Copy a SUCCEEDED job's artifacts into `out`."""
+        """Download a SUCCEEDED job's artifacts into `out`."""
         self.result(job_id)
-        return self.artifacts.copy_out(self.store.get(job_id, events=False, preview=False, viewer=self.viewer), out)
+        return self.artifacts.copy_out(self._job(job_id), out)
 
     def workers(self) -> list[dict]:
         """Live workers: id, hostname, pid, device, dtype, pool, queues, backends, loaded models, job_id."""

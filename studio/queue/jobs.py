@@ -171,7 +171,15 @@ def one_line(exc: BaseException) -> str:
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Errors worth a bounded retry: memory pressure, lost connections, a busy database."""
+    """Errors worth a bounded retry: memory pressure, lost connections, a busy or unreachable database or storage
+    (other StudioErrors are the job's own fault: retrying gives the same error)."""
+    from studio.db import DatabaseUnavailable
+    from studio.storage import StorageUnavailable
+
+    if isinstance(exc, (DatabaseUnavailable, StorageUnavailable)):
+        return True
+    if isinstance(exc, StudioError):
+        return False
     if isinstance(exc, (MemoryError, ConnectionError, TimeoutError)):
         return True
     if "OutOfMemory" in type(exc).__name__ or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()):
@@ -271,9 +279,14 @@ class Execution:
         self.ctx.store.set_progress(self.owner, step, total, message or "running", eta, preview_b64(preview))
 
 
+def _workdir_path(ctx: WorkerContext, job_id: str) -> Path:
+    return ctx.settings.cache_path / "work" / job_id
+
+
 def _workdir(ctx: WorkerContext, job_id: str) -> Path:
-    """Scratch space a job can resume from (walk frames), kept across attempts, removed on success."""
-    path = ctx.artifacts.root / "work" / job_id
+    """Scratch space in this worker's cache that a job can resume from (walk frames) when its next attempt runs on
+    the same machine; kept across attempts, removed on success."""
+    path = _workdir_path(ctx, job_id)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -324,8 +337,7 @@ def _run_claimed(ctx: WorkerContext, owner: str, batch: list[dict]) -> dict:
                 try:
                     results = execute_batch([j["spec"] for j in batch], ctx.runtime, ex.progress)
                 except Exception as exc:  # one guilty item must not fail the others: run them one by one
-                    if isinstance(exc, (LeaseLost, Cancelled)) or (is_transient(exc)
-                                                                  and not isinstance(exc, StudioError)):
+                    if isinstance(exc, (LeaseLost, Cancelled)) or is_transient(exc):
                         raise
                     log.warning("batch %s failed (%s); running its %d jobs one by one", ids[0], one_line(exc),
                                 len(batch))
@@ -341,15 +353,19 @@ def _run_claimed(ctx: WorkerContext, owner: str, batch: list[dict]) -> dict:
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise
         return _failed(ctx, owner, batch, exc)
-    outcome = _record_results(ctx, owner, batch, results, held)
+    try:
+        outcome = _record_results(ctx, owner, batch, results, held)
+    except Exception as exc:  # storage or database down while committing: a bounded retry, nothing half-recorded
+        return _failed(ctx, owner, batch, exc)
     log.info("job %s (%s, %d in batch) done in %.3f s", ids[0], batch[0]["op"], len(batch),
              time.perf_counter() - started)
     return {"job": ids[0], "state": outcome[ids[0]], "batch": outcome}
 
 
 def _record_results(ctx: WorkerContext, owner: str, batch: list[dict], results: list, held: dict[str, bool]) -> dict:
-    """Stage each result's files, record every ending in one transaction, then move the accepted files into place
-    (a result whose lease was lost meanwhile is discarded: the job has exactly one result)."""
+    """Upload each result's files under its attempt prefix, then commit every ending with its manifest in one
+    lease-checked transaction (a result whose lease was lost meanwhile is removed again: the job has exactly one
+    result; an upload that dies half-way leaves an orphan prefix that no record names)."""
     endings, staged = [], {}
     for job, result in zip(batch, results, strict=True):
         if job["id"] not in held:
@@ -361,9 +377,9 @@ def _record_results(ctx: WorkerContext, owner: str, batch: list[dict], results: 
             message = one_line(result)
             endings.append(Ending(job["id"], FAILED, error=message, message=message))
             continue
-        staging, listed = ctx.artifacts.stage(job["id"], result)
-        staged[job["id"]] = staging
-        endings.append(Ending(job["id"], SUCCEEDED, metrics=result.metrics, artifacts=listed, staging=staging,
+        prefix, listed = ctx.artifacts.stage(job["id"], result)
+        staged[job["id"]] = prefix
+        endings.append(Ending(job["id"], SUCCEEDED, metrics=result.metrics, artifacts=listed, staging=prefix,
                               message="done"))
     accepted = ctx.store.finish_many(owner, endings)
     outcome = {}
@@ -372,14 +388,13 @@ def _record_results(ctx: WorkerContext, owner: str, batch: list[dict], results: 
         if job_id not in accepted:
             outcome[job_id] = "lease lost"
             if job_id in staged:
-                ctx.artifacts.discard(staged[job_id])
+                try:
+                    ctx.artifacts.discard(staged[job_id])
+                except StudioError:  # storage down: collect_orphans removes it later
+                    log.warning("job %s: could not remove an uncommitted upload", job_id, exc_info=True)
         elif job_id in staged:
-            try:
-                ctx.artifacts.publish(job_id, staged[job_id])
-            except OSError:  # recorded already; a reader's recover() finishes the move
-                log.warning("job %s: could not move its files into place", job_id, exc_info=True)
             if job["spec"].get("op") in RESUMABLE_OPS:
-                shutil.rmtree(ctx.artifacts.root / "work" / job_id, ignore_errors=True)
+                shutil.rmtree(_workdir_path(ctx, job_id), ignore_errors=True)
             outcome[job_id] = SUCCEEDED
         elif isinstance(result, BaseException):
             outcome[job_id] = FAILED
@@ -402,7 +417,7 @@ def _one_by_one(ctx: WorkerContext, ex: Execution, batch: list[dict], execute: C
         except (LeaseLost, Cancelled, TimeLimitExceeded):
             raise
         except Exception as exc:
-            if is_transient(exc) and not isinstance(exc, StudioError):
+            if is_transient(exc):
                 raise
             log.info("job %s failed on its own: %s", job["id"], one_line(exc))
             results.append(exc)
@@ -421,7 +436,7 @@ def _failed(ctx: WorkerContext, owner: str, batch: list[dict], exc: BaseExceptio
     if isinstance(exc, SoftTimeLimitExceeded):
         exc = TimeLimitExceeded(f"time limit of {ctx.settings.job_time_limit_s} s exceeded")
     message = one_line(exc)
-    if is_transient(exc) and not isinstance(exc, StudioError):
+    if is_transient(exc):
         if "memory" in message.lower():
             ctx.runtime.evict_all()
         for job_id in ids:

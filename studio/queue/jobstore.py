@@ -1,4 +1,5 @@
-"""Durable job records: one SQLite file (WAL) in the store, shared by clients, workers and the UI.
+"""Durable job records in the records database (studio.db: the embedded SQLite file, or PostgreSQL), shared by
+clients, workers and the UI on any machine.
 
 The broker only carries job ids; the truth about a job lives here, so history survives restarts of the
 UI, the workers and the broker. A worker *claims* a job with a lease (AI Horde style) and renews it while
@@ -15,98 +16,34 @@ and another user's job answers "not found", exactly like a job that does not exi
 Fair share: a broker message is a token to run one job of its queue. `claim` takes the fairest eligible
 QUEUED job of that queue at the highest priority present: the oldest job of the user with the fewest RUNNING
 jobs (ties: the user whose last start is oldest, i.e. round robin), not necessarily the message's own job.
-Every claim takes one QUEUED job in one write transaction, so a job still runs once at a time.
+Every claim takes one QUEUED job in one write transaction, so a job still runs once at a time (SQLite: the
+write lock; PostgreSQL: `SELECT ... FOR UPDATE SKIP LOCKED`, so concurrent claims pass each other's rows).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy.engine import Connection, RowMapping
+
+from studio.db import SCHEMA_VERSION, Database, retrying, shared
+from studio.db import artifacts as T_ART
+from studio.db import events as T_EV
+from studio.db import jobs as T_JOBS
+from studio.db import workers as T_WORKERS
 from studio.errors import MAX_MESSAGE_CHARS, InputError, NotFound, clip
-from studio.sqlite import ThreadConnections, immediate_transaction
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"
 STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 FINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
 ID_RE = re.compile(r"^[0-9a-f]{4,32}$")
 TIME_LIMIT_GRACE_S = 30.0
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,
-    state TEXT NOT NULL,
-    op TEXT NOT NULL,
-    backend TEXT NOT NULL,
-    model TEXT,
-    spec TEXT NOT NULL,
-    priority INTEGER NOT NULL,
-    queue TEXT NOT NULL,
-    batch_key TEXT,
-    images INTEGER NOT NULL DEFAULT 0,
-    created REAL NOT NULL,
-    started REAL,
-    attempt_started REAL,
-    finished REAL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    max_attempts INTEGER NOT NULL,
-    time_limit_s REAL NOT NULL,
-    progress REAL NOT NULL DEFAULT 0,
-    step INTEGER NOT NULL DEFAULT 0,
-    total INTEGER NOT NULL DEFAULT 0,
-    message TEXT NOT NULL DEFAULT '',
-    eta_s REAL,
-    preview TEXT,
-    error TEXT,
-    metrics TEXT,
-    cancel_requested INTEGER NOT NULL DEFAULT 0,
-    lease_owner TEXT,
-    lease_expires REAL,
-    worker TEXT,
-    leader TEXT,
-    parent TEXT,
-    staging TEXT,
-    owner TEXT
-);
-CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created);
-CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, batch_key);
-CREATE TABLE IF NOT EXISTS events (
-    job_id TEXT NOT NULL,
-    ts REAL NOT NULL,
-    kind TEXT NOT NULL,
-    message TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_by_job ON events (job_id);
-CREATE TABLE IF NOT EXISTS artifacts (
-    job_id TEXT NOT NULL,
-    name TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    path TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    PRIMARY KEY (job_id, name)
-);
-CREATE TABLE IF NOT EXISTS workers (
-    id TEXT PRIMARY KEY,
-    info TEXT NOT NULL,
-    started REAL NOT NULL,
-    last_seen REAL NOT NULL,
-    job_id TEXT
-);
-"""
-
-
-SCHEMA_VERSION = 2  # PRAGMA user_version: 0/1 = before owners, 2 = jobs.owner
-# indexes on columns that older databases gain by migration (created after it)
-INDEXES = """
-CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, state);
-CREATE INDEX IF NOT EXISTS jobs_by_owner_start ON jobs (owner, attempt_started);
-CREATE INDEX IF NOT EXISTS jobs_by_queue ON jobs (queue, state, priority, owner, created);
-"""
+J = T_JOBS.c
 
 
 class QuotaExceeded(InputError):
@@ -130,7 +67,8 @@ class NewJob:
 
 @dataclass(frozen=True)
 class Ending:
-    """How one held job ends (see JobStore.finish_many)."""
+    """How one held job ends (see JobStore.finish_many). `artifacts`: [{name, kind, key, size}] already in storage
+    under the attempt prefix `staging`."""
 
     job_id: str
     state: str
@@ -150,135 +88,123 @@ class Requeued:
     priority: int
 
 
-class JobStore:
-    """Job records in `<store>/jobs.sqlite`. Safe to use from several threads and processes."""
+def _database(where: Database | str | Path) -> Database:
+    if isinstance(where, Database):
+        return where
+    text = str(where)
+    return shared(text if "://" in text else f"sqlite:///{Path(text).expanduser()}")
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self._db = ThreadConnections(self.path, synchronous="NORMAL")
-        self._conn().executescript(SCHEMA)
-        self._migrate()
+
+class JobStore:
+    """Job records in a records database (a Database, a URL, or the path of an SQLite file). Safe to use from
+    several threads, processes and machines."""
+
+    def __init__(self, where: Database | str | Path) -> None:
+        self.db = _database(where)
+        self.db.ensure_schema()
 
     @classmethod
     def from_settings(cls, settings) -> JobStore:  # noqa: ANN001 - Settings, imported lazily
-        return cls(settings.store_path / "jobs.sqlite")
-
-    def _migrate(self) -> None:
-        """Bring an older database up to SCHEMA_VERSION (adds jobs.owner when missing); safe to race."""
-        db = self._conn()
-        if db.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
-            return
-        with self._tx() as db:
-            columns = {r["name"] for r in db.execute("PRAGMA table_info(jobs)")}
-            if "owner" not in columns:
-                db.execute("ALTER TABLE jobs ADD COLUMN owner TEXT")
-            for statement in INDEXES.strip().split(";"):
-                if statement.strip():
-                    db.execute(statement)
-            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        return cls(Database.for_settings(settings))
 
     def schema_version(self) -> int:
-        """The database's schema version (PRAGMA user_version)."""
-        return int(self._conn().execute("PRAGMA user_version").fetchone()[0])
-
-    # ----- connections -----
-    def _conn(self) -> sqlite3.Connection:
-        return self._db.get()
-
-    def _tx(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
-        """A write transaction that takes the write lock at once (so read-then-write is atomic)."""
-        return immediate_transaction(self._conn())
+        return self.db.schema_version()
 
     def close(self) -> None:
-        self._db.close()
+        """Nothing to release per store: the process's engine pools connections (kept for callers)."""
 
     @staticmethod
-    def _event(db: sqlite3.Connection, job_id: str, kind: str, message: str, now: float | None = None) -> None:
-        db.execute("INSERT INTO events (job_id, ts, kind, message) VALUES (?, ?, ?, ?)",
-                   (job_id, now or time.time(), kind, clip(message, MAX_MESSAGE_CHARS)))
+    def _event(db: Connection, job_id: str, kind: str, message: str, now: float | None = None) -> None:
+        db.execute(insert(T_EV).values(job_id=job_id, ts=now or time.time(), kind=kind,
+                                       message=clip(message, MAX_MESSAGE_CHARS)))
+
+    @staticmethod
+    def _row(db: Connection, job_id: str, lock: bool = False) -> RowMapping | None:
+        query = select(T_JOBS).where(J.id == job_id)
+        return db.execute(query.with_for_update() if lock else query).mappings().first()
 
     # ----- clients -----
+    @retrying
     def create(self, job: NewJob, max_queued: int = 0) -> None:
         """Record a new QUEUED job. With `max_queued` > 0, QuotaExceeded when its owner already has that many
         QUEUED jobs (checked in the same transaction, so concurrent submits cannot overshoot)."""
         spec = job.spec
         images = int(spec.get("n", 0)) if spec.get("op") == "sample" else 0
         now = time.time()
-        with self._tx() as db:
+        with self.db.write() as db:
             if max_queued > 0:
-                queued = self.count_queued(job.owner)  # this thread's connection: inside the transaction
+                self.db.lock(db, f"quota:{job.owner}")
+                queued = self._count_queued(db, job.owner)
                 if queued >= max_queued:
                     who = f"user {job.owner}" if job.owner else "you"
                     raise QuotaExceeded(f"max_queued_per_user: {who} already {'has' if job.owner else 'have'} "
                                         f"{queued} queued jobs (STUDIO_MAX_QUEUED_PER_USER={max_queued}); wait for "
                                         "some to start or cancel some")
-            db.execute(
-                "INSERT INTO jobs (id, state, op, backend, model, spec, priority, queue, batch_key, images, created, "
-                "max_attempts, time_limit_s, message, parent, owner) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (job.id, QUEUED, spec["op"], spec["backend"], spec.get("model"), json.dumps(spec, sort_keys=True),
-                 job.priority, job.queue, job.batch_key, images, now, job.max_attempts, job.time_limit_s, "queued",
-                 job.parent, job.owner))
+            db.execute(insert(T_JOBS).values(
+                id=job.id, state=QUEUED, op=spec["op"], backend=spec["backend"], model=spec.get("model"),
+                spec=json.dumps(spec, sort_keys=True), priority=job.priority, queue=job.queue,
+                batch_key=job.batch_key, images=images, created=now, max_attempts=job.max_attempts,
+                time_limit_s=job.time_limit_s, message="queued", parent=job.parent, owner=job.owner))
             self._event(db, job.id, "queued", f"queued on {job.queue} with priority {job.priority}", now)
 
+    @retrying
     def delete(self, job_id: str) -> bool:
         """Remove a job record that was never published (a failed submit leaves nothing behind), only while it is
         still QUEUED: False when a worker already took it (with fair share a spare message can start any queued job
         of its queue), and then it is kept."""
-        with self._tx() as db:
-            gone = db.execute("DELETE FROM jobs WHERE id = ? AND state = ?", (job_id, QUEUED)).rowcount > 0
+        with self.db.write() as db:
+            gone = db.execute(delete(T_JOBS).where(J.id == job_id, J.state == QUEUED)).rowcount > 0
             if gone:
-                db.execute("DELETE FROM events WHERE job_id = ?", (job_id,))
+                db.execute(delete(T_EV).where(T_EV.c.job_id == job_id))
         return gone
 
+    @retrying
     def resolve(self, job_id: str, viewer: str | None = None) -> str:
         """A full job id from an id or a unique prefix of at least 4 characters (among `viewer`'s jobs when
         given: another user's job is "not found")."""
         key = str(job_id).strip().lower()
         if not ID_RE.match(key):
             raise InputError(f"{job_id!r} is not a job id (hex characters, e.g. from `studio jobs`)")
-        mine = "" if viewer is None else " AND owner = ?"
-        rows = self._conn().execute(f"SELECT id FROM jobs WHERE id >= ? AND id < ?{mine} LIMIT 2",
-                                    (key, key + "\x7f", *(() if viewer is None else (viewer,)))).fetchall()
-        exact = [r["id"] for r in rows if r["id"] == key]
-        if exact:
-            return exact[0]
+        mine = [J.owner == viewer] if viewer is not None else []
+        with self.db.read() as db:
+            exact = db.execute(select(J.id).where(J.id == key, *mine)).first()
+            if exact is not None:
+                return exact[0]
+            rows = db.execute(select(J.id).where(J.id.startswith(key), *mine).limit(2)).all()
         if not rows:
             raise NotFound(f"no job {job_id!r}")
         if len(rows) > 1:
             raise InputError(f"job id prefix {job_id!r} is ambiguous; give more characters")
-        return rows[0]["id"]
+        return rows[0][0]
 
+    @retrying
     def get(self, job_id: str, events: bool = True, preview: bool = True, viewer: str | None = None) -> dict:
         """The job's full record (the client's status dict); NotFound for another user's job."""
         job_id = self.resolve(job_id, viewer)
-        row = self._conn().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        if row is None:
-            raise NotFound(f"no job {job_id!r}")
-        out = self._record(row, preview)
-        out["artifacts"] = self.artifacts(job_id)
-        if events:
-            out["events"] = [dict(e) for e in self._conn().execute(
-                "SELECT ts, kind, message FROM events WHERE job_id = ? ORDER BY ts, rowid", (job_id,))]
+        with self.db.read() as db:
+            row = self._row(db, job_id)
+            if row is None:
+                raise NotFound(f"no job {job_id!r}")
+            out = self._record(row, preview)
+            out["artifacts"] = self._artifacts(db, [job_id]).get(job_id, [])
+            if events:
+                out["events"] = [dict(e) for e in db.execute(
+                    select(T_EV.c.ts, T_EV.c.kind, T_EV.c.message).where(T_EV.c.job_id == job_id)
+                    .order_by(T_EV.c.ts, T_EV.c.seq)).mappings()]
         return out
 
+    @retrying
     def list(self, state: str | None = None, limit: int = 100, viewer: str | None = None) -> list[dict]:
         """History, newest first (previews left out); only `viewer`'s jobs when given."""
         if state is not None and state.upper() not in STATES:
             raise InputError(f"unknown state {state!r} (use one of {', '.join(STATES)})")
         if limit < 1:
             raise InputError(f"limit must be at least 1, got {limit}")
-        conds = (["state = ?"] if state else []) + (["owner = ?"] if viewer is not None else [])
-        where = f" WHERE {' AND '.join(conds)}" if conds else ""
-        sql = f"SELECT * FROM jobs{where} ORDER BY created DESC, rowid DESC LIMIT ?"
-        args = ((state.upper(),) if state else ()) + ((viewer,) if viewer is not None else ()) + (limit,)
-        rows = self._conn().execute(sql, args).fetchall()
-        arts: dict[str, list] = {}
-        if rows:
-            marks = ",".join("?" * len(rows))
-            for a in self._conn().execute(f"SELECT * FROM artifacts WHERE job_id IN ({marks}) ORDER BY name",
-                                          [r["id"] for r in rows]):
-                arts.setdefault(a["job_id"], []).append(_artifact(a))
+        conds = ([J.state == state.upper()] if state else []) + ([J.owner == viewer] if viewer is not None else [])
+        with self.db.read() as db:
+            rows = db.execute(select(T_JOBS).where(*conds).order_by(J.created.desc(), J.id.desc())
+                              .limit(limit)).mappings().all()
+            arts = self._artifacts(db, [r["id"] for r in rows]) if rows else {}
         out = []
         for r in rows:
             rec = self._record(r, preview=False)
@@ -286,57 +212,87 @@ class JobStore:
             out.append(rec)
         return out
 
+    @retrying
     def state(self, job_id: str) -> str:
         """Only the state of a job (a cheap read, for polling)."""
-        row = self._conn().execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        with self.db.read() as db:
+            row = db.execute(select(J.state).where(J.id == job_id)).first()
         if row is None:
             raise NotFound(f"no job {job_id!r}")
-        return row["state"]
+        return row[0]
 
+    @retrying
     def artifacts(self, job_id: str) -> list[dict]:
-        return [_artifact(a) for a in self._conn().execute(
-            "SELECT * FROM artifacts WHERE job_id = ? ORDER BY name", (job_id,))]
+        with self.db.read() as db:
+            return self._artifacts(db, [job_id]).get(job_id, [])
 
+    @staticmethod
+    def _artifacts(db: Connection, ids: list[str]) -> dict[str, list[dict]]:
+        out: dict[str, list[dict]] = {}
+        for a in db.execute(select(T_ART).where(T_ART.c.job_id.in_(ids)).order_by(T_ART.c.job_id, T_ART.c.name)) \
+                .mappings():
+            out.setdefault(a["job_id"], []).append({"name": a["name"], "kind": a["kind"], "key": a["key"],
+                                                    "size": a["size"]})
+        return out
+
+    @retrying
+    def committed_prefixes(self, job_ids: list[str]) -> dict[str, set[str]]:
+        """{job id: the storage prefixes its committed artifacts lie under} (what orphan collection keeps)."""
+        out: dict[str, set[str]] = {j: set() for j in job_ids}
+        with self.db.read() as db:
+            for job_id, key in db.execute(select(T_ART.c.job_id, T_ART.c.key).where(T_ART.c.job_id.in_(job_ids))):
+                out.setdefault(job_id, set()).add(key.rsplit("/", 1)[0])
+        return out
+
+    @retrying
     def count_queued(self, owner: str | None) -> int:
         """How many QUEUED jobs `owner` has (None: the single-user default's)."""
-        return int(self._conn().execute("SELECT COUNT(*) FROM jobs WHERE owner IS ? AND state = ?",
-                                        (owner, QUEUED)).fetchone()[0])
+        with self.db.read() as db:
+            return self._count_queued(db, owner)
 
+    @staticmethod
+    def _count_queued(db: Connection, owner: str | None) -> int:
+        return int(db.execute(select(func.count()).select_from(T_JOBS)
+                              .where(J.owner.is_not_distinct_from(owner), J.state == QUEUED)).scalar() or 0)
+
+    @retrying
     def request_cancel(self, job_id: str, viewer: str | None = None) -> dict:
         """QUEUED: CANCELLED at once (it never runs). RUNNING: flagged; its worker stops at the next step."""
         job_id = self.resolve(job_id, viewer)
         now = time.time()
-        with self._tx() as db:
-            row = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        with self.db.write() as db:
+            row = self._row(db, job_id, lock=True)
             if row["state"] == QUEUED:
-                db.execute("UPDATE jobs SET state = ?, finished = ?, message = 'cancelled before it ran', "
-                           "cancel_requested = 1 WHERE id = ?", (CANCELLED, now, job_id))
+                db.execute(update(T_JOBS).where(J.id == job_id).values(
+                    state=CANCELLED, finished=now, message="cancelled before it ran", cancel_requested=1))
                 self._event(db, job_id, "cancelled", "cancelled while queued", now)
             elif row["state"] == RUNNING:
-                db.execute("UPDATE jobs SET cancel_requested = 1, message = 'cancelling' WHERE id = ?", (job_id,))
+                db.execute(update(T_JOBS).where(J.id == job_id).values(cancel_requested=1, message="cancelling"))
                 self._event(db, job_id, "cancel", "cancel requested while running", now)
         return self.get(job_id, viewer=viewer)
 
     # ----- workers: claims and leases -----
+    @retrying
     def claim(self, job_id: str, owner: str, worker: str, lease_s: float) -> tuple[dict | None, str]:
         """Run one job for the message naming `job_id`: its own job if its lease expired (a lost worker), else the
         fairest eligible QUEUED job of its queue (see the module docstring). Returns (job, "") or (None, why
         nothing was claimed), the why being about the message's own job."""
         now = time.time()
-        peek = self._conn().execute("SELECT state, lease_expires, queue, started FROM jobs WHERE id = ?",
-                                    (job_id,)).fetchone()
-        if peek is None:
-            return None, "unknown job"
-        expired = peek["state"] == RUNNING and (peek["lease_expires"] or 0) <= now
-        if peek["state"] != QUEUED and not expired:
-            # the common no-op (a batched job's own message, a duplicate), decided without the write lock: a job
-            # cancelled before it ever ran still holds its own message; any other message stands in for a job
-            # that was run in its place, so it runs the fairest queued job of its queue when there is one
-            never_ran = peek["state"] == CANCELLED and peek["started"] is None
-            if never_ran or not self._any_queued(self._conn(), peek["queue"]):
-                return None, _why_not(peek["state"])
-        with self._tx() as db:
-            row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        with self.db.read() as db:
+            peek = db.execute(select(J.state, J.lease_expires, J.queue, J.started).where(J.id == job_id)) \
+                .mappings().first()
+            if peek is None:
+                return None, "unknown job"
+            expired = peek["state"] == RUNNING and (peek["lease_expires"] or 0) <= now
+            if peek["state"] != QUEUED and not expired:
+                # the common no-op (a batched job's own message, a duplicate), decided without a write: a job
+                # cancelled before it ever ran still holds its own message; any other message stands in for a job
+                # that was run in its place, so it runs the fairest queued job of its queue when there is one
+                never_ran = peek["state"] == CANCELLED and peek["started"] is None
+                if never_ran or not self._any_queued(db, peek["queue"]):
+                    return None, _why_not(peek["state"])
+        with self.db.write() as db:
+            row = self._row(db, job_id, lock=True)
             why = _why_not(row["state"])
             if row["state"] == RUNNING and (row["lease_expires"] or 0) <= now:
                 attempts = row["attempts"] + 1
@@ -350,7 +306,8 @@ class JobStore:
                     self._event(db, job_id, "retry", f"worker {row['worker']} was lost (its lease expired); "
                                 f"attempt {attempts} of {row['max_attempts']}", now)
                     self._take(db, job_id, owner, worker, attempts, now, lease_s, None)
-                    return self.get(job_id, events=False, preview=False), ""
+                    picked = job_id
+                    return self._fetch(db, picked), ""
             elif row["state"] == CANCELLED and row["started"] is None:
                 return None, why
             swept = self._sweep(db, row["queue"], now)
@@ -359,18 +316,24 @@ class JobStore:
             if pick is None:
                 return None, why
             self._take(db, pick["id"], owner, worker, pick["attempts"] + 1, now, lease_s, None)
-        return self.get(pick["id"], events=False, preview=False), ""
+            return self._fetch(db, pick["id"]), ""
+
+    def _fetch(self, db: Connection, job_id: str) -> dict:
+        rec = self._record(self._row(db, job_id), preview=False)
+        rec["artifacts"] = []
+        return rec
 
     @staticmethod
-    def _any_queued(db: sqlite3.Connection, queue: str) -> bool:
-        return db.execute("SELECT 1 FROM jobs WHERE queue = ? AND state = ? LIMIT 1", (queue, QUEUED)).fetchone() \
-            is not None
+    def _any_queued(db: Connection, queue: str) -> bool:
+        return db.execute(select(J.id).where(J.queue == queue, J.state == QUEUED).limit(1)).first() is not None
 
-    def _sweep(self, db: sqlite3.Connection, queue: str, now: float) -> dict[str, str]:
+    def _sweep(self, db: Connection, queue: str, now: float) -> dict[str, str]:
         """End the QUEUED jobs of `queue` that must never run (cancel flagged, out of attempts); {id: why}."""
         out = {}
-        for r in db.execute("SELECT id, attempts, cancel_requested FROM jobs WHERE queue = ? AND state = ? AND "
-                            "(cancel_requested = 1 OR attempts >= max_attempts)", (queue, QUEUED)).fetchall():
+        rows = db.execute(select(J.id, J.attempts, J.cancel_requested).where(
+            J.queue == queue, J.state == QUEUED, or_(J.cancel_requested == 1, J.attempts >= J.max_attempts))
+            .with_for_update(skip_locked=True)).mappings().all()
+        for r in rows:
             if r["cancel_requested"]:
                 self._finish_row(db, r["id"], CANCELLED, now, message="cancelled")
                 out[r["id"]] = "cancelled"
@@ -381,34 +344,43 @@ class JobStore:
         return out
 
     @staticmethod
-    def _fairest(db: sqlite3.Connection, queue: str, own: str) -> sqlite3.Row | None:
+    def _fairest(db: Connection, queue: str, own: str) -> RowMapping | None:
         """The next job of `queue`: highest priority present; within it, the user with the fewest RUNNING jobs
         (ties: whose last start is oldest, never-started first; then whose oldest job is oldest); that user's
         oldest job, or the message's own job `own` when it is one of that user's jobs at that priority (so
-        messages mostly run their own jobs, in broker order)."""
-        top = db.execute("SELECT MAX(priority) FROM jobs WHERE queue = ? AND state = ?", (queue, QUEUED)).fetchone()[0]
+        messages mostly run their own jobs, in broker order). Rows another transaction holds are passed over."""
+        waiting = [J.queue == queue, J.state == QUEUED]
+        top = db.execute(select(func.max(J.priority)).where(*waiting)).scalar()
         if top is None:
             return None
-        owners = db.execute("SELECT owner, MIN(created) AS oldest FROM jobs WHERE queue = ? AND state = ? AND "
-                            "priority = ? GROUP BY owner", (queue, QUEUED, top)).fetchall()
+        waiting.append(J.priority == top)
+        owners = db.execute(select(J.owner, func.min(J.created).label("oldest")).where(*waiting)
+                            .group_by(J.owner)).mappings().all()
         if len(owners) > 1:
-            running = {r["owner"]: r["n"] for r in db.execute(
-                "SELECT owner, COUNT(*) AS n FROM jobs WHERE state = ? GROUP BY owner", (RUNNING,))}
-
-            def key(r: sqlite3.Row) -> tuple:
-                last = db.execute("SELECT MAX(attempt_started) FROM jobs WHERE owner IS ?", (r["owner"],)).fetchone()[0]
-                return (running.get(r["owner"], 0), last or 0.0, r["oldest"])
-
-            chosen = min(owners, key=key)["owner"]
+            running = dict(db.execute(select(J.owner, func.count()).where(J.state == RUNNING).group_by(J.owner))
+                           .all())
+            last = dict(db.execute(select(J.owner, func.max(J.attempt_started))
+                                   .where(J.owner.in_([o["owner"] for o in owners if o["owner"] is not None]))
+                                   .group_by(J.owner)).all())
+            if any(o["owner"] is None for o in owners):
+                last[None] = db.execute(select(func.max(J.attempt_started)).where(J.owner.is_(None))).scalar()
+            order = sorted(owners, key=lambda r: (running.get(r["owner"], 0), last.get(r["owner"]) or 0.0,
+                                                  r["oldest"]))
         else:
-            chosen = owners[0]["owner"]
-        mine = db.execute("SELECT id, attempts FROM jobs WHERE id = ? AND queue = ? AND state = ? AND priority = ? AND "
-                          "owner IS ?", (own, queue, QUEUED, top, chosen)).fetchone()
-        if mine is not None:
-            return mine
-        return db.execute("SELECT id, attempts FROM jobs WHERE queue = ? AND state = ? AND priority = ? AND owner IS ? "
-                          "ORDER BY created, rowid LIMIT 1", (queue, QUEUED, top, chosen)).fetchone()
+            order = list(owners)
+        for chosen in order:
+            theirs = [*waiting, J.owner.is_not_distinct_from(chosen["owner"])]
+            mine = db.execute(select(J.id, J.attempts).where(J.id == own, *theirs)
+                              .with_for_update(skip_locked=True)).mappings().first()
+            if mine is not None:
+                return mine
+            pick = db.execute(select(J.id, J.attempts).where(*theirs).order_by(J.created, J.id).limit(1)
+                              .with_for_update(skip_locked=True)).mappings().first()
+            if pick is not None:
+                return pick
+        return None
 
+    @retrying
     def claim_batch(self, leader: dict, owner: str, worker: str, lease_s: float, max_images: int,
                     limit: int = 256) -> list[dict]:
         """Claim QUEUED jobs compatible with `leader` (same batch key, same job owner) so they run in its forward
@@ -417,63 +389,61 @@ class JobStore:
         room = max_images - int(leader.get("images") or 0)
         if not key or room <= 0:
             return []
-        same = "state = ? AND batch_key = ? AND id != ? AND owner IS (SELECT owner FROM jobs WHERE id = ?)"
-        args = (QUEUED, key, leader["id"], leader["id"])
-        peek = self._conn().execute(f"SELECT 1 FROM jobs WHERE {same} LIMIT 1", args).fetchone()
-        if peek is None:  # nothing to coalesce: no write transaction
-            return []
+        same = [J.state == QUEUED, J.batch_key == key, J.id != leader["id"],
+                J.owner.is_not_distinct_from(leader.get("owner"))]
+        with self.db.read() as db:
+            if db.execute(select(J.id).where(*same).limit(1)).first() is None:  # nothing to coalesce: no write
+                return []
         now = time.time()
         taken: list[str] = []
-        with self._tx() as db:
-            rows = db.execute(
-                f"SELECT id, images, attempts, max_attempts FROM jobs WHERE {same} "
-                "AND cancel_requested = 0 ORDER BY priority DESC, created, rowid LIMIT ?", (*args, limit)).fetchall()
+        with self.db.write() as db:
+            rows = db.execute(select(J.id, J.images, J.attempts, J.max_attempts)
+                              .where(*same, J.cancel_requested == 0)
+                              .order_by(J.priority.desc(), J.created, J.id).limit(limit)
+                              .with_for_update(skip_locked=True)).mappings().all()
             for r in rows:
                 if r["images"] > room or r["attempts"] >= r["max_attempts"]:
                     continue
                 room -= r["images"]
                 self._take(db, r["id"], owner, worker, r["attempts"] + 1, now, lease_s, leader["id"])
                 taken.append(r["id"])
-        return [self.get(j, events=False, preview=False) for j in taken]
+            return [self._fetch(db, j) for j in taken]
 
-    def _take(self, db: sqlite3.Connection, job_id: str, owner: str, worker: str, attempts: int, now: float,
+    def _take(self, db: Connection, job_id: str, owner: str, worker: str, attempts: int, now: float,
               lease_s: float, leader: str | None) -> None:
-        db.execute("UPDATE jobs SET state = ?, lease_owner = ?, lease_expires = ?, worker = ?, attempts = ?, "
-                   "started = COALESCE(started, ?), attempt_started = ?, leader = ?, progress = 0, step = 0, "
-                   "total = 0, eta_s = NULL, message = ? WHERE id = ?",
-                   (RUNNING, owner, now + lease_s, worker, attempts, now, now, leader,
-                    "running" if leader is None else f"running in a batch led by {leader}", job_id))
+        db.execute(update(T_JOBS).where(J.id == job_id).values(
+            state=RUNNING, lease_owner=owner, lease_expires=now + lease_s, worker=worker, attempts=attempts,
+            started=func.coalesce(J.started, now), attempt_started=now, leader=leader, progress=0, step=0, total=0,
+            eta_s=None, message="running" if leader is None else f"running in a batch led by {leader}"))
         note = f"attempt {attempts} on {worker}" + (f", batched with {leader}" if leader else "")
         self._event(db, job_id, "started", note, now)
 
+    @retrying
     def renew(self, owner: str, lease_s: float) -> dict[str, bool]:
         """Renew the leases `owner` holds; returns {job id: cancel requested} for the jobs it still holds."""
         now = time.time()
-        with self._tx() as db:
-            db.execute("UPDATE jobs SET lease_expires = ? WHERE lease_owner = ? AND state = ?",
-                       (now + lease_s, owner, RUNNING))
-            rows = db.execute("SELECT id, cancel_requested FROM jobs WHERE lease_owner = ? AND state = ?",
-                              (owner, RUNNING)).fetchall()
-        return {r["id"]: bool(r["cancel_requested"]) for r in rows}
+        with self.db.write() as db:
+            db.execute(update(T_JOBS).where(J.lease_owner == owner, J.state == RUNNING)
+                       .values(lease_expires=now + lease_s))
+            rows = db.execute(select(J.id, J.cancel_requested).where(J.lease_owner == owner, J.state == RUNNING)).all()
+        return {r[0]: bool(r[1]) for r in rows}
 
+    @retrying
     def held(self, owner: str) -> dict[str, bool]:
         """{job id: cancel requested} for the jobs `owner` still holds (a read; no renewal)."""
-        rows = self._conn().execute("SELECT id, cancel_requested FROM jobs WHERE lease_owner = ? AND state = ?",
-                                    (owner, RUNNING)).fetchall()
-        return {r["id"]: bool(r["cancel_requested"]) for r in rows}
+        with self.db.read() as db:
+            rows = db.execute(select(J.id, J.cancel_requested).where(J.lease_owner == owner, J.state == RUNNING)).all()
+        return {r[0]: bool(r[1]) for r in rows}
 
+    @retrying
     def set_progress(self, owner: str, step: int, total: int, message: str, eta_s: float | None,
                      preview: str | None = None) -> None:
         progress = min(1.0, max(0.0, step / total)) if total > 0 else 0.0
-        with self._tx() as db:
-            if preview is None:
-                db.execute("UPDATE jobs SET progress = ?, step = ?, total = ?, message = ?, eta_s = ? "
-                           "WHERE lease_owner = ? AND state = ?", (progress, step, total, message, eta_s, owner,
-                                                                   RUNNING))
-            else:
-                db.execute("UPDATE jobs SET progress = ?, step = ?, total = ?, message = ?, eta_s = ?, preview = ? "
-                           "WHERE lease_owner = ? AND state = ?", (progress, step, total, message, eta_s, preview,
-                                                                   owner, RUNNING))
+        values = {"progress": progress, "step": step, "total": total, "message": message, "eta_s": eta_s}
+        if preview is not None:
+            values["preview"] = preview
+        with self.db.write() as db:
+            db.execute(update(T_JOBS).where(J.lease_owner == owner, J.state == RUNNING).values(**values))
 
     def finish(self, job_id: str, owner: str, state: str, error: str | None = None, metrics: dict | None = None,
                artifacts: list[dict] | None = None, staging: str | None = None, message: str | None = None) -> bool:
@@ -481,40 +451,45 @@ class JobStore:
         ending = Ending(job_id, state, error, metrics, artifacts, staging, message)
         return job_id in self.finish_many(owner, [ending])
 
+    @retrying
     def finish_many(self, owner: str, endings: list[Ending]) -> set[str]:
-        """End several held jobs in one transaction (a micro-batch); returns the ids that were still held."""
+        """End several held jobs in one transaction (a micro-batch), committing their artifact manifests; returns
+        the ids that were still held (the others' artifacts are the caller's to remove)."""
         now = time.time()
         done: set[str] = set()
-        with self._tx() as db:
+        with self.db.write() as db:
             for e in endings:
-                cur = db.execute("SELECT lease_owner, state FROM jobs WHERE id = ?", (e.job_id,)).fetchone()
-                if cur is None or cur["lease_owner"] != owner or cur["state"] != RUNNING:
+                cur = db.execute(select(J.lease_owner, J.state).where(J.id == e.job_id).with_for_update()).first()
+                if cur is None or cur[0] != owner or cur[1] != RUNNING:
                     continue
                 self._finish_row(db, e.job_id, e.state, now, error=e.error, metrics=e.metrics, staging=e.staging,
                                  message=e.message or e.state.lower())
-                db.executemany("INSERT OR REPLACE INTO artifacts (job_id, name, kind, path, size) "
-                               "VALUES (?, ?, ?, ?, ?)",
-                               [(e.job_id, a["name"], a["kind"], a["path"], a["size"]) for a in e.artifacts or []])
+                if e.artifacts:
+                    db.execute(delete(T_ART).where(T_ART.c.job_id == e.job_id))
+                    db.execute(insert(T_ART), [{"job_id": e.job_id, "name": a["name"], "kind": a["kind"],
+                                                "key": a["key"], "size": a["size"]} for a in e.artifacts])
                 done.add(e.job_id)
         return done
 
-    def _finish_row(self, db: sqlite3.Connection, job_id: str, state: str, now: float, error: str | None = None,
+    def _finish_row(self, db: Connection, job_id: str, state: str, now: float, error: str | None = None,
                     metrics: dict | None = None, staging: str | None = None, message: str = "") -> None:
         # one line under 300 characters, whatever a worker, release or reap put together
         error = clip(error, MAX_MESSAGE_CHARS) if error is not None else None
         message = clip(message, MAX_MESSAGE_CHARS)
-        db.execute("UPDATE jobs SET state = ?, finished = ?, error = ?, metrics = ?, staging = ?, message = ?, "
-                   "lease_owner = NULL, lease_expires = NULL, eta_s = NULL, "
-                   "progress = CASE WHEN ? = 'SUCCEEDED' THEN 1.0 ELSE progress END WHERE id = ?",
-                   (state, now, error, json.dumps(metrics, default=str) if metrics is not None else None, staging,
-                    message, state, job_id))
+        values = {"state": state, "finished": now, "error": error, "staging": staging, "message": message,
+                  "metrics": json.dumps(metrics, default=str) if metrics is not None else None,
+                  "lease_owner": None, "lease_expires": None, "eta_s": None}
+        if state == SUCCEEDED:
+            values["progress"] = 1.0
+        db.execute(update(T_JOBS).where(J.id == job_id).values(**values))
         self._event(db, job_id, state.lower(), error or message, now)
 
+    @retrying
     def release(self, job_id: str, owner: str, reason: str) -> Requeued | None:
         """Put a held job back in the queue for a retry (bounded by max_attempts at the next claim)."""
         now = time.time()
-        with self._tx() as db:
-            row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        with self.db.write() as db:
+            row = self._row(db, job_id, lock=True)
             if row is None or row["lease_owner"] != owner or row["state"] != RUNNING:
                 return None
             if row["attempts"] >= row["max_attempts"]:
@@ -522,18 +497,19 @@ class JobStore:
                 self._finish_row(db, job_id, FAILED, now, error=why, message=why)
                 return None
             msg = f"retrying: {clip(reason, 220)} (attempt {row['attempts'] + 1} of {row['max_attempts']} next)"
-            db.execute("UPDATE jobs SET state = ?, lease_owner = NULL, lease_expires = NULL, leader = NULL, "
-                       "message = ? WHERE id = ?", (QUEUED, msg, job_id))
+            db.execute(update(T_JOBS).where(J.id == job_id).values(state=QUEUED, lease_owner=None, lease_expires=None,
+                                                                   leader=None, message=msg))
             self._event(db, job_id, "retry", msg, now)
         return Requeued(job_id, row["queue"], row["priority"])
 
+    @retrying
     def reap(self, now: float | None = None) -> list[Requeued]:
         """Reissue RUNNING jobs whose lease expired (their worker died); fail those past their time limit."""
         now = now or time.time()
         out: list[Requeued] = []
-        with self._tx() as db:
-            for row in db.execute("SELECT * FROM jobs WHERE state = ? AND lease_expires < ?",
-                                  (RUNNING, now)).fetchall():
+        with self.db.write() as db:
+            for row in db.execute(select(T_JOBS).where(J.state == RUNNING, J.lease_expires < now)
+                                  .with_for_update(skip_locked=True)).mappings().all():
                 if row["cancel_requested"]:
                     self._finish_row(db, row["id"], CANCELLED, now, message="cancelled (its worker was lost)")
                 elif row["attempts"] >= row["max_attempts"]:
@@ -542,38 +518,47 @@ class JobStore:
                 else:
                     msg = f"requeued: worker {row['worker']} was lost (attempt {row['attempts'] + 1} of " \
                           f"{row['max_attempts']} next)"
-                    db.execute("UPDATE jobs SET state = ?, lease_owner = NULL, lease_expires = NULL, leader = NULL, "
-                               "message = ? WHERE id = ?", (QUEUED, msg, row["id"]))
+                    db.execute(update(T_JOBS).where(J.id == row["id"]).values(
+                        state=QUEUED, lease_owner=None, lease_expires=None, leader=None, message=msg))
                     self._event(db, row["id"], "retry", msg, now)
                     out.append(Requeued(row["id"], row["queue"], row["priority"]))
-            for row in db.execute("SELECT id, time_limit_s FROM jobs WHERE state = ? AND attempt_started + "
-                                  "time_limit_s + ? < ?", (RUNNING, TIME_LIMIT_GRACE_S, now)).fetchall():
+            over = J.attempt_started + J.time_limit_s + TIME_LIMIT_GRACE_S < now
+            for row in db.execute(select(J.id, J.time_limit_s).where(J.state == RUNNING, over)
+                                  .with_for_update(skip_locked=True)).mappings().all():
                 why = f"time limit of {row['time_limit_s']:.0f} s exceeded"
                 self._finish_row(db, row["id"], FAILED, now, error=why, message=why)
         return out
 
     # ----- workers: advertisement -----
+    @retrying
     def worker_seen(self, worker_id: str, info: dict, job_id: str | None = None) -> None:
         now = time.time()
-        with self._tx() as db:
-            db.execute("INSERT INTO workers (id, info, started, last_seen, job_id) VALUES (?, ?, ?, ?, ?) "
-                       "ON CONFLICT(id) DO UPDATE SET info = excluded.info, last_seen = excluded.last_seen, "
-                       "job_id = excluded.job_id", (worker_id, json.dumps(info, sort_keys=True), now, now, job_id))
+        with self.db.write() as db:
+            exists = db.execute(select(T_WORKERS.c.id).where(T_WORKERS.c.id == worker_id)).first() is not None
+            values = {"info": json.dumps(info, sort_keys=True), "last_seen": now, "job_id": job_id}
+            if exists:
+                db.execute(update(T_WORKERS).where(T_WORKERS.c.id == worker_id).values(**values))
+            else:
+                self.db.upsert(db, T_WORKERS, {"id": worker_id, "started": now, **values}, ["id"])
 
+    @retrying
     def worker_gone(self, worker_id: str) -> None:
-        with self._tx() as db:
-            db.execute("DELETE FROM workers WHERE id = ?", (worker_id,))
+        with self.db.write() as db:
+            db.execute(delete(T_WORKERS).where(T_WORKERS.c.id == worker_id))
 
+    @retrying
     def workers(self, live_within_s: float) -> list[dict]:
         """Workers that reported within the last `live_within_s` seconds."""
         cutoff = time.time() - live_within_s
-        rows = self._conn().execute("SELECT * FROM workers WHERE last_seen >= ? ORDER BY started", (cutoff,))
+        with self.db.read() as db:
+            rows = db.execute(select(T_WORKERS).where(T_WORKERS.c.last_seen >= cutoff)
+                              .order_by(T_WORKERS.c.started)).mappings().all()
         return [{**json.loads(r["info"]), "id": r["id"], "started": r["started"], "last_seen": r["last_seen"],
                  "job_id": r["job_id"]} for r in rows]
 
     # ----- records -----
     @staticmethod
-    def _record(row: sqlite3.Row, preview: bool) -> dict:
+    def _record(row: RowMapping, preview: bool) -> dict:
         return {
             "id": row["id"], "state": row["state"], "op": row["op"], "backend": row["backend"], "model": row["model"],
             "progress": row["progress"], "step": row["step"], "total": row["total"], "message": row["message"],
@@ -593,10 +578,6 @@ def _why_not(state: str) -> str:
     if state in FINAL:
         return f"already {state}"
     return "running elsewhere under a live lease" if state == RUNNING else "another job ran in its place"
-
-
-def _artifact(row: sqlite3.Row) -> dict:
-    return {"name": row["name"], "kind": row["kind"], "path": row["path"], "size": row["size"]}
 
 
 __all__ = ["CANCELLED", "FAILED", "FINAL", "QUEUED", "RUNNING", "SCHEMA_VERSION", "STATES", "SUCCEEDED", "Ending",

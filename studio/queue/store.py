@@ -1,106 +1,128 @@
-"""The artifact store: every job's outputs under `<store>/jobs/<id>/` (STUDIO_STORE_DIR, default STUDIO_HOME/store).
+"""The artifact store: every job's output files in storage (studio.storage: a local folder or S3).
 
-A worker writes a job's files into a hidden staging folder, records the job as finished in the job store
-(which only the lease holder can do), and then renames the folder into place. So a job has at most one
-set of artifacts, however often it was attempted. PNGs carry their reproducibility record.
+A worker uploads an attempt's files under a prefix of their own, `jobs/<id>/<attempt>/`, then commits the manifest
+(names, kinds, keys, sizes) in the lease-checked transaction that ends the job (JobStore.finish_many). Only the holder
+of the job's live lease can commit, so a job has exactly one set of artifacts however often it was attempted; an
+attempt whose lease was lost, or whose upload died half-way, leaves only an uncommitted prefix that no record names,
+and `collect_orphans` removes those later. Readers (the CLI, the client, the UI) read bytes from storage by the keys
+the record names, on any machine; nobody reads another machine's folder. PNGs carry their reproducibility record.
 """
 
 from __future__ import annotations
 
-import contextlib
-import shutil
 import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from studio.errors import InputError, NotFound
+from studio.storage import Storage, storage_for
 
 if TYPE_CHECKING:
     from studio.config import Settings
     from studio.executor import JobResult
+    from studio.queue.jobstore import JobStore
 
-
-RECOVER_AFTER_S = 10.0
+ORPHAN_AFTER_S = 3600.0  # an uncommitted attempt prefix older than this is an orphan (no live attempt runs longer)
 
 
 class ArtifactStore:
-    """Files of finished jobs; the job store's history index lists them."""
+    """Files of finished jobs in `storage`; the job store's records list them. `cache` holds local copies that
+    callers asked for as files (`path`)."""
 
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
-        self.jobs_root = self.root / "jobs"
-        self.jobs_root.mkdir(parents=True, exist_ok=True)
+    def __init__(self, storage: Storage, cache: str | Path) -> None:
+        self.storage = storage
+        self.cache = Path(cache)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ArtifactStore:
-        return cls(settings.store_path)
-
-    def job_dir(self, job_id: str) -> Path:
-        return self.jobs_root / job_id
+        return cls(storage_for(settings), settings.cache_path / "artifacts")
 
     def stage(self, job_id: str, result: JobResult) -> tuple[str, list[dict]]:
-        """Write a result's files to a new staging folder; returns its name and the artifact list (final paths)."""
-        staging = f".{job_id}.{uuid.uuid4().hex[:12]}.part"
-        folder = self.jobs_root / staging
-        folder.mkdir(parents=True)
-        final = self.job_dir(job_id)
+        """Upload a result's files under a new attempt prefix; returns the prefix and the manifest to commit."""
+        prefix = f"jobs/{job_id}/{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}"
         listed = []
-        for artifact in result.artifacts:  # a private folder: plain writes, the folder's rename publishes them
-            (folder / artifact.name).write_bytes(artifact.data)
-            listed.append({"name": artifact.name, "kind": artifact.kind, "path": str(final / artifact.name),
-                           "size": len(artifact.data)})
-        return staging, listed
+        for artifact in result.artifacts:
+            key = f"{prefix}/{artifact.name}"
+            self.storage.put(key, artifact.data)
+            listed.append({"name": artifact.name, "kind": artifact.kind, "key": key, "size": len(artifact.data)})
+        return prefix, listed
 
-    def publish(self, job_id: str, staging: str) -> Path:
-        """Move a staged result into place (after the job store accepted it)."""
-        final = self.job_dir(job_id)
-        try:
-            (self.jobs_root / staging).rename(final)
-        except FileNotFoundError:
-            if not final.is_dir():  # else a reader's recover() moved it first: same files, already in place
-                raise
-        return final
+    def discard(self, prefix: str) -> None:
+        """Remove an attempt's uploads that were not committed (a lost lease)."""
+        self.storage.delete_prefix(prefix + "/")
 
-    def discard(self, staging: str) -> None:
-        shutil.rmtree(self.jobs_root / staging, ignore_errors=True)
-
-    def recover(self, job: dict, grace_s: float = RECOVER_AFTER_S) -> None:
-        """Finish the rename of a SUCCEEDED job whose worker stopped between recording and renaming
-        (only once the worker had `grace_s` seconds to do it itself)."""
-        staging = job.get("staging")
-        if job.get("state") == "SUCCEEDED" and staging and not self.job_dir(job["id"]).exists() \
-                and (job.get("finished") or 0) < time.time() - grace_s and (self.jobs_root / staging).is_dir():
-            with contextlib.suppress(FileNotFoundError):
-                self.publish(job["id"], staging)
-
-    def path(self, job: dict, name: str) -> Path:
-        """The file of artifact `name` of a job record."""
+    def _artifact(self, job: dict, name: str) -> dict:
         if not name or "/" in name or "\\" in name or name in (".", ".."):
             raise InputError(f"{name!r} is not an artifact name")
-        self.recover(job)
         for a in job.get("artifacts", []):
             if a["name"] == name:
-                path = self.job_dir(job["id"]) / name
-                if not path.is_file():
-                    self.recover(job, grace_s=0)  # asked for the file itself: do not wait for the worker
-                if not path.is_file():
-                    raise NotFound(f"artifact {name!r} of job {job['id']} is listed but missing from the store "
-                                   f"({path})")
-                return path
+                return a
         names = ", ".join(a["name"] for a in job.get("artifacts", [])) or "none"
         raise NotFound(f"job {job['id']} has no artifact {name!r} (artifacts: {names})")
 
+    def read(self, job: dict, name: str) -> bytes:
+        """The bytes of artifact `name` of a job record."""
+        a = self._artifact(job, name)
+        try:
+            return self.storage.get(a["key"])
+        except NotFound:
+            raise NotFound(f"artifact {name!r} of job {job['id']} is listed but missing from storage "
+                           f"{self.storage.url}") from None
+
+    def path(self, job: dict, name: str) -> Path:
+        """A local file holding artifact `name` (downloaded into the cache once; artifacts never change)."""
+        a = self._artifact(job, name)
+        target = self.cache / job["id"] / a["key"].rsplit("/", 2)[-2] / name
+        if not target.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self.storage.get_file(a["key"], target)
+            except NotFound:
+                raise NotFound(f"artifact {name!r} of job {job['id']} is listed but missing from storage "
+                               f"{self.storage.url}") from None
+        return target
+
+    def url(self, job: dict, name: str, expires_s: int = 3600) -> str | None:
+        """A presigned URL the browser can fetch artifact `name` from (S3), or None (a local folder)."""
+        return self.storage.presigned_url(self._artifact(job, name)["key"], expires_s)
+
     def copy_out(self, job: dict, out: str | Path) -> list[Path]:
-        """Copy every artifact of a job into `out` (created if needed); returns the new paths."""
+        """Download every artifact of a job into `out` (created if needed); returns the new paths."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         copied = []
         for a in job.get("artifacts", []):
             target = out / a["name"]
-            shutil.copyfile(self.path(job, a["name"]), target)
+            try:
+                self.storage.get_file(a["key"], target)
+            except NotFound:
+                raise NotFound(f"artifact {a['name']!r} of job {job['id']} is listed but missing from storage "
+                               f"{self.storage.url}") from None
             copied.append(target)
         return copied
 
+    def collect_orphans(self, store: JobStore, older_than_s: float = ORPHAN_AFTER_S) -> int:
+        """Remove uploads under `jobs/` that no committed manifest names and that are older than `older_than_s`
+        (attempts whose lease was lost or whose worker died mid-upload); returns how many objects went."""
+        cutoff = time.time() - older_than_s
+        by_prefix: dict[str, list[tuple[str, float]]] = {}
+        for key, modified in self.storage.list("jobs/"):
+            parts = key.split("/")
+            if len(parts) == 4:  # jobs/<id>/<attempt>/<name>; older layouts (jobs/<id>/<name>) are committed ones
+                by_prefix.setdefault("/".join(parts[:3]), []).append((key, modified))
+        if not by_prefix:
+            return 0
+        committed = store.committed_prefixes(sorted({p.split("/")[1] for p in by_prefix}))
+        removed = 0
+        for prefix, objects in by_prefix.items():
+            job_id = prefix.split("/")[1]
+            if prefix in committed.get(job_id, set()) or max(m for _, m in objects) >= cutoff:
+                continue
+            for key, _ in objects:
+                self.storage.delete(key)
+                removed += 1
+        return removed
 
-__all__ = ["ArtifactStore"]
+
+__all__ = ["ORPHAN_AFTER_S", "ArtifactStore"]

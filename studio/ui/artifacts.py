@@ -1,10 +1,10 @@
 """The only files the UI serves: copies of finished jobs' artifacts, by job id and name.
 
-Gradio serves every file under its `allowed_paths`. The artifact store also holds the job database
-(`jobs.sqlite`), logs and hidden staging folders, so it is never an allowed path (it is a blocked one). Instead
-the UI copies an artifact it shows into `<STUDIO_HOME>/cache/ui-artifacts/<job id>/<name>`, a folder that holds
-nothing else, and only that folder is allowed. A copy is made only for a regular file that is exactly
-`<store>/jobs/<job id>/<name>` (no symlink, no `..`, no hidden name).
+Gradio serves every file under its `allowed_paths`. The UI never serves (or reads) a path of the store: results
+live in storage (a local folder that also holds the embedded job database, or S3), so the store folder is a blocked
+path. Instead the UI streams an artifact it shows from storage, by the key its job record names, into
+`<STUDIO_HOME>/cache/ui-artifacts/<job id>/<name>`, a folder that holds nothing else, and only that folder is allowed.
+A copy is made only for a valid job id and artifact name (no separator, no `..`, no hidden name).
 
 A copy's folder is `<job id>-<tag>`, where the tag is an HMAC of the job id under a key kept beside (never
 inside) the served folder: knowing another user's job id is not enough to fetch its images by URL.
@@ -19,6 +19,7 @@ import re
 import secrets
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from studio.config import Settings
@@ -46,12 +47,11 @@ def valid_ref(job_id: object, name: object) -> bool:
 class ArtifactShelf:
     """Copies of artifact files, laid out `<root>/<job id>/<name>`; `put` makes one and returns its path."""
 
-    def __init__(self, root: str | Path, store_jobs: str | Path | None = None, keep_jobs: int = KEEP_JOBS) -> None:
+    def __init__(self, root: str | Path, keep_jobs: int = KEEP_JOBS) -> None:
         self.keep_jobs = max(1, int(keep_jobs))
         self.root = Path(root).expanduser()
         self.root.mkdir(parents=True, exist_ok=True)
         self.root = self.root.resolve()
-        self.store_jobs = Path(store_jobs).expanduser().resolve() if store_jobs is not None else None
         self._key = _shelf_key(self.root.parent / f".{self.root.name}.key")
 
     def folder_name(self, job_id: str) -> str:
@@ -61,32 +61,25 @@ class ArtifactShelf:
 
     @classmethod
     def for_settings(cls, settings: Settings) -> ArtifactShelf:
-        return cls(shelf_root(settings), Path(settings.store_path) / "jobs")
+        return cls(shelf_root(settings))
 
-    def _source_ok(self, job_id: str, name: str, source: Path) -> bool:
-        if source.is_symlink() or not source.is_file():
-            return False
-        if self.store_jobs is None:
-            return True
-        return source.resolve() == self.store_jobs / job_id / name
-
-    def put(self, job_id: str, name: str, source: str | Path) -> str | None:
-        """The served copy of artifact `name` of job `job_id` (copied from `source` once); None when the pair is
-        not a valid artifact reference or `source` is not that artifact's regular file in the store."""
-        source = Path(source)
-        if not valid_ref(job_id, name) or not self._source_ok(job_id, name, source):
+    def put(self, job_id: str, name: str, read: Callable[[], bytes], size: int | None = None) -> str | None:
+        """The served copy of artifact `name` of job `job_id`, written once from `read()` (its bytes from storage);
+        None when the pair is not a valid artifact reference. `size` (from the record) skips the read when a copy of
+        that size is already there."""
+        if not valid_ref(job_id, name):
             return None
         target = self.root / self.folder_name(job_id) / name
-        size = source.stat().st_size
-        if target.is_file() and not target.is_symlink() and target.stat().st_size == size:
+        if target.is_file() and not target.is_symlink() and (size is None or target.stat().st_size == size):
             return str(target)
+        data = read()
         if not target.parent.is_dir():
             target.parent.mkdir(parents=True, exist_ok=True)
             self.prune()
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".copy-")
         try:
-            with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
-                shutil.copyfileobj(src, out)
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

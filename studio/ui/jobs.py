@@ -43,6 +43,8 @@ class QueueClient(Protocol):
     def replay_job(self, job_id: str, priority: int | None = None) -> str: ...
     def jobs(self, state: str | None = None, limit: int = 100) -> list[dict]: ...
     def result(self, job_id: str) -> dict: ...
+    def artifact_bytes(self, job_id: str, name: str) -> bytes: ...
+    def artifact_path(self, job_id: str, name: str) -> Path: ...
     def workers(self) -> list[dict]: ...
 
 
@@ -209,14 +211,18 @@ class Finished:
     metrics: dict = field(default_factory=dict)
     artifacts: dict[str, dict] = field(default_factory=dict)
     shelf: ArtifactShelf | None = None
+    client: QueueClient | None = None
 
     def path(self, name: str) -> str | None:
-        """The file of artifact `name` to show (its served copy when the runner has a shelf), or None when the job
-        did not write it."""
+        """The file of artifact `name` to show (its served copy, streamed from storage, when the runner has a shelf;
+        else a local copy), or None when the job did not write it."""
         a = self.artifacts.get(name)
-        if not a or not Path(a["path"]).is_file():
+        if not a or self.client is None:
             return None
-        return self.shelf.put(self.job_id, name, a["path"]) if self.shelf is not None else str(a["path"])
+        client = self.client
+        if self.shelf is not None:
+            return self.shelf.put(self.job_id, name, lambda: client.artifact_bytes(self.job_id, name), a.get("size"))
+        return str(client.artifact_path(self.job_id, name))
 
     def images(self, prefix: str = "") -> list[str]:
         """Files of image artifacts whose names start with `prefix`, in name order."""
@@ -292,4 +298,4 @@ class JobRunner:
             raise JobFailed(f"job {job_id} was cancelled")
         result = scoped(self.client).result(job_id)
         artifacts = {a["name"]: a for a in result.get("artifacts", [])}
-        return Finished(job_id, status, result.get("metrics") or {}, artifacts, self.shelf)
+        return Finished(job_id, status, result.get("metrics") or {}, artifacts, self.shelf, scoped(self.client))

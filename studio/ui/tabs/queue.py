@@ -3,11 +3,11 @@ record, a download, and "send to Generate"."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Any
 
 import gradio as gr
 
-from studio.errors import InputError
+from studio.errors import InputError, NotFound
 from studio.ui.artifacts import ArtifactShelf
 from studio.ui.context import UIContext
 from studio.ui.inputs import generate_params, job_id_field, read_png_record, trusted_path
@@ -30,13 +30,26 @@ def job_label(job: dict) -> str:
     return f"{job['id']} · {job.get('op', '?')} · {job.get('backend', '?')} · {str(job.get('state', '')).lower()}"
 
 
-def main_image(job: dict, shelf: ArtifactShelf | None = None) -> str | None:
-    """The picture that stands for a finished job in the history (its served copy when there is a shelf)."""
-    images = {a["name"]: a["path"] for a in job.get("artifacts") or [] if a.get("kind") == "image"}
+def shown_artifact(client: Any, shelf: ArtifactShelf | None, job_id: str, artifact: dict) -> str | None:
+    """A local file to show for one artifact: its served copy (streamed from storage) when there is a shelf, else a
+    local copy from the client; None when storage no longer has it."""
+    name = artifact["name"]
+    try:
+        if shelf is not None:
+            return shelf.put(job_id, name, lambda: client.artifact_bytes(job_id, name), artifact.get("size"))
+        return str(client.artifact_path(job_id, name))
+    except NotFound:
+        return None
+
+
+def main_image(client: Any, job: dict, shelf: ArtifactShelf | None = None) -> str | None:
+    """The picture that stands for a finished job in the history."""
+    images = {a["name"]: a for a in job.get("artifacts") or [] if a.get("kind") == "image"}
     order = [n for n in MAIN_ARTIFACTS if n in images] + sorted(n for n in images if n not in MAIN_ARTIFACTS)
     for name in order:
-        if Path(images[name]).is_file():
-            return shelf.put(job["id"], name, images[name]) if shelf is not None else images[name]
+        path = shown_artifact(client, shelf, job["id"], images[name])
+        if path is not None:
+            return path
     return None
 
 
@@ -91,7 +104,7 @@ def build(ctx: UIContext) -> None:
     def history_items() -> list:
         items = []
         for j in client.jobs("SUCCEEDED", limit=HISTORY_JOBS):
-            path = main_image(j, ctx.runner.shelf)
+            path = main_image(client, j, ctx.runner.shelf)
             if path:
                 items.append((path, f"{j.get('op')} · {j.get('backend')} · {j['id']}"))
         return items
@@ -147,9 +160,9 @@ def build(ctx: UIContext) -> None:
         job_id = need(job_id)
         result = client.result(job_id)
         shelf = ctx.runner.shelf
-        items = [(shelf.put(result.get("id") or job_id, a["name"], a["path"]) if shelf is not None else a["path"],
-                  f'{a["name"]} · {result.get("id") or job_id}') for a in result.get("artifacts", [])
-                 if a.get("kind") == "image" and Path(a["path"]).is_file()]
+        found = result.get("id") or job_id
+        items = [(shown_artifact(client, shelf, found, a), f'{a["name"]} · {found}')
+                 for a in result.get("artifacts", []) if a.get("kind") == "image"]
         return [(p, name) for p, name in items if p is not None]
 
     show.click(job_images, inputs=job, outputs=history, api_visibility="private")
