@@ -22,8 +22,10 @@ def _sample(seed: int) -> dict:
     return {"op": "sample", "backend": "toy", "n": 1, "seed": seed, "options": {"delay_ms": 40}}
 
 
-def test_bob_starts_within_two_claims_after_alices_fifty(tmp_path: Path) -> None:
-    harness = QueueHarness(tmp_path, broker_url=REDIS_URL, batch_max_images=1)  # no micro-batching: one job a claim
+@pytest.mark.parametrize("stack", ["embedded", "server"])
+def test_bob_starts_within_two_claims_after_alices_fifty(tmp_path: Path, stack: str) -> None:
+    # no micro-batching: one job a claim
+    harness = QueueHarness(tmp_path, broker_url=REDIS_URL, batch_max_images=1, stack=stack)
     try:
         with harness.active():
             users = UserStore.from_settings(harness.settings)
@@ -47,7 +49,7 @@ def test_bob_starts_within_two_claims_after_alices_fifty(tmp_path: Path) -> None
             order = [j["id"] for j in started_after]
             assert bobs in order[:2], f"bob's job was claim {order.index(bobs) + 1} after he queued it"
             ran = [j for j in jobs if j["started"]]
-            assert all(j["attempts"] == 1 and j["state"] == "SUCCEEDED" for j in ran)
+            assert all(j["attempts"] == 1 and j["state"] == "SUCCEEDED" for j in ran), [(j["state"], j["attempts"], j["message"]) for j in ran if j["attempts"] != 1 or j["state"] != "SUCCEEDED"]
             assert len(harness.trace_lines()) == len(ran)  # each job decoded once: exactly once
             assert {j["owner"] for j in jobs} == {"alice", "bob"}
             client.close()

