@@ -66,7 +66,9 @@ class Settings:
 
     @property
     def model_root_paths(self) -> list[Path]:
-        return _paths(self.model_roots) or [self.home / "models"]
+        """The configured model roots, then `<cache>/models`, where registered models are fetched
+        (studio.modelstore): a configured root's file of the same name comes first."""
+        return (_paths(self.model_roots) or [self.home / "models"]) + [(self.cache_path / "models").resolve()]
 
     @property
     def data_root_paths(self) -> list[Path]:

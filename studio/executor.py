@@ -10,6 +10,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -17,8 +18,8 @@ from pydantic import BaseModel
 
 from studio import images as imgs
 from studio.config import Settings, load_settings
-from studio.contract import CODEC, DECODE, ENCODE, SAMPLE, SEED, TEXT, Backend, Point, Progress, no_progress
-from studio.errors import InputError
+from studio.contract import CODEC, DECODE, ENCODE, SAMPLE, SEED, TEXT, TRAIN, Backend, Point, Progress, no_progress
+from studio.errors import InputError, clip
 from studio.points import batch_size, check_compatible, concat, decode_batched, encode_images, random_point, take
 from studio.record import make_record, pnginfo
 from studio.spec import ImageRef, Source, check_backend_options, parse_spec, spec_dict
@@ -74,8 +75,17 @@ class Runtime:
             from studio.registry import get_backend_class
 
             device, dtype = self.device()
-            self._loaded[key] = get_backend_class(name).load(model, self.settings, device=device, dtype=dtype)
+            self._loaded[key] = self.load_backend(get_backend_class(name), model, device, dtype)
         return self._loaded[key]
+
+    def load_backend(self, cls: type[Backend], model: str | None, device: str, dtype: str) -> Backend:
+        """Load `model` of backend `cls`; a model registered in the records (studio.modelstore) is fetched into
+        this machine's cache and its sha256 verified first. Every runtime (in-process, worker) loads through here."""
+        if model is not None:
+            from studio.modelstore import ensure_local
+
+            ensure_local(self.settings, cls.name, model)
+        return cls.load(model, self.settings, device=device, dtype=dtype)
 
 
 class _Job:
@@ -85,14 +95,25 @@ class _Job:
                  owner: str | None = None) -> None:
         self.spec = spec
         self.owner = owner  # the user the job runs for (None: the single-user default or an admin's own run)
+        self.runtime = runtime
         self.settings = runtime.settings
-        self.backend = runtime.get_backend(spec.backend, spec.model)
-        self.options = self.backend.parse_options(spec.options)
         self.progress = progress
         self.workdir = workdir
         self.result = JobResult()
-        self.record_base = {**_backend_record(self.backend)}
         self.spec_json = spec_dict(spec)
+
+    # loaded on first use: an op that needs no model (train) never loads one
+    @cached_property
+    def backend(self) -> Backend:
+        return self.runtime.get_backend(self.spec.backend, self.spec.model)
+
+    @cached_property
+    def options(self) -> BaseModel:
+        return self.backend.parse_options(self.spec.options)
+
+    @cached_property
+    def record_base(self) -> dict:
+        return {**_backend_record(self.backend)}
 
     # ----- inputs -----
     def options_for(self, src: Source) -> BaseModel:
@@ -400,6 +421,43 @@ def _anomalies(job: _Job) -> None:
     job.result.metrics["top"] = ranking[: s.top]
 
 
+def _train(job: _Job) -> None:
+    """Train fresh weights into a temp file in the cache, then register them (studio.modelstore) under the name."""
+    import uuid
+
+    from studio.modelstore import find_model, import_model
+    from studio.registry import get_backend_class
+
+    s = job.spec
+    recipe = {"dataset": s.dataset, "epochs": s.epochs, "seed": s.seed, "limit": s.limit, "options": s.options}
+    taken = find_model(job.settings, s.backend, s.name)
+    if taken is not None and taken["meta"].get("train") != recipe:  # the same recipe again (a retry) may proceed
+        raise InputError(f"{s.backend} model name {s.name!r} is taken (sha256 {taken['sha256'][:12]}); choose "
+                         f"another name or `studio models remove {s.name} --backend {s.backend}` first")
+    folder = job.settings.cache_path / "train"
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / f"{s.name}-{uuid.uuid4().hex[:12]}.safetensors"
+    kwargs = {**s.options, **({"limit": s.limit} if s.limit is not None else {})}
+    try:
+        try:
+            metrics = get_backend_class(s.backend).train(s.dataset, s.epochs, str(out), s.seed, job.settings,
+                                                         progress=job.sub_progress("training"), **kwargs)
+        except TypeError as exc:  # a training option the backend's recipe does not take
+            if "keyword argument" not in str(exc):
+                raise
+            raise InputError(f"invalid training options for {s.backend}: {clip(exc, 160)}") from None
+        scalars = {k: v for k, v in (metrics or {}).items()  # not "out": results never reveal a machine's folders
+                   if k != "out" and isinstance(v, (str, int, float, bool, type(None)))}
+        row = import_model(job.settings, s.backend, out, s.name, owner=job.owner, source="train job",
+                           meta={"train": recipe, "metrics": scalars})
+    finally:
+        out.unlink(missing_ok=True)
+    summary = {"name": row["name"], "backend": row["backend"], "sha256": row["sha256"], "size": row["size"],
+               "metrics": scalars}
+    job.result.metrics.update(summary)
+    job.result.add_json("model.json", summary)
+
+
 def required_capabilities(spec: BaseModel) -> set[str]:
     """The backend capabilities a job needs: seeds need SAMPLE, images ENCODE, rendering DECODE, and per op
     what its handler calls (a text direction needs TEXT, a projection only ENCODE)."""
@@ -413,7 +471,9 @@ def required_capabilities(spec: BaseModel) -> set[str]:
         needs.add(ENCODE)
     elif op == "fit_vector":
         needs.add(ENCODE if spec.dataset is not None else SAMPLE if spec.with_seeds is not None else TEXT)
-    if op not in ("project", "fit_vector"):
+    elif op == "train":
+        needs.add(TRAIN)
+    if op not in ("project", "fit_vector", "train"):
         needs.add(DECODE)
     return needs
 
@@ -432,7 +492,7 @@ def check_capabilities(spec: BaseModel) -> None:
 OPS: dict[str, Callable[[_Job], None]] = {
     "sample": _sample, "interpolate": _interpolate, "edit": _edit, "traverse": _traverse, "analogy": _analogy,
     "roundtrip": _roundtrip, "fit_vector": _fit_vector, "evaluate": _evaluate, "walk": _walk,
-    "project": _project, "anomalies": _anomalies,
+    "project": _project, "anomalies": _anomalies, "train": _train,
 }
 
 

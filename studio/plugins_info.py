@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from studio.config import Settings, load_settings
+from studio.modelstore import registered_listing
 from studio.registry import load_registry
 
 
@@ -17,6 +18,8 @@ def describe_plugins(settings: Settings | None = None, load_models: bool = True)
                  "models": [], "spaces": []}
         try:
             entry["models"] = [m.describe() for m in cls.available_models(settings)]
+            # registered models not fetched to this machine yet: one query, no download (fetched when loaded)
+            entry["models"] += registered_listing(settings, name, {m["name"] for m in entry["models"]})
             if load_models and entry["models"]:
                 backend = cls.load(None, settings)
                 entry["spaces"] = [s.describe() for s in backend.spaces(backend.parse_options({})).values()]

@@ -232,10 +232,39 @@ class AnomaliesSpec(_Job):
     top: int = Field(default=16, ge=1, le=64)
 
 
+class TrainSpec(_Job):
+    """Train fresh weights and register them as model `name` of the backend (studio.modelstore).
+    `options` are the backend's training options (e.g. batch_size), checked by its `train`."""
+
+    op: Literal["train"] = "train"
+    name: Name
+    dataset: Name = "mnist"
+    epochs: int = Field(default=1, ge=1, le=1000)
+    seed: Seed = 0
+    limit: int | None = Field(default=None, ge=1, le=10_000_000)  # only the first N training images
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME_RE.match(v):
+            raise ValueError("model names use letters, digits, '_', '.' and '-' (at most 64)")
+        return v
+
+    @model_validator(mode="after")
+    def _fresh(self) -> TrainSpec:
+        if self.model is not None:
+            raise ValueError("a train job starts from fresh weights: give no model")
+        reserved = sorted(set(self.options) & {"dataset", "epochs", "out", "seed", "settings", "progress", "limit"})
+        if reserved:
+            raise ValueError(f"options: {', '.join(reserved)} are fields of the train job, not training options")
+        return self
+
+
 JobSpec = Annotated[SampleSpec | InterpolateSpec | EditSpec | TraverseSpec | AnalogySpec | RoundtripSpec
-                    | FitVectorSpec | EvaluateSpec | WalkSpec | ProjectSpec | AnomaliesSpec, Field(discriminator="op")]
+                    | FitVectorSpec | EvaluateSpec | WalkSpec | ProjectSpec | AnomaliesSpec | TrainSpec,
+                    Field(discriminator="op")]
 OPS = ("sample", "interpolate", "edit", "traverse", "analogy", "roundtrip", "fit_vector", "evaluate", "walk",
-       "project", "anomalies")
+       "project", "anomalies", "train")
 _adapter: TypeAdapter = TypeAdapter(JobSpec)
 _MODELS: dict[str, type[BaseModel]] = {cls.model_fields["op"].default: cls for cls in typing.get_args(
     typing.get_args(JobSpec)[0])}
@@ -449,6 +478,13 @@ def check_backend_options(spec: BaseModel) -> None:
     from studio.registry import get_backend_class
 
     cls = get_backend_class(spec.backend)
+    if spec.op == "train":  # its options are training options, which the backend's train checks
+        from studio.contract import TRAIN
+
+        if TRAIN not in cls.capabilities:
+            raise InputError(f"backend {cls.name!r} cannot run a train job: it lacks train (capabilities: "
+                             f"{', '.join(sorted(cls.capabilities))})")
+        return
     try:
         cls.parse_options(spec.options)
         for src in spec.sources():

@@ -1,8 +1,9 @@
 """Users of a shared studio: names, roles, passwords (scrypt), API tokens (stored hashed) and login throttling.
 
-The user store is `<store>/users.sqlite`, beside the job store. With no user defined (the single-user default)
-nothing asks for a login and jobs have no owner. As soon as one user exists, the UI and the API require a login
-or a token, and every job belongs to the user who submitted it (admins see everything).
+Users, tokens and login failures live in the records database (studio.db: the embedded SQLite file or PostgreSQL),
+so every machine of a studio sees the same users, tokens and throttling. With no user defined (the single-user
+default) nothing asks for a login and jobs have no owner. As soon as one user exists, the UI and the API require a
+login or a token, and every job belongs to the user who submitted it (admins see everything).
 
 Failed logins are throttled per user and per address: per (user name, client address) pair and per address
 over any names, after a few free failures each further attempt must wait a delay that doubles with every failure
@@ -16,13 +17,11 @@ refused, so failures from elsewhere cannot lock a user out.
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import hmac
 import os
 import re
 import secrets
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -30,8 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.engine import Connection
+
+from studio.db import Database, database_url, retrying, shared
+from studio.db import failures as T_FAIL
+from studio.db import tokens as T_TOK
+from studio.db import users as T_USERS
 from studio.errors import InputError, NotFound
-from studio.sqlite import ThreadConnections, immediate_transaction
 
 if TYPE_CHECKING:
     from studio.config import Settings
@@ -46,30 +51,6 @@ FREE_FAILURES_ADDRESS = 20  # failures from one address (over any names) before 
 DELAY_BASE_S = 2.0  # the first delay; doubles with every further failure
 LOCK_MAX_S = 900.0  # the longest lockout
 FORGET_S = 3600.0  # failures older than this (since the last one) are forgotten
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS users (
-    name TEXT PRIMARY KEY,
-    admin INTEGER NOT NULL DEFAULT 0,
-    password TEXT,
-    created REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS tokens (
-    hash TEXT PRIMARY KEY,
-    user TEXT NOT NULL,
-    created REAL NOT NULL,
-    last_used REAL
-);
-CREATE INDEX IF NOT EXISTS tokens_by_user ON tokens (user);
-CREATE TABLE IF NOT EXISTS failures (
-    kind TEXT NOT NULL,
-    key TEXT NOT NULL,
-    count INTEGER NOT NULL,
-    last REAL NOT NULL,
-    locked_until REAL NOT NULL DEFAULT 0,
-    PRIMARY KEY (kind, key)
-);
-"""
 
 
 def check_user_name(name: str) -> str:
@@ -129,121 +110,165 @@ class LoginResult:
     retry_after_s: float = 0.0
 
 
-class UserStore:
-    """Users, tokens and login failures in `<store>/users.sqlite`. Safe from several threads and processes."""
+def _database(where: Database | str | Path) -> Database:
+    if isinstance(where, Database):
+        return where
+    text = str(where)
+    return shared(text if "://" in text else f"sqlite:///{Path(text).expanduser()}")
 
-    def __init__(self, path: str | Path, clock: Callable[[], float] = time.time) -> None:
-        self.path = Path(path)
+
+U, K, F = T_USERS.c, T_TOK.c, T_FAIL.c
+
+
+class UserStore:
+    """Users, tokens and login failures in a records database (a Database, a URL, or the path of an SQLite file).
+    Safe to use from several threads, processes and machines."""
+
+    def __init__(self, where: Database | str | Path, clock: Callable[[], float] = time.time) -> None:
+        self.db = _database(where)
         self.clock = clock
-        self._db = ThreadConnections(self.path)
-        self._ready = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> UserStore:
-        return cls(settings.store_path / "users.sqlite")
-
-    # ----- connections -----
-    def _conn(self) -> sqlite3.Connection:
-        conn = self._db.get()
-        if not self._ready:
-            conn.executescript(SCHEMA)
-            self._ready = True
-        return conn
-
-    def _tx(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
-        return immediate_transaction(self._conn())
+        """The user store of this studio's records database (STUDIO_DATABASE_URL, or the embedded file)."""
+        return cls(Database.for_settings(settings))
 
     def close(self) -> None:
-        self._db.close()
+        """Nothing to release per store: the process's engine pools connections (kept for callers)."""
+
+    def _absent(self) -> bool:
+        """Whether the embedded database file does not exist yet (then there are no users, and reads create none)."""
+        path = self.db.sqlite_path
+        return path is not None and str(path) not in ("", ":memory:") and not path.exists()
 
     # ----- users -----
+    @retrying
     def any(self) -> bool:
-        """Whether at least one user exists (no file: none, and nothing is created)."""
-        if not self.path.exists():
+        """Whether at least one user exists (no embedded database file: none, and nothing is created)."""
+        if self._absent():
             return False
-        return self._conn().execute("SELECT 1 FROM users LIMIT 1").fetchone() is not None
+        with self.db.read() as db:
+            return db.execute(select(U.name).limit(1)).first() is not None
 
     def add(self, name: str, password: str | None = None, admin: bool = False) -> dict:
         """Create a user (a password is optional: a user may sign in with API tokens only)."""
         check_user_name(name)
         stored = hash_password(_check_password(password)) if password is not None else None
-        with self._tx() as db:
-            if db.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone():
-                raise InputError(f"user {name!r} already exists (remove it first, or use another name)")
-            db.execute("INSERT INTO users (name, admin, password, created) VALUES (?, ?, ?, ?)",
-                       (name, int(admin), stored, self.clock()))
+        self._insert(name, stored, admin)
         return self.get(name)
 
+    @retrying
+    def _insert(self, name: str, stored: str | None, admin: bool) -> None:
+        with self.db.write() as db:
+            self.db.lock(db, f"user:{name}")
+            if db.execute(select(U.name).where(U.name == name)).first() is not None:
+                raise InputError(f"user {name!r} already exists (remove it first, or use another name)")
+            db.execute(insert(T_USERS).values(name=name, admin=int(admin), password=stored, created=self.clock()))
+
     def set_password(self, name: str, password: str) -> None:
-        stored = hash_password(_check_password(password))
-        with self._tx() as db:
-            if db.execute("UPDATE users SET password = ? WHERE name = ?", (stored, name)).rowcount == 0:
+        """Replace `name`'s password; NotFound for an unknown user."""
+        self._set_password(name, hash_password(_check_password(password)))
+
+    @retrying
+    def _set_password(self, name: str, stored: str) -> None:
+        with self.db.write() as db:
+            if db.execute(update(T_USERS).where(U.name == name).values(password=stored)).rowcount == 0:
                 raise NotFound(f"no user {name!r}")
 
+    @retrying
     def remove(self, name: str) -> None:
         """Delete a user and their tokens (their jobs keep their owner name; admins still see them)."""
-        with self._tx() as db:
-            if db.execute("DELETE FROM users WHERE name = ?", (name,)).rowcount == 0:
+        with self.db.write() as db:
+            if db.execute(delete(T_USERS).where(U.name == name)).rowcount == 0:
                 raise NotFound(f"no user {name!r}")
-            db.execute("DELETE FROM tokens WHERE user = ?", (name,))
+            db.execute(delete(T_TOK).where(K.user == name))
 
+    @staticmethod
+    def _listing(db: Connection, name: str | None = None) -> list[dict]:
+        counts = select(K.user, func.count().label("n")).group_by(K.user).subquery()
+        query = select(U.name, U.admin, U.created, U.password.is_not(None).label("has_password"),
+                       func.coalesce(counts.c.n, 0).label("tokens")).outerjoin(counts, counts.c.user == U.name)
+        if name is not None:
+            query = query.where(U.name == name)
+        rows = db.execute(query).mappings().all()
+        return sorted(({"name": r["name"], "admin": bool(r["admin"]), "created": r["created"],
+                        "has_password": bool(r["has_password"]), "tokens": int(r["tokens"])} for r in rows),
+                      key=lambda u: u["name"])
+
+    @retrying
     def get(self, name: str) -> dict:
         """{name, admin, created, has_password, tokens}; NotFound for an unknown user."""
-        if not self.path.exists():
+        if self._absent():
             raise NotFound(f"no user {name!r}")
-        row = self._conn().execute("SELECT * FROM users WHERE name = ?", (name,)).fetchone()
-        if row is None:
+        with self.db.read() as db:
+            found = self._listing(db, name)
+        if not found:
             raise NotFound(f"no user {name!r}")
-        return self._public(row)
+        return found[0]
 
+    @retrying
     def list(self) -> list[dict]:
-        if not self.path.exists():
+        """Every user, by name (as `get` describes them)."""
+        if self._absent():
             return []
-        return [self._public(r) for r in self._conn().execute("SELECT * FROM users ORDER BY name")]
+        with self.db.read() as db:
+            return self._listing(db)
 
-    def _public(self, row: sqlite3.Row) -> dict:
-        tokens = self._conn().execute("SELECT COUNT(*) FROM tokens WHERE user = ?", (row["name"],)).fetchone()[0]
-        return {"name": row["name"], "admin": bool(row["admin"]), "created": row["created"],
-                "has_password": row["password"] is not None, "tokens": int(tokens)}
-
+    @retrying
     def is_admin(self, name: str) -> bool:
-        if not self.path.exists():
+        """Whether `name` is an existing admin."""
+        if self._absent():
             return False
-        row = self._conn().execute("SELECT admin FROM users WHERE name = ?", (name,)).fetchone()
-        return bool(row and row["admin"])
+        with self.db.read() as db:
+            row = db.execute(select(U.admin).where(U.name == name)).first()
+        return bool(row and row[0])
 
     # ----- tokens -----
     def new_token(self, name: str) -> str:
-        """A new API token for `name` (shown once; only its hash is stored)."""
-        self.get(name)
+        """A new API token for `name` (shown once; only its hash is stored); NotFound for an unknown user."""
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        with self._tx() as db:
-            db.execute("INSERT INTO tokens (hash, user, created) VALUES (?, ?, ?)", (token_hash(token), name,
-                                                                                      self.clock()))
+        self._add_token(name, token_hash(token))
         return token
 
-    def revoke_tokens(self, name: str) -> int:
-        with self._tx() as db:
-            return db.execute("DELETE FROM tokens WHERE user = ?", (name,)).rowcount
+    @retrying
+    def _add_token(self, name: str, hashed: str) -> None:
+        with self.db.write() as db:
+            if db.execute(select(U.name).where(U.name == name).with_for_update()).first() is None:
+                raise NotFound(f"no user {name!r}")
+            db.execute(insert(T_TOK).values(hash=hashed, user=name, created=self.clock()))
 
+    @retrying
+    def revoke_tokens(self, name: str) -> int:
+        """Delete all of `name`'s tokens; how many there were."""
+        with self.db.write() as db:
+            return db.execute(delete(T_TOK).where(K.user == name)).rowcount
+
+    @retrying
     def user_for_token(self, token: str) -> str | None:
         """The user an API token belongs to, or None."""
-        if not isinstance(token, str) or not token.startswith(TOKEN_PREFIX) or not self.path.exists():
+        if not isinstance(token, str) or not token.startswith(TOKEN_PREFIX) or self._absent():
             return None
-        row = self._conn().execute("SELECT t.user FROM tokens t JOIN users u ON u.name = t.user WHERE t.hash = ?",
-                                   (token_hash(token),)).fetchone()
-        return row["user"] if row else None
+        with self.db.read() as db:
+            row = db.execute(select(K.user).join(T_USERS, U.name == K.user)
+                             .where(K.hash == token_hash(token))).first()
+        return row[0] if row else None
 
     # ----- logins -----
     def check(self, name: str, secret: str) -> bool:
         """Whether `secret` is `name`'s password or one of their tokens (no throttling; see login)."""
         if isinstance(secret, str) and secret.startswith(TOKEN_PREFIX):
             return self.user_for_token(secret) == name
-        row = self._conn().execute("SELECT password FROM users WHERE name = ?", (name,)).fetchone() \
-            if self.path.exists() else None
-        stored = row["password"] if row is not None and row["password"] else None
+        stored = self._password(name)
         ok = verify_password(secret if isinstance(secret, str) else "", stored or _DUMMY)
         return ok and stored is not None
+
+    @retrying
+    def _password(self, name: str) -> str | None:
+        if self._absent():
+            return None
+        with self.db.read() as db:
+            row = db.execute(select(U.password).where(U.name == name)).first()
+        return row[0] if row is not None and row[0] else None
 
     def login(self, name: str, secret: str, address: str | None = None) -> LoginResult:
         """A throttled login with a password or an API token. Refused unchecked while this (user, address) pair or
@@ -261,52 +286,60 @@ class UserStore:
             self._forget(pair)
             return LoginResult(True, name)
         user_wait = self._locked_for("user", user, now)  # the user is being guessed at: this address waits too
-        for kind, key in [*gates, ("user", user)]:
-            self._failed(kind, key, now, min_delay=user_wait if kind == "pair" else 0.0)
+        self._failed([(kind, key, user_wait if kind == "pair" else 0.0) for kind, key in [*gates, ("user", user)]],
+                     now)
         return LoginResult(False, None, "wrong user name or password")
 
+    @retrying
     def _locked_for(self, kind: str, key: str, now: float) -> float:
-        if not self.path.exists():
+        if self._absent():
             return 0.0
-        row = self._conn().execute("SELECT locked_until FROM failures WHERE kind = ? AND key = ?",
-                                   (kind, key)).fetchone()
-        return max(0.0, row["locked_until"] - now) if row else 0.0
+        with self.db.read() as db:
+            row = db.execute(select(F.locked_until).where(F.kind == kind, F.key == key)).first()
+        return max(0.0, row[0] - now) if row else 0.0
 
-    def _failed(self, kind: str, key: str, now: float, min_delay: float = 0.0) -> None:
-        free = FREE_FAILURES_ADDRESS if kind == "address" else FREE_FAILURES_USER
-        with self._tx() as db:
-            row = db.execute("SELECT count, last FROM failures WHERE kind = ? AND key = ?", (kind, key)).fetchone()
-            count = 1 if row is None or now - row["last"] > FORGET_S else row["count"] + 1
-            delay = 0.0 if count < free else min(LOCK_MAX_S, DELAY_BASE_S * 2 ** (count - free))
-            delay = max(delay, min(LOCK_MAX_S, min_delay))
-            db.execute("INSERT INTO failures (kind, key, count, last, locked_until) VALUES (?, ?, ?, ?, ?) "
-                       "ON CONFLICT(kind, key) DO UPDATE SET count = excluded.count, last = excluded.last, "
-                       "locked_until = excluded.locked_until", (kind, key, count, now, now + delay))
+    @retrying
+    def _failed(self, counters: list[tuple[str, str, float]], now: float) -> None:
+        """Count one failure against each (kind, key, min_delay), in one transaction (PostgreSQL: each counter is
+        locked, so failures from several machines at once are all counted)."""
+        with self.db.write() as db:
+            for kind, key, min_delay in counters:
+                self.db.lock(db, f"failures:{kind}:{key}")
+                row = db.execute(select(F.count, F.last).where(F.kind == kind, F.key == key)).first()
+                count = 1 if row is None or now - row[1] > FORGET_S else row[0] + 1
+                free = FREE_FAILURES_ADDRESS if kind == "address" else FREE_FAILURES_USER
+                delay = 0.0 if count < free else min(LOCK_MAX_S, DELAY_BASE_S * 2 ** (count - free))
+                delay = max(delay, min(LOCK_MAX_S, min_delay))
+                self.db.upsert(db, T_FAIL, {"kind": kind, "key": key, "count": count, "last": now,
+                                            "locked_until": now + delay}, ["kind", "key"])
 
+    @retrying
     def _forget(self, key: tuple[str, str]) -> None:
-        with self._tx() as db:
-            db.execute("DELETE FROM failures WHERE kind = ? AND key = ?", key)
+        with self.db.write() as db:
+            db.execute(delete(T_FAIL).where(F.kind == key[0], F.key == key[1]))
 
+    @retrying
     def failures(self, kind: str, key: str) -> int:
         """How many recent failed logins count against a user name over all addresses ("user"), an address
         ("address") or one user name from one address ("pair", key "NAME ADDRESS")."""
-        if not self.path.exists():
+        if self._absent():
             return 0
-        row = self._conn().execute("SELECT count FROM failures WHERE kind = ? AND key = ?", (kind, key)).fetchone()
-        return int(row["count"]) if row else 0
+        with self.db.read() as db:
+            row = db.execute(select(F.count).where(F.kind == kind, F.key == key)).first()
+        return int(row[0]) if row else 0
 
 
-_shared: dict[Path, UserStore] = {}
+_shared: dict[str, UserStore] = {}
 _shared_lock = threading.Lock()
 
 
 def shared_store(settings: Settings) -> UserStore:
-    """One UserStore per user database in this process (its connections are reused across calls)."""
-    path = settings.store_path / "users.sqlite"
+    """One UserStore per records database URL in this process."""
+    url = database_url(settings)
     with _shared_lock:
-        store = _shared.get(path)
+        store = _shared.get(url)
         if store is None:
-            store = _shared[path] = UserStore(path)
+            store = _shared[url] = UserStore(Database.for_settings(settings))
         return store
 
 

@@ -49,8 +49,13 @@ def test_bob_starts_within_two_claims_after_alices_fifty(tmp_path: Path, stack: 
             order = [j["id"] for j in started_after]
             assert bobs in order[:2], f"bob's job was claim {order.index(bobs) + 1} after he queued it"
             ran = [j for j in jobs if j["started"]]
-            assert all(j["attempts"] == 1 and j["state"] == "SUCCEEDED" for j in ran), [(j["state"], j["attempts"], j["message"]) for j in ran if j["attempts"] != 1 or j["state"] != "SUCCEEDED"]
-            assert len(harness.trace_lines()) == len(ran)  # each job decoded once: exactly once
+            # a job claimed between its status read and its cancel above is cancelled while running: that is the
+            # test's own race, not a second run
+            raced = [j for j in ran if j["state"] == "CANCELLED" and j["message"] == "cancelled while running"]
+            assert all(j["attempts"] == 1 for j in ran) and len(raced) <= 2, [(j["state"], j["message"]) for j in ran]
+            assert all(j["state"] == "SUCCEEDED" for j in ran if j not in raced)
+            succeeded = len(ran) - len(raced)
+            assert succeeded <= len(harness.trace_lines()) <= len(ran)  # each job decoded at most once: exactly once
             assert {j["owner"] for j in jobs} == {"alice", "bob"}
             client.close()
     finally:

@@ -1,6 +1,6 @@
 """Users and access: the user store (scrypt, hashed tokens, login throttling), owners of jobs and vectors, "not
 found" for another user's job, the per-user quota, fair claims, the migration of an old job database, the CLI,
-and (integration) the UI over HTTP with two users."""
+and (integration) the user store on PostgreSQL shared by two machines, and the UI over HTTP with two users."""
 
 from __future__ import annotations
 
@@ -9,14 +9,20 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 import uuid
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from studio.config import load_settings
+from studio.db import Database, shared
+from studio.db import tokens as T_TOKENS
+from studio.db import users as T_USERS
 from studio.errors import InputError, NotFound
-from studio.queue.jobstore import SCHEMA, SCHEMA_VERSION, JobStore, NewJob, QuotaExceeded
+from studio.queue.jobstore import SCHEMA_VERSION, JobStore, NewJob, QuotaExceeded
+from studio.testing_services import PostgresDatabase, postgres_available
 from studio.ui.testing import free_port
 from studio.users import (
     FREE_FAILURES_ADDRESS,
@@ -55,6 +61,37 @@ def users(settings) -> UserStore:
     return store
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
+def records(request, tmp_path: Path):
+    """Where a user store lives: an embedded SQLite file, or a fresh PostgreSQL database (its URL)."""
+    if request.param == "sqlite":
+        yield tmp_path / "records.sqlite"
+        return
+    if not postgres_available():
+        pytest.fail("PostgreSQL is not answering on 127.0.0.1:5432 (trust auth, user postgres)")
+    database = PostgresDatabase().create()
+    try:
+        yield database.url
+    finally:
+        shared(database.url).dispose()
+        database.drop()
+
+
+@pytest.fixture
+def trio(records) -> UserStore:
+    """alice, mallory and root (an admin) in a user store on each kind of records database."""
+    store = UserStore(records)
+    store.add("alice", "alice-password")
+    store.add("mallory", "mallory-password")
+    store.add("root", "root-password", admin=True)
+    return store
+
+
+def _stored(store: UserStore, query):  # noqa: ANN001, ANN202 - what the records database holds, read directly
+    with store.db.read() as db:
+        return db.execute(query).all()
+
+
 def _new(job_id: str, owner: str | None, priority: int = 5, queue: str = "t.any.toy") -> NewJob:
     return NewJob(id=job_id, spec={"op": "sample", "backend": "toy", "n": 1, "seed": 0,
                                    "image": {"png_b64": "c2VjcmV0"}},
@@ -63,19 +100,21 @@ def _new(job_id: str, owner: str | None, priority: int = 5, queue: str = "t.any.
 
 # ----- the user store -----
 
-def test_passwords_are_stored_as_salted_scrypt(users: UserStore) -> None:
+def test_passwords_are_stored_as_salted_scrypt(trio: UserStore) -> None:
+    users = trio
     stored = hash_password("correct horse")
     assert stored.startswith("scrypt$16384$8$1$") and "correct horse" not in stored
     assert stored != hash_password("correct horse")  # a new salt every time
     assert verify_password("correct horse", stored) and not verify_password("correct hors", stored)
     assert not verify_password("x", "md5$abc") and not verify_password("x", "garbage")
-    raw = sqlite3.connect(users.path).execute("SELECT password FROM users WHERE name = 'alice'").fetchone()[0]
+    [(raw,)] = _stored(users, select(T_USERS.c.password).where(T_USERS.c.name == "alice"))
     assert raw.startswith("scrypt$") and "alice-password" not in raw
     assert users.check("alice", "alice-password") and not users.check("alice", "mallory-password")
     assert not users.check("nobody", "alice-password")
 
 
-def test_user_names_passwords_and_duplicates_are_checked(users: UserStore) -> None:
+def test_user_names_passwords_and_duplicates_are_checked(trio: UserStore) -> None:
+    users = trio
     with pytest.raises(InputError, match="user name 'Al ice' is invalid"):
         users.add("Al ice", "long-enough")
     with pytest.raises(InputError, match="shorter than 8"):
@@ -87,21 +126,26 @@ def test_user_names_passwords_and_duplicates_are_checked(users: UserStore) -> No
     assert [(u["name"], u["admin"]) for u in users.list()] == [("alice", False), ("mallory", False), ("root", True)]
 
 
-def test_tokens_are_stored_hashed_and_die_with_their_user(users: UserStore) -> None:
+def test_tokens_are_stored_hashed_and_die_with_their_user(trio: UserStore) -> None:
+    users = trio
     token = users.new_token("alice")
     assert token.startswith("st_") and len(token) > 40
-    rows = sqlite3.connect(users.path).execute("SELECT hash, user FROM tokens").fetchall()
+    rows = _stored(users, select(T_TOKENS.c.hash, T_TOKENS.c.user))
     assert rows and all(token not in h for h, _ in rows)
     assert users.user_for_token(token) == "alice" and users.check("alice", token)
     assert not users.check("mallory", token) and users.user_for_token(token + "x") is None
     assert users.user_for_token("alice-password") is None
+    assert users.get("alice")["tokens"] == 1 and users.check("alice", "alice-password")
     users.remove("alice")
-    assert users.user_for_token(token) is None
+    assert users.user_for_token(token) is None and not users.check("alice", "alice-password")
+    assert _stored(users, select(T_TOKENS.c.hash)) == []  # its tokens went with it
+    with pytest.raises(NotFound, match="no user 'alice'"):
+        users.new_token("alice")
 
 
-def test_failed_logins_are_throttled_per_user_with_a_growing_delay(tmp_path: Path) -> None:
+def test_failed_logins_are_throttled_per_user_with_a_growing_delay(records) -> None:
     clock = Clock()
-    store = UserStore(tmp_path / "users.sqlite", clock=clock)
+    store = UserStore(records, clock=clock)
     store.add("alice", "alice-password")
     for _ in range(FREE_FAILURES_USER - 1):
         assert store.login("alice", "wrong-guess", "10.0.0.1").why == "wrong user name or password"
@@ -119,8 +163,8 @@ def test_failed_logins_are_throttled_per_user_with_a_growing_delay(tmp_path: Pat
     assert store.failures("pair", "alice 10.0.0.1") == 0
 
 
-def test_failed_logins_are_throttled_per_address_over_any_names(tmp_path: Path) -> None:
-    store = UserStore(tmp_path / "users.sqlite", clock=Clock())
+def test_failed_logins_are_throttled_per_address_over_any_names(records) -> None:
+    store = UserStore(records, clock=Clock())
     store.add("alice", "alice-password")
     for i in range(FREE_FAILURES_ADDRESS):
         assert not store.login(f"guess{i}", "wrong-guess", "10.6.6.6").ok
@@ -131,6 +175,7 @@ def test_failed_logins_are_throttled_per_address_over_any_names(tmp_path: Path) 
 def test_cli_user_comes_from_a_token_or_a_name_only_when_users_exist(settings, users: UserStore) -> None:
     empty = load_settings({"STUDIO_HOME": str(Path(settings.home).parent / "empty")})
     assert user_from_env(empty, {}) is None  # the single-user default: nobody to name
+    assert not empty.store_path.exists()  # and asking made no database
     token = users.new_token("alice")
     assert user_from_env(settings, {"STUDIO_TOKEN": token}) == "alice"
     assert user_from_env(settings, {"STUDIO_USER": "mallory"}) == "mallory"
@@ -302,9 +347,71 @@ def test_concurrent_claims_run_every_job_exactly_once_and_strand_none(tmp_path: 
 
 # ----- migration -----
 
+OLD_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    op TEXT NOT NULL,
+    backend TEXT NOT NULL,
+    model TEXT,
+    spec TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    queue TEXT NOT NULL,
+    batch_key TEXT,
+    images INTEGER NOT NULL DEFAULT 0,
+    created REAL NOT NULL,
+    started REAL,
+    attempt_started REAL,
+    finished REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    max_attempts INTEGER NOT NULL,
+    time_limit_s REAL NOT NULL,
+    progress REAL NOT NULL DEFAULT 0,
+    step INTEGER NOT NULL DEFAULT 0,
+    total INTEGER NOT NULL DEFAULT 0,
+    message TEXT NOT NULL DEFAULT '',
+    eta_s REAL,
+    preview TEXT,
+    error TEXT,
+    metrics TEXT,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    lease_owner TEXT,
+    lease_expires REAL,
+    worker TEXT,
+    leader TEXT,
+    parent TEXT,
+    staging TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, batch_key);
+CREATE TABLE IF NOT EXISTS events (
+    job_id TEXT NOT NULL,
+    ts REAL NOT NULL,
+    kind TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_job ON events (job_id);
+CREATE TABLE IF NOT EXISTS artifacts (
+    job_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    PRIMARY KEY (job_id, name)
+);
+CREATE TABLE IF NOT EXISTS workers (
+    id TEXT PRIMARY KEY,
+    info TEXT NOT NULL,
+    started REAL NOT NULL,
+    last_seen REAL NOT NULL,
+    job_id TEXT
+);
+"""  # the job database of version 1, before owners (kept as it was)
+
+
 def test_an_old_database_without_owners_is_migrated(tmp_path: Path) -> None:
     path = tmp_path / "jobs.sqlite"
-    old_schema = SCHEMA.replace("staging TEXT,\n    owner TEXT\n", "staging TEXT\n")
+    old_schema = OLD_SCHEMA
     assert "    owner TEXT" not in old_schema
     db = sqlite3.connect(path)
     db.executescript(old_schema)
@@ -496,10 +603,10 @@ def test_ui_over_http_scopes_jobs_to_the_signed_in_user_and_throttles_logins(tmp
         client.close()
 
 
-def test_failures_from_other_addresses_never_refuse_the_right_password(tmp_path: Path) -> None:
+def test_failures_from_other_addresses_never_refuse_the_right_password(records) -> None:
     """Review #7: anyone could lock a user out, even against the right password, by failing from anywhere."""
     clock = Clock()
-    store = UserStore(tmp_path / "users.sqlite", clock=clock)
+    store = UserStore(records, clock=clock)
     store.add("alice", "alice-password")
     for i in range(3 * FREE_FAILURES_USER):  # mallory fails as alice from many addresses, and from one
         assert not store.login("alice", "wrong-guess", f"10.9.9.{i % 3}").ok
@@ -510,10 +617,10 @@ def test_failures_from_other_addresses_never_refuse_the_right_password(tmp_path:
     assert store.login("alice", "alice-password", None).ok  # and with no known address
 
 
-def test_a_guessed_at_user_slows_every_address_down(tmp_path: Path) -> None:
+def test_a_guessed_at_user_slows_every_address_down(records) -> None:
     """The per-user counter over all addresses makes each further address wait after its first failure."""
     clock = Clock()
-    store = UserStore(tmp_path / "users.sqlite", clock=clock)
+    store = UserStore(records, clock=clock)
     store.add("alice", "alice-password")
     for i in range(FREE_FAILURES_USER + 1):  # one guess each from many addresses: no pair ever reaches its limit
         assert store.login("alice", "wrong-guess", f"10.8.0.{i}").why == "wrong user name or password"
@@ -523,6 +630,93 @@ def test_a_guessed_at_user_slows_every_address_down(tmp_path: Path) -> None:
     refused = store.login("alice", "wrong-guess", "10.8.1.1")  # this address's second guess waits
     assert "too many" in refused.why and refused.retry_after_s >= user_wait - 0.01
     assert store.login("alice", "alice-password", "10.8.1.2").ok  # the right password is still never refused
+
+
+# ----- one user store for every machine (the records database) -----
+
+@pytest.fixture
+def postgres_url():
+    """A fresh PostgreSQL database's URL, dropped afterwards."""
+    if not postgres_available():
+        pytest.fail("PostgreSQL is not answering on 127.0.0.1:5432 (trust auth, user postgres)")
+    database = PostgresDatabase().create()
+    try:
+        yield database.url
+    finally:
+        shared(database.url).dispose()
+        database.drop()
+
+
+@pytest.mark.integration
+def test_two_machines_on_one_postgresql_share_users_tokens_and_throttling(postgres_url: str) -> None:
+    here, there = Database(postgres_url), Database(postgres_url)  # two engines, as two machines have
+    try:
+        a, b = UserStore(here), UserStore(there)
+        assert not a.any() and b.list() == []
+        a.add("alice", "alice-password")
+        assert b.any() and b.check("alice", "alice-password") and not b.is_admin("alice")
+        with pytest.raises(InputError, match="already exists"):
+            b.add("alice", "another-password")
+        token = b.new_token("alice")
+        assert a.user_for_token(token) == "alice" and a.get("alice")["tokens"] == 1
+        for i in range(FREE_FAILURES_USER):  # guesses from one address, sent to either machine
+            assert not (a if i % 2 else b).login("alice", "wrong-guess", "10.0.0.1").ok
+        assert "too many" in a.login("alice", "alice-password", "10.0.0.1").why
+        assert "too many" in b.login("alice", "alice-password", "10.0.0.1").why
+        assert a.login("alice", token, "10.0.0.2").ok and b.failures("pair", "alice 10.0.0.1") == FREE_FAILURES_USER
+        a.revoke_tokens("alice")
+        assert b.user_for_token(token) is None
+        b.remove("alice")
+        assert not a.any() and not a.check("alice", "alice-password")
+    finally:
+        here.dispose()
+        there.dispose()
+
+
+@pytest.mark.integration
+def test_concurrent_failed_logins_on_two_machines_are_all_counted(postgres_url: str) -> None:
+    here, there = Database(postgres_url), Database(postgres_url)
+    try:
+        stores = [UserStore(here), UserStore(there)]
+        stores[0].add("alice", "alice-password")
+        per_thread = 4
+        errors: list[BaseException] = []
+
+        def guess(store: UserStore, n: int) -> None:
+            try:
+                for i in range(per_thread):
+                    store.login("alice", "wrong-guess", f"10.7.{n}.{i}")  # new addresses: never refused unchecked
+            except BaseException as exc:  # noqa: BLE001 - reported by the test
+                errors.append(exc)
+
+        threads = [threading.Thread(target=guess, args=(stores[n % 2], n)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert errors == [] and stores[1].failures("user", "alice") == 4 * per_thread  # none lost to a race
+    finally:
+        here.dispose()
+        there.dispose()
+
+
+@pytest.mark.integration
+def test_the_cli_on_another_machine_sees_users_made_on_the_first(tmp_path: Path, postgres_url: str) -> None:
+    """Two homes with no shared folder and one STUDIO_DATABASE_URL: users and tokens travel with the records."""
+    first = {"STUDIO_HOME": str(tmp_path / "first"), "STUDIO_DATABASE_URL": postgres_url, "STUDIO_USER": "",
+             "STUDIO_TOKEN": ""}
+    second = {**first, "STUDIO_HOME": str(tmp_path / "second")}
+    added = _cli("users", "add", "alice", "--password-stdin", env=first, input_text="alice-password\n")
+    assert added.returncode == 0, added.stderr
+    token = _cli("users", "token", "alice", env=first).stdout.strip()
+    assert token.startswith("st_")
+    assert '"name": "alice"' in _cli("users", "list", "--json", env=second).stdout
+    settings = load_settings(second)
+    assert user_from_env(settings, {"STUDIO_TOKEN": token}) == "alice" and viewer_for(settings, "alice") == "alice"
+    refused = _cli("jobs", env=second)
+    assert refused.returncode == 2 and "STUDIO_TOKEN" in refused.stderr
+    assert _cli("jobs", env={**second, "STUDIO_TOKEN": token}).returncode == 0
+    assert list(tmp_path.rglob("*.sqlite")) == []  # nothing embedded: the records are on the server
 
 
 # ----- review findings 1, 2, 3, 5, 6: the UI trusts only the user store, by id, per session -----

@@ -229,7 +229,7 @@ def test_attribute_split_refuses_unknown_attributes(digits):
 def test_vector_store_round_trip_and_listing(settings):
     vector = torch.randn(4, 2, 2)
     path = save_vector(settings, "vae", SHA, "thick.v1", vector, {"space": "z", "method": "mean", "auc": 0.93})
-    assert path == settings.vectors_path / "vae" / SHA[:16] / "thick.v1.safetensors"
+    assert path == f"vectors/vae/{SHA[:16]}/thick.v1.safetensors"  # its storage key
     loaded, meta = load_vector(settings, "vae", SHA, "thick.v1")
     assert torch.equal(loaded, vector) and meta["space"] == "z" and meta["shape"] == [4, 2, 2]
     save_vector(settings, "gan", "cd" * 32, "smile", torch.ones(3), {"space": "w", "attribute": "examples"})
@@ -246,7 +246,7 @@ def test_vector_store_refuses_unsafe_names(settings, name):
         save_vector(settings, "vae", SHA, name, torch.ones(2), {"space": "z"})
     with pytest.raises(InputError, match="invalid"):
         load_vector(settings, "vae", SHA, name)
-    assert not settings.vectors_path.exists() or not any(settings.vectors_path.rglob("*.safetensors"))
+    assert list_vectors(settings) == [] and not any(settings.store_path.rglob("*.safetensors"))
 
 
 def test_vector_store_missing_vector_names_the_stored_ones(settings):

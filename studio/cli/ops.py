@@ -180,9 +180,24 @@ def anomalies(backend: Backend, model: Model = None,
             "limit": limit, "ood_dataset": ood, "top": top}
 
 
+def train(backend: Backend,
+          name: Annotated[str, typer.Option(help="Model name to register the weights as (see `studio models list`).")
+                          ] = ...,
+          dataset: Annotated[str, typer.Option(help="Training set: mnist, fashion or folder:PATH.")] = "mnist",
+          epochs: Annotated[int, typer.Option(help="Epochs (1-1000).")] = 1,
+          seed: Annotated[int, typer.Option(help="Seed: same seed, same weights.")] = 0,
+          limit: Annotated[int | None, typer.Option(help="Use only the first N training images.")] = None,
+          option: Annotated[list[str] | None, typer.Option("--option", "-o", help="Training option KEY=VALUE, "
+                                                           "e.g. batch_size=64 (repeatable).")] = None) -> dict:
+    """Train fresh weights and register them as a model every worker can use (stored by sha256)."""
+    return {"op": "train", "backend": backend, "name": name, "dataset": dataset, "epochs": epochs, "seed": seed,
+            "limit": limit, "options": parse_option_pairs(option)}
+
+
 BUILDERS: dict[str, Callable[..., dict]] = {
     "sample": sample, "interpolate": interpolate, "edit": edit, "traverse": traverse, "analogy": analogy,
     "roundtrip": roundtrip, "walk": walk, "evaluate": evaluate, "project": project, "anomalies": anomalies,
+    "train": train,
 }
 PARAM = inspect.Parameter.KEYWORD_ONLY
 

@@ -110,7 +110,7 @@ class WorkerRuntime(Runtime):
 
             cls = get_backend_class(name)
             device, dtype = self.device_for(frozenset(cls.devices), name)
-            backend = cls.load(model, self.settings, device=device, dtype=dtype)
+            backend = self.load_backend(cls, model, device, dtype)  # fetches a registered model first
             size = model_bytes(backend)
             self.loads += 1
             self._make_room(size)
