@@ -42,6 +42,11 @@ SPECS: dict[str, dict] = {
     "walk": {"op": "walk", "keyframes": [{"seed": 1}, {"seed": 2}], "frames_per_segment": 2},
     "project": {"op": "project", "dataset": "digits", "limit": 10, "method": "pca"},
     "anomalies": {"op": "anomalies", "dataset": "digits", "limit": 10, "top": 2},
+    "train": {"op": "train", "dataset": "mnist", "limit": 64, "epochs": 1},
+}
+TRAIN_OPTIONS = {  # the smallest recipe of each backend that trains (its `train` checks these)
+    "vae": {"batch_size": 32},
+    "gan": {"batch_size": 32, "ngf": 8, "ndf": 8, "mapping_width": 16, "encoder_steps": 4, "encoder_width": 8},
 }
 # (backend, op) -> words the one-line refusal must contain; every other pair must run.
 REFUSED = {
@@ -49,6 +54,8 @@ REFUSED = {
     ("gan", "fit_vector_text"): "lacks text",
     ("pca", "fit_vector_text"): "lacks text",
     ("sd", "evaluate"): "evaluate needs 1x28x28 images",
+    ("sd", "train"): "lacks train",
+    ("pca", "train"): "lacks train",
 }
 CASES = [(b, op) for b in BACKENDS for op in SPECS]
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -68,6 +75,8 @@ def test_the_matrix_covers_every_op_and_backend():
 
 def _run(runtime: Runtime, backend: str, op: str):
     spec = {**SPECS[op], "backend": backend, "options": OPTIONS[backend]}
+    if op == "train":  # weights registered as model `every-op-<backend>` (studio.modelstore)
+        spec = {**spec, "name": f"every-op-{backend}", "options": TRAIN_OPTIONS.get(backend, {})}
     if op == "edit":  # an edit needs a stored vector of this backend's weights: fit one from picked seeds
         execute({"op": "fit_vector", "backend": backend, "options": OPTIONS[backend], "name": "every-op",
                  "with_seeds": [1, 2], "without_seeds": [3, 4]}, runtime)

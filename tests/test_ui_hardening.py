@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import os
 import urllib.parse
@@ -63,38 +64,38 @@ def test_reprs_and_long_messages_never_reach_users() -> None:
     assert info.value.message.startswith("&lt;&amp;&gt;") and info.value.message.endswith("…")
 
 
-def test_the_shelf_copies_only_artifacts_of_the_store(tmp_path) -> None:
+def test_the_shelf_serves_only_copies_streamed_from_storage(tmp_path) -> None:
+    """The shelf writes the bytes it is given (read from storage by the record's key) under a tagged folder; it never
+    takes a path, so no store file (the job database, another job's folder) can be turned into a served copy."""
     from studio.ui.artifacts import ArtifactShelf
 
-    store_jobs = tmp_path / "store" / "jobs"
-    (store_jobs / "abc123").mkdir(parents=True)
-    png = store_jobs / "abc123" / "grid.png"
-    Image.new("L", (4, 4), 7).save(png)
-    (tmp_path / "store" / "jobs.sqlite").write_bytes(b"SQLite format 3\x00")
-    shelf = ArtifactShelf(tmp_path / "shelf", store_jobs)
-    copy = shelf.put("abc123", "grid.png", png)
+    buf = io.BytesIO()
+    Image.new("L", (4, 4), 7).save(buf, "PNG")
+    png = buf.getvalue()
+    reads: list[str] = []
+
+    def read(data: bytes = png) -> bytes:
+        reads.append("read")
+        return data
+
+    shelf = ArtifactShelf(tmp_path / "shelf")
+    copy = shelf.put("abc123", "grid.png", read, len(png))
     folder = shelf.folder_name("abc123")
     assert copy == str((tmp_path / "shelf" / folder / "grid.png").resolve())
     assert folder.startswith("abc123-") and len(folder) > len("abc123-") + 16  # not derivable from the id alone
-    assert ArtifactShelf(tmp_path / "other", store_jobs).folder_name("abc123") != folder  # each shelf has its key
+    assert ArtifactShelf(tmp_path / "other").folder_name("abc123") != folder  # each shelf has its key
     assert not any(p.name.endswith(".key") for p in (tmp_path / "shelf").rglob("*"))  # the key is never served
-    assert Path(copy).read_bytes() == png.read_bytes() and not Path(copy).is_symlink()
-    assert shelf.put("abc123", "grid.png", png) == copy  # once
-    (store_jobs / "abc123" / "db.png").symlink_to(tmp_path / "store" / "jobs.sqlite")
-    refused = [("abc123", "db.png", store_jobs / "abc123" / "db.png"),  # a symlink
-               ("abc123", "grid.png", tmp_path / "store" / "jobs.sqlite"),  # not that artifact's file
-               ("..", "jobs.sqlite", tmp_path / "store" / "jobs.sqlite"),  # not a job id
-               ("abc123", "../jobs.sqlite", store_jobs / "abc123" / ".." / ".." / "jobs.sqlite"),
-               ("abc123", ".hidden", png), ("a/b", "grid.png", png), ("abc123", "missing.png", tmp_path / "x")]
-    for job_id, name, source in refused:
-        assert shelf.put(job_id, name, source) is None, (job_id, name)
+    assert Path(copy).read_bytes() == png and not Path(copy).is_symlink()
+    assert shelf.put("abc123", "grid.png", read, len(png)) == copy and reads == ["read"]  # streamed once
+    for job_id, name in [("..", "jobs.sqlite"), ("abc123", "../jobs.sqlite"), ("abc123", ".hidden"),
+                         ("a/b", "grid.png"), ("abc123", "a/b.png"), ("", "grid.png"), ("abc123", "")]:
+        assert shelf.put(job_id, name, read) is None, (job_id, name)
+    assert reads == ["read"]  # a refused reference reads nothing
     assert sorted(p.name for p in (tmp_path / "shelf").rglob("*")) == [folder, "grid.png"]
 
-    small = ArtifactShelf(tmp_path / "small", store_jobs, keep_jobs=2)  # copies of the latest jobs only
+    small = ArtifactShelf(tmp_path / "small", keep_jobs=2)  # copies of the latest jobs only
     for i, job_id in enumerate(("j1", "j2", "j3")):
-        (store_jobs / job_id).mkdir()
-        Image.new("L", (2, 2), i).save(store_jobs / job_id / "grid.png")
-        assert small.put(job_id, "grid.png", store_jobs / job_id / "grid.png")
+        assert small.put(job_id, "grid.png", lambda i=i: bytes([i]) * 10)
         os.utime(tmp_path / "small" / small.folder_name(job_id), (1000 + i, 1000 + i))
     assert sorted(p.name for p in (tmp_path / "small").iterdir()) == sorted(small.folder_name(j) for j in ("j2", "j3"))
 

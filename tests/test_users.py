@@ -828,7 +828,7 @@ def test_ui_replays_by_job_id_and_trusts_no_store_path(settings, users: UserStor
     for bad in (folder / "grid.png", settings.store_path / "jobs.sqlite", "/etc/passwd", f"{gradio_cache()}/../x"):
         with pytest.raises(InputError, match="not one of the studio's images"):
             trusted_path(str(bad), settings)
-    copy = ArtifactShelf.for_settings(settings).put("a11ce0000001", "grid.png", folder / "grid.png")
+    copy = ArtifactShelf.for_settings(settings).put("a11ce0000001", "grid.png", (folder / "grid.png").read_bytes)
     assert copy is not None and trusted_path(copy, settings).startswith(str(shelf_root(settings)))
 
     def describe(settings, load_models: bool = False) -> dict:  # noqa: ANN001
