@@ -342,7 +342,14 @@ class Database:
             if version > 0 or inspect(conn).has_table("jobs"):
                 from studio.migrations import migrate_sqlite_to_v3
 
-                migrate_sqlite_to_v3(conn, self)
+                try:
+                    migrate_sqlite_to_v3(conn, self)
+                except (DBAPIError, OSError, ValueError) as exc:
+                    if isinstance(exc, DBAPIError) and _lost_connection(exc):
+                        raise
+                    raise StudioError(f"database {self.shown} (schema version {version}) could not be migrated to "
+                                      f"version {SCHEMA_VERSION} ({type(getattr(exc, 'orig', None) or exc).__name__}); "
+                                      "it was left unchanged: repair or move it aside") from None
             metadata.create_all(conn)
             for table in metadata.sorted_tables:  # indexes added since a table was made (create_all skips them)
                 for index in table.indexes:
@@ -399,7 +406,7 @@ def _with_retries(db: Database, fn: Callable[[], T]) -> T:
                 reason = clip(str(exc.orig or exc).strip().splitlines()[0] if str(exc.orig or exc).strip() else
                               type(exc).__name__, 160)
                 raise DatabaseUnavailable(f"database {db.shown} is unavailable ({reason}); check "
-                                          "STUDIO_DATABASE_URL and that the server runs") from None
+                                          "the database URL (STUDIO_DATABASE_URL) and that the server runs") from None
             with contextlib.suppress(Exception):
                 db.engine.dispose()  # every pooled connection may be dead: start afresh
             time.sleep(delay)

@@ -14,11 +14,13 @@ app = typer.Typer(name="studio", help="Latent Studio: sample, walk, edit and com
 
 
 def _register() -> None:
-    from studio.cli import local, queue_cmds, users_cmds
+    from studio.cli import db_cmds, local, models_cmds, queue_cmds, users_cmds
 
     local.register(app)
     queue_cmds.register(app)
     users_cmds.register(app)
+    models_cmds.register(app)
+    db_cmds.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:

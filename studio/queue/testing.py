@@ -228,12 +228,13 @@ class QueueHarness:
         return StudioClient(self.settings)
 
     def start_worker(self, *args: str, env: dict[str, str] | None = None, timeout: float = 90.0,
-                     loglevel: str = "INFO") -> subprocess.Popen:
-        """Start `python -m studio.queue ARGS` in its own process group; wait until it advertises itself."""
+                     loglevel: str = "INFO", wrapper: list[str] | None = None) -> subprocess.Popen:
+        """Start `python -m studio.queue ARGS` in its own process group; wait until it advertises itself.
+        `wrapper` runs it through a command that execs its arguments (e.g. `unshare -m sh -c '...; exec "$@"' sh`)."""
         from studio.queue.jobstore import JobStore
 
         log = open(self.root / f"worker-{len(self.workers)}.log", "w")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen([sys.executable, "-m", "studio.queue", "--loglevel", loglevel, *args],
+        proc = subprocess.Popen([*(wrapper or []), sys.executable, "-m", "studio.queue", "--loglevel", loglevel, *args],
                                 env={**os.environ, **self.env, **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
         self.workers.append(proc)
