@@ -144,7 +144,12 @@ def run_up(settings: Settings, host: str | None = None, port: int | None = None,
             workers = f"worker pid {proc.pid}"
         else:
             workers = "no worker here"
-        print(f"studio up: broker {where}; {workers}; store {settings.store_path}", flush=True)
+        from studio.db import database_url
+        from studio.db import redacted as redacted_db
+        from studio.storage import storage_for
+
+        print(f"studio up: broker {where}; {workers}; records {redacted_db(database_url(settings))}; storage "
+              f"{storage_for(settings).url}", flush=True)
         if worker and launch is not None:  # on a small machine the UI's imports would slow the worker: it goes second
             _wait_for_worker(client, supervisor, WORKER_FIRST_S)
         if launch is not None:
