@@ -145,7 +145,8 @@ def resolve_under(path: str | Path, roots: list[Path], what: str) -> Path:
     """Resolve `path` and refuse it unless it lies under one of `roots`."""
     p = Path(path).expanduser()
     candidates = [p.resolve()] if p.is_absolute() else [(r / p).resolve() for r in roots] + [p.resolve()]
-    for c in candidates:
+    existing = [c for c in candidates if c.exists()]
+    for c in existing or candidates:  # a path that exists decides: a missing one under another root cannot mask it
         if within(c, roots) is not None:
             return c
     shown = clip(os.pathsep.join(str(r) for r in roots), 120)

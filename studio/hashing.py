@@ -14,7 +14,8 @@ _memory: dict[str, dict] = {}
 _lock = threading.Lock()
 
 
-def _digest(path: Path) -> str:
+def digest_file(path: str | Path) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB blocks (no cache: see file_sha256 for the cached one)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -46,7 +47,7 @@ def file_sha256(path: str | Path, cache_dir: Path | None = None) -> str:
         if fresh(disk.get(key)):
             _memory[key] = disk[key]
             return disk[key]["sha256"]
-        entry = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": _digest(real)}
+        entry = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest_file(real)}
         _memory[key] = entry
         if cache_file:
             disk[key] = entry

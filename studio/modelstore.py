@@ -11,7 +11,6 @@ discovery finds the model by name (a file of the same name in a configured root 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, TypeVar
 from sqlalchemy import delete, insert, or_, select
 
 from studio.errors import InputError, NotFound, StudioError, clip
+from studio.hashing import digest_file
 
 if TYPE_CHECKING:
     from studio.config import Settings
@@ -56,14 +56,6 @@ def storage_key(sha256: str) -> str:
 def cache_root(settings: Settings) -> Path:
     """The model root that holds fetched models: `<cache>/models`, one folder per backend inside."""
     return settings.cache_path / CACHE_FOLDER
-
-
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _database(settings: Settings, create: bool) -> Database | None:
@@ -140,7 +132,7 @@ def import_model(settings: Settings, backend: str, path: str | Path, name: str, 
         raise InputError(f"no weights file at {clip(path, 120)}")
     try:
         read_header(path)  # CorruptWeights (an InputError) when it is not a valid safetensors file
-        sha256, size = _digest(path), path.stat().st_size
+        sha256, size = digest_file(path), path.stat().st_size
     except OSError as exc:
         raise InputError(f"weights file {clip(path.name)!r} cannot be read ({exc.strerror or type(exc).__name__})") \
             from None
@@ -306,7 +298,7 @@ def ensure_local(settings: Settings, backend: str, name: str) -> Path | None:
     tmp = target.with_name(f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part")  # never *.safetensors
     try:
         storage_for(settings).get_file(row["key"], tmp)
-        got = _digest(tmp)
+        got = digest_file(tmp)
         if got != sha256:
             raise ModelIntegrityError(
                 f"stored weights of {backend} model {name!r} do not match their sha256 (expected {sha256[:12]}, "

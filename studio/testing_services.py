@@ -37,6 +37,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_process_group(proc: subprocess.Popen, timeout_s: float = 5.0) -> None:
+    """Stop the process group `proc` leads: SIGTERM (and SIGCONT, so a paused one can die of it), then SIGKILL after
+    `timeout_s`."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+        os.killpg(proc.pid, signal.SIGCONT)
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout_s)
+
+
 def moto_server_path() -> str | None:
     """The moto_server executable next to this Python, else on PATH; None when moto[server] is not installed."""
     beside = Path(sys.executable).parent / "moto_server"
@@ -111,17 +127,8 @@ class S3Server:
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after 5 s; its in-memory objects are gone."""
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-            os.killpg(proc.pid, signal.SIGCONT)  # a paused server must run to die of SIGTERM
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+        if proc is not None:
+            stop_process_group(proc, 5.0)
 
     def pause(self) -> None:
         """SIGSTOP: an outage (connections hang) that keeps the objects."""

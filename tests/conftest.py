@@ -58,3 +58,30 @@ def tiny_sd_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     models = tmp_path_factory.mktemp("tiny-sd-models")
     build_tiny_sd(models / "sd" / "tiny", seed=0)
     return models
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    """A real S3 server (moto_server) for a test module; each test makes its own bucket."""
+    from studio.testing_services import S3Server, s3_server_available
+
+    if not s3_server_available():
+        pytest.fail("moto_server is not installed: pip install 'moto[server]' (a dev dependency)")
+    with S3Server() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres():
+    """A fresh database on the PostgreSQL server at 127.0.0.1:5432, dropped afterwards (with this process's pool)."""
+    from studio.db import shared
+    from studio.testing_services import PostgresDatabase, postgres_available
+
+    if not postgres_available():
+        pytest.fail("PostgreSQL is not answering on 127.0.0.1:5432 (trust auth, user postgres; see ENVIRONMENT.md)")
+    database = PostgresDatabase().create()
+    try:
+        yield database
+    finally:
+        shared(database.url).dispose()
+        database.drop()

@@ -25,7 +25,7 @@ from studio.executor import Artifact, JobResult
 from studio.queue.jobstore import Ending, JobStore, NewJob
 from studio.queue.store import ArtifactStore
 from studio.storage import LocalStorage
-from studio.testing_services import PostgresDatabase, S3Server, postgres_available, s3_server_available
+from studio.testing_services import PostgresDatabase, S3Server
 from studio.users import UserStore
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40  # stands for an image: bytes must arrive identical
@@ -148,27 +148,6 @@ def test_copy_refuses_a_nonempty_target_and_the_source_itself(tmp_path: Path) ->
 
 
 # ----- PostgreSQL + S3, through the command line -----
-
-@pytest.fixture(scope="module")
-def s3_server():
-    if not s3_server_available():
-        pytest.fail("moto_server is not installed: pip install 'moto[server]' (a dev dependency)")
-    with S3Server() as server:
-        yield server
-
-
-@pytest.fixture
-def postgres():
-    if not postgres_available():
-        pytest.fail("PostgreSQL is not running on 127.0.0.1:5432 (see ENVIRONMENT.md)")
-    db = PostgresDatabase().create()
-    yield db
-    from studio.db import _shared
-
-    for url in [u for u in _shared if db.name in u]:
-        _shared.pop(url).dispose()
-    db.drop()
-
 
 def _studio(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     base = {k: v for k, v in os.environ.items() if k not in ENV_KEYS}

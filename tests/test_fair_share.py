@@ -38,24 +38,15 @@ def test_bob_starts_within_two_claims_after_alices_fifty(tmp_path: Path, stack: 
             bobs = bob.submit(_sample(99))
             submitted = client.status(bobs)["created"]
             assert bob.wait(bobs, timeout=60)["state"] == "SUCCEEDED"
-            for job_id in alices:  # the rest never needs to run
-                if client.status(job_id)["state"] == "QUEUED":
-                    alice.cancel(job_id)
-            for job_id in alices:
-                alice.wait(job_id, timeout=30)
+            for job_id in alices:  # all of them run: 51 jobs, each exactly once
+                assert alice.wait(job_id, timeout=120)["state"] == "SUCCEEDED"
             jobs = [client.status(j) for j in [*alices, bobs]]
             started_after = sorted((j for j in jobs if j["started"] and j["started"] > submitted),
                                    key=lambda j: j["started"])
             order = [j["id"] for j in started_after]
             assert bobs in order[:2], f"bob's job was claim {order.index(bobs) + 1} after he queued it"
-            ran = [j for j in jobs if j["started"]]
-            # a job claimed between its status read and its cancel above is cancelled while running: that is the
-            # test's own race, not a second run
-            raced = [j for j in ran if j["state"] == "CANCELLED" and j["message"] == "cancelled while running"]
-            assert all(j["attempts"] == 1 for j in ran) and len(raced) <= 2, [(j["state"], j["message"]) for j in ran]
-            assert all(j["state"] == "SUCCEEDED" for j in ran if j not in raced)
-            succeeded = len(ran) - len(raced)
-            assert succeeded <= len(harness.trace_lines()) <= len(ran)  # each job decoded at most once: exactly once
+            assert all(j["attempts"] == 1 and j["state"] == "SUCCEEDED" for j in jobs)
+            assert len(harness.trace_lines()) == len(jobs)  # each job decoded once: exactly once
             assert {j["owner"] for j in jobs} == {"alice", "bob"}
             client.close()
     finally:

@@ -14,17 +14,9 @@ import pytest
 from studio.config import load_settings
 from studio.errors import InputError, NotFound
 from studio.storage import LocalStorage, S3Storage, Storage, StorageUnavailable, open_storage, storage_for
-from studio.testing_services import PostgresDatabase, S3Server, free_port, postgres_available, s3_server_available
+from studio.testing_services import PostgresDatabase, S3Server, free_port, postgres_available
 
 SECRET = "not-a-real-secret-9f3a"  # the secret key the S3 server is used with: no message may show it
-
-
-@pytest.fixture(scope="module")
-def s3_server():
-    if not s3_server_available():
-        pytest.fail("moto_server is not installed: pip install 'moto[server]' (a dev dependency)")
-    with S3Server() as server:
-        yield server
 
 
 @pytest.fixture

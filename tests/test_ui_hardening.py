@@ -342,7 +342,9 @@ def test_only_artifacts_are_served(tmp_path) -> None:
             assert len(gallery) == 2 and read_record(gallery[0]["image"])["item"]["seed"] == 3  # still shown
 
             store = harness.settings.store_path
-            artifact = store / "jobs" / job_id / "sample_000.png"
+            listed = harness.client().result(job_id)["artifacts"]
+            stored = next(a["key"] for a in listed if a["name"] == "sample_000.png")
+            artifact = store / stored  # jobs/<id>/<attempt>/sample_000.png in the store folder (local storage)
             assert (store / "jobs.sqlite").is_file() and artifact.is_file()
             for path in (store / "jobs.sqlite", artifact, store / "jobs", tmp_path / "worker-0.log"):
                 code, body = _get(url, _file_url(path))  # the store itself: never served

@@ -58,8 +58,18 @@ class FakeClient:
         path = folder / "sample_000.png"
         Image.new("L", (8, 8), 200).save(path)
         return {"id": job_id, "metrics": {"seeds": [0]}, "artifacts": [
-            {"name": "sample_000.png", "kind": "image", "path": str(path)},
-            {"name": "gone.png", "kind": "image", "path": str(folder / "gone.png")}]}
+            {"name": "sample_000.png", "kind": "image", "key": f"jobs/{job_id}/a1/sample_000.png",
+             "size": path.stat().st_size},
+            {"name": "gone.png", "kind": "image", "key": f"jobs/{job_id}/a1/gone.png", "size": 10}]}
+
+    def artifact_path(self, job_id: str, name: str) -> Path:  # storage as a folder: a listed file may be gone
+        path = self.root / job_id / name
+        if not path.is_file():
+            raise NotFound(f"artifact {name!r} of job {job_id} is listed but missing from storage")
+        return path
+
+    def artifact_bytes(self, job_id: str, name: str) -> bytes:
+        return self.artifact_path(job_id, name).read_bytes()
 
     def cancel(self, job_id: str) -> dict:
         return {"id": job_id, "state": "CANCELLED"}

@@ -17,12 +17,11 @@ import pytest
 from sqlalchemy import select
 
 from studio.config import load_settings
-from studio.db import Database, shared
+from studio.db import Database
 from studio.db import tokens as T_TOKENS
 from studio.db import users as T_USERS
 from studio.errors import InputError, NotFound
 from studio.queue.jobstore import SCHEMA_VERSION, JobStore, NewJob, QuotaExceeded
-from studio.testing_services import PostgresDatabase, postgres_available
 from studio.ui.testing import free_port
 from studio.users import (
     FREE_FAILURES_ADDRESS,
@@ -65,16 +64,8 @@ def users(settings) -> UserStore:
 def records(request, tmp_path: Path):
     """Where a user store lives: an embedded SQLite file, or a fresh PostgreSQL database (its URL)."""
     if request.param == "sqlite":
-        yield tmp_path / "records.sqlite"
-        return
-    if not postgres_available():
-        pytest.fail("PostgreSQL is not answering on 127.0.0.1:5432 (trust auth, user postgres)")
-    database = PostgresDatabase().create()
-    try:
-        yield database.url
-    finally:
-        shared(database.url).dispose()
-        database.drop()
+        return tmp_path / "records.sqlite"
+    return request.getfixturevalue("postgres").url
 
 
 @pytest.fixture
@@ -635,16 +626,9 @@ def test_a_guessed_at_user_slows_every_address_down(records) -> None:
 # ----- one user store for every machine (the records database) -----
 
 @pytest.fixture
-def postgres_url():
+def postgres_url(postgres) -> str:
     """A fresh PostgreSQL database's URL, dropped afterwards."""
-    if not postgres_available():
-        pytest.fail("PostgreSQL is not answering on 127.0.0.1:5432 (trust auth, user postgres)")
-    database = PostgresDatabase().create()
-    try:
-        yield database.url
-    finally:
-        shared(database.url).dispose()
-        database.drop()
+    return postgres.url
 
 
 @pytest.mark.integration

@@ -484,8 +484,7 @@ class JobStore:
                     continue
                 self._finish_row(db, e.job_id, e.state, now, error=e.error, metrics=e.metrics, staging=e.staging,
                                  message=e.message or e.state.lower())
-                if e.artifacts:
-                    db.execute(delete(T_ART).where(T_ART.c.job_id == e.job_id))
+                if e.artifacts:  # the first and only commit of this job (only a live lease holder gets here)
                     db.execute(insert(T_ART), [{"job_id": e.job_id, "name": a["name"], "kind": a["kind"],
                                                 "key": a["key"], "size": a["size"]} for a in e.artifacts])
                 done.add(e.job_id)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from studio.errors import InputError, StudioError
+from studio.errors import InputError, NotFound, StudioError
 
 if TYPE_CHECKING:
     from studio.ui.artifacts import ArtifactShelf
@@ -198,6 +198,18 @@ def ui_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def shown_artifact(client: QueueClient, shelf: ArtifactShelf | None, job_id: str, artifact: dict) -> str | None:
+    """A local file to show for one artifact: its served copy (streamed from storage) when there is a shelf, else a
+    local copy from the client; None when storage no longer has it."""
+    name = artifact["name"]
+    try:
+        if shelf is not None:
+            return shelf.put(job_id, name, lambda: client.artifact_bytes(job_id, name), artifact.get("size"))
+        return str(client.artifact_path(job_id, name))
+    except NotFound:
+        return None
+
+
 class JobFailed(StudioError):
     """A job ended FAILED or CANCELLED; the message is the job's own one-line error."""
 
@@ -219,10 +231,7 @@ class Finished:
         a = self.artifacts.get(name)
         if not a or self.client is None:
             return None
-        client = self.client
-        if self.shelf is not None:
-            return self.shelf.put(self.job_id, name, lambda: client.artifact_bytes(self.job_id, name), a.get("size"))
-        return str(client.artifact_path(self.job_id, name))
+        return shown_artifact(self.client, self.shelf, self.job_id, a)
 
     def images(self, prefix: str = "") -> list[str]:
         """Files of image artifacts whose names start with `prefix`, in name order."""

@@ -15,8 +15,6 @@ from __future__ import annotations
 import contextlib
 import os
 import select
-import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -24,6 +22,8 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
+
+from studio.testing_services import free_port, stop_process_group
 
 if TYPE_CHECKING:
     from studio.queue.testing import QueueHarness
@@ -66,13 +66,6 @@ def peak_mb(pid: int) -> float:
     raise RuntimeError(f"no VmHWM in /proc/{pid}/status")
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def ui_env(root: str | Path, plugin_dir: str | Path | None = None, **settings: object) -> dict[str, str]:
     """The environment of a UI process: os.environ plus STUDIO_HOME and GRADIO_TEMP_DIR under `root`, no Gradio
     analytics, `plugin_dir` first on PYTHONPATH, and each setting as STUDIO_<NAME> (e.g. plugins="toy")."""
@@ -107,14 +100,7 @@ def served_ui(env: dict[str, str], port: int, timeout: float = 120.0) -> Iterato
             raise RuntimeError(f"the UI did not start (exit code {proc.poll()})")
         yield ServedUI(f"http://127.0.0.1:{port}/", proc.pid)
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(20)
+        stop_process_group(proc, 20.0)
         proc.stdout.close()
 
 

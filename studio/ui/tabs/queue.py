@@ -7,11 +7,11 @@ from typing import Any
 
 import gradio as gr
 
-from studio.errors import InputError, NotFound
+from studio.errors import InputError
 from studio.ui.artifacts import ArtifactShelf
 from studio.ui.context import UIContext
 from studio.ui.inputs import generate_params, job_id_field, read_png_record, trusted_path
-from studio.ui.jobs import ScopedClient, ui_errors
+from studio.ui.jobs import ScopedClient, shown_artifact, ui_errors
 from studio.ui.tabs.generate import restore_outputs, restore_targets
 from studio.ui.views import job_table, without_paths
 
@@ -28,18 +28,6 @@ def _state(value: str | None) -> str | None:
 
 def job_label(job: dict) -> str:
     return f"{job['id']} · {job.get('op', '?')} · {job.get('backend', '?')} · {str(job.get('state', '')).lower()}"
-
-
-def shown_artifact(client: Any, shelf: ArtifactShelf | None, job_id: str, artifact: dict) -> str | None:
-    """A local file to show for one artifact: its served copy (streamed from storage) when there is a shelf, else a
-    local copy from the client; None when storage no longer has it."""
-    name = artifact["name"]
-    try:
-        if shelf is not None:
-            return shelf.put(job_id, name, lambda: client.artifact_bytes(job_id, name), artifact.get("size"))
-        return str(client.artifact_path(job_id, name))
-    except NotFound:
-        return None
 
 
 def main_image(client: Any, job: dict, shelf: ArtifactShelf | None = None) -> str | None:
