@@ -278,7 +278,9 @@ class Database:
                     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
             return engine
-        return create_engine(self._driver_url, pool_pre_ping=True, pool_size=8, max_overflow=32, pool_recycle=1800,
+        # no pre-ping (a round trip per checkout): a dead pooled connection fails its statement, and `retrying`
+        # runs the whole transaction again on a fresh pool
+        return create_engine(self._driver_url, pool_size=8, max_overflow=32, pool_recycle=1800,
                              connect_args={"connect_timeout": 5})
 
     @contextlib.contextmanager
@@ -289,11 +291,14 @@ class Database:
             yield conn.execution_options(studio_read=True)
 
     @contextlib.contextmanager
-    def write(self) -> Iterator[Connection]:
+    def write(self, relaxed: bool = False) -> Iterator[Connection]:
         """A write transaction, committed on exit and rolled back on an exception (SQLite: holds the write lock
-        from its start; PostgreSQL: lock rows with `with_for_update`, counts with `lock`)."""
+        from its start; PostgreSQL: lock rows with `with_for_update`, counts with `lock`). `relaxed`: a write whose
+        loss in a server crash costs nothing (heartbeats, progress) does not wait for PostgreSQL's WAL flush."""
         self.ensure_schema()
         with self.engine.begin() as conn:
+            if relaxed and not self.is_sqlite:
+                conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
             yield conn
 
     def lock(self, conn: Connection, key: str) -> None:

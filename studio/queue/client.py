@@ -70,6 +70,7 @@ class StudioClient:
         self._app: Celery | None = None
         self._broker = ""
         self._lock = threading.Lock()
+        self._listeners = threading.local()  # one 'job ended' subscription per thread, kept between waits
         self._scope(user)
 
     def _scope(self, user: str | None) -> None:
@@ -196,26 +197,45 @@ class StudioClient:
         job_id = self.store.resolve(job_id, self.viewer)
         start = time.monotonic()
         deadline = None if timeout is None else start + timeout
-        listener = self._listen()
+        listener = self._listener()
+        while True:
+            if self.store.state(job_id) in FINAL:
+                return self.status(job_id)
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                raise WaitTimeout(f"job {job_id} is still {self.store.state(job_id)} after {timeout} s")
+            delay = _poll_interval(now - start, listener is not None)
+            delay = delay if deadline is None else max(0.0, min(delay, deadline - now))
+            if listener is None:
+                time.sleep(delay)
+            else:
+                try:
+                    listener.get_message(ignore_subscribe_messages=True, timeout=delay)
+                except Exception:  # the broker went away: keep polling the job store
+                    self._drop_listener()
+                    listener = None
+
+    def _listener(self):  # noqa: ANN202 - a redis PubSub or None
+        """This thread's subscription, opened once and kept (a new one costs a connection per wait), with what
+        arrived since the last wait drained: a wait checks the job's state before it sleeps anyway."""
+        listener = getattr(self._listeners, "pubsub", None)
+        if listener is None:
+            listener = self._listeners.pubsub = self._listen()
+            return listener
         try:
-            while True:
-                if self.store.state(job_id) in FINAL:
-                    return self.status(job_id)
-                now = time.monotonic()
-                if deadline is not None and now >= deadline:
-                    raise WaitTimeout(f"job {job_id} is still {self.store.state(job_id)} after {timeout} s")
-                delay = _poll_interval(now - start, listener is not None)
-                delay = delay if deadline is None else max(0.0, min(delay, deadline - now))
-                if listener is None:
-                    time.sleep(delay)
-                else:
-                    try:
-                        listener.get_message(ignore_subscribe_messages=True, timeout=delay)
-                    except Exception:  # the broker went away: keep polling the job store
-                        listener = None
-        finally:
-            if listener is not None:
-                _close_quietly(listener)
+            for _ in range(100_000):
+                if listener.get_message(ignore_subscribe_messages=True, timeout=0) is None:
+                    break
+        except Exception:  # dropped by the broker while idle: one new subscription
+            self._drop_listener()
+            listener = self._listeners.pubsub = self._listen()
+        return listener
+
+    def _drop_listener(self) -> None:
+        listener = getattr(self._listeners, "pubsub", None)
+        self._listeners.pubsub = None
+        if listener is not None:
+            _close_quietly(listener)
 
     def _listen(self):  # noqa: ANN202 - a redis PubSub or None
         """A subscription to 'job ended' announcements (Redis brokers); None means poll only."""
@@ -272,6 +292,7 @@ class StudioClient:
         return self.store.workers(_live_window(self.settings))
 
     def close(self) -> None:
+        self._drop_listener()
         if self._app is not None:
             self._app.close()
             self._app = None

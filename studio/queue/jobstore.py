@@ -442,7 +442,7 @@ class JobStore:
     def renew(self, owner: str, lease_s: float) -> dict[str, bool]:
         """Renew the leases `owner` holds; returns {job id: cancel requested} for the jobs it still holds."""
         now = time.time()
-        with self.db.write() as db:
+        with self.db.write(relaxed=True) as db:
             db.execute(update(T_JOBS).where(J.lease_owner == owner, J.state == RUNNING)
                        .values(lease_expires=now + lease_s))
             rows = db.execute(_HELD, {"owner": owner}).all()
@@ -462,7 +462,7 @@ class JobStore:
         values = {"progress": progress, "step": step, "total": total, "message": message, "eta_s": eta_s}
         if preview is not None:
             values["preview"] = preview
-        with self.db.write() as db:
+        with self.db.write(relaxed=True) as db:
             db.execute(update(T_JOBS).where(J.lease_owner == owner, J.state == RUNNING).values(**values))
 
     def finish(self, job_id: str, owner: str, state: str, error: str | None = None, metrics: dict | None = None,
@@ -552,7 +552,7 @@ class JobStore:
     @retrying
     def worker_seen(self, worker_id: str, info: dict, job_id: str | None = None) -> None:
         now = time.time()
-        with self.db.write() as db:
+        with self.db.write(relaxed=True) as db:
             exists = db.execute(select(T_WORKERS.c.id).where(T_WORKERS.c.id == worker_id)).first() is not None
             values = {"info": json.dumps(info, sort_keys=True), "last_seen": now, "job_id": job_id}
             if exists:

@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from studio.errors import InputError, NotFound
-from studio.storage import Storage, storage_for
+from studio.storage import LocalStorage, Storage, storage_for
 
 if TYPE_CHECKING:
     from studio.config import Settings
     from studio.executor import JobResult
     from studio.queue.jobstore import JobStore
 
+UPLOAD_THREADS = 8  # a remote store's uploads of one result at once
 ORPHAN_AFTER_S = 3600.0  # an uncommitted attempt prefix older than this is an orphan (no live attempt runs longer)
 
 
@@ -41,11 +42,18 @@ class ArtifactStore:
     def stage(self, job_id: str, result: JobResult) -> tuple[str, list[dict]]:
         """Upload a result's files under a new attempt prefix; returns the prefix and the manifest to commit."""
         prefix = f"jobs/{job_id}/{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}"
-        listed = []
-        for artifact in result.artifacts:
-            key = f"{prefix}/{artifact.name}"
-            self.storage.put(key, artifact.data)
-            listed.append({"name": artifact.name, "kind": artifact.kind, "key": key, "size": len(artifact.data)})
+        listed = [{"name": a.name, "kind": a.kind, "key": f"{prefix}/{a.name}", "size": len(a.data)}
+                  for a in result.artifacts]
+        uploads = [(entry["key"], artifact.data) for entry, artifact in zip(listed, result.artifacts, strict=True)]
+        if len(uploads) > 1 and not isinstance(self.storage, LocalStorage):  # round trips: several at once
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=min(UPLOAD_THREADS, len(uploads))) as pool:
+                for future in [pool.submit(self.storage.put, key, data) for key, data in uploads]:
+                    future.result()
+        else:
+            for key, data in uploads:
+                self.storage.put(key, data)
         return prefix, listed
 
     def discard(self, prefix: str) -> None:
