@@ -41,7 +41,7 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
 from studio.errors import InputError, StudioError, clip
@@ -193,19 +193,31 @@ def database_url(settings: Settings) -> str:
 
 
 def redacted(url: str) -> str:
-    """`url` without its password (for messages and listings)."""
+    """`url` without its password (for messages and listings); never any part of a URL it cannot parse."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return clip(url.split("@")[-1], 80)
+        return _parsed(url).render_as_string(hide_password=True)
+    except InputError:
+        return "<a database URL that does not parse>"
+
+
+_BAD_URL = ("STUDIO_DATABASE_URL is not a database URL (use postgresql://user:pass@host:5432/db with '@', ':' and '/' "
+            "in the password percent-encoded, or leave it empty for the embedded SQLite file)")
+
+
+def _parsed(url: str) -> URL:
+    scheme, sep, rest = url.partition("://")
+    if not sep or rest.split("/", 1)[0].count("@") > 1:  # an '@' in a password would move the host into it
+        raise InputError(_BAD_URL)
+    try:
+        parsed = make_url(url)
+        parsed.port  # noqa: B018 - a bad port raises here, with the URL's text in its message
+    except (ArgumentError, ValueError):
+        raise InputError(_BAD_URL) from None
+    return parsed
 
 
 def _driver_url(url: str) -> str:
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        raise InputError(f"STUDIO_DATABASE_URL {clip(url, 80)!r} is not a database URL (use postgresql://user:pass@"
-                         "host:5432/db, or leave it empty for the embedded SQLite file)") from None
+    parsed = _parsed(url)
     backend = parsed.get_backend_name()
     if backend == "postgresql":
         return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
@@ -392,11 +404,17 @@ def shared(url: str) -> Database:
 
 
 def _lost_connection(exc: BaseException) -> bool:
+    """Whether a transaction may succeed when run again: a lost or refused server connection (PostgreSQL's
+    OperationalError, which also covers serialisation failures and deadlocks), or SQLite busy past its timeout.
+    Not SQLite's other OperationalErrors (no such column, a read-only file): running again gives the same."""
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
-    if isinstance(exc, OperationalError):
-        return True  # server gone, connection refused, SQLite busy past its timeout: a retry may succeed
-    return False
+    if not isinstance(exc, OperationalError):
+        return False
+    if type(exc.orig).__module__.startswith("sqlite3"):
+        text = str(exc.orig).lower()
+        return "locked" in text or "busy" in text
+    return True
 
 
 def _with_retries(db: Database, fn: Callable[[], T]) -> T:

@@ -58,7 +58,7 @@ class Runtime:
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or load_settings()
-        self._loaded: dict[tuple[str, str | None], Backend] = {}
+        self._loaded: dict[tuple[str, str | None, str | None], Backend] = {}
 
     def device(self) -> tuple[str, str]:
         dev = self.settings.device
@@ -69,8 +69,18 @@ class Runtime:
             dtype = "float32"
         return dev, dtype
 
+    def cache_key(self, name: str, model: str | None) -> tuple[str, str | None, str | None]:
+        """What a loaded backend is cached under: a model registered in the records counts by its sha256 too, so
+        weights re-registered under the same name (removed, imported or trained again) are loaded afresh."""
+        if model is None:
+            return name, None, None
+        from studio.modelstore import find_model
+
+        row = find_model(self.settings, name, model)
+        return name, model, row["sha256"] if row is not None else None
+
     def get_backend(self, name: str, model: str | None) -> Backend:
-        key = (name, model)
+        key = self.cache_key(name, model)
         if key not in self._loaded:
             from studio.registry import get_backend_class
 
@@ -431,7 +441,13 @@ def _train(job: _Job) -> None:
     s = job.spec
     recipe = {"dataset": s.dataset, "epochs": s.epochs, "seed": s.seed, "limit": s.limit, "options": s.options}
     taken = find_model(job.settings, s.backend, s.name)
-    if taken is not None and taken["meta"].get("train") != recipe:  # the same recipe again (a retry) may proceed
+    if taken is not None:
+        if taken["meta"].get("train") == recipe and taken.get("owner") == job.owner:  # an earlier attempt of this
+            summary = {"name": taken["name"], "backend": taken["backend"], "sha256": taken["sha256"],  # job made it
+                       "size": taken["size"], "metrics": taken["meta"].get("metrics", {})}
+            job.result.metrics.update(summary)
+            job.result.add_json("model.json", summary)
+            return
         raise InputError(f"{s.backend} model name {s.name!r} is taken (sha256 {taken['sha256'][:12]}); choose "
                          f"another name or `studio models remove {s.name} --backend {s.backend}` first")
     folder = job.settings.cache_path / "train"

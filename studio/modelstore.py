@@ -106,6 +106,22 @@ def _check_backend(backend: str) -> None:
     get_backend_class(check_name(backend, "backend name"))  # NotFound (one line) for an unknown backend
 
 
+def _check_not_shadowed(settings: Settings, backend: str, name: str) -> None:
+    """Refuse a name the backend already lists from elsewhere (its shipped weights, a file in a model root): those
+    come first when a job names the model, so a registered model of that name would never be the one that runs."""
+    from studio.registry import get_backend_class
+
+    cache = cache_root(settings).resolve()
+    for info in get_backend_class(backend).available_models(settings):
+        if info.name != name:
+            continue
+        where = Path(str(info.path))
+        if where.exists() and cache in where.resolve().parents:  # a fetched copy of a registered model
+            continue
+        raise InputError(f"{backend} already has a model {name!r} ({clip(info.description or str(info.path), 80)}); "
+                         "choose another name")
+
+
 def _name_taken(existing: dict, backend: str, name: str) -> InputError:
     return InputError(f"{backend} model name {name!r} is taken by other weights (sha256 "
                       f"{existing['sha256'][:12]}); choose another name or `studio models remove {name} "
@@ -127,6 +143,7 @@ def import_model(settings: Settings, backend: str, path: str | Path, name: str, 
 
     _check_backend(backend)
     check_name(name)
+    _check_not_shadowed(settings, backend, name)
     path = Path(path).expanduser()
     if not path.is_file():
         raise InputError(f"no weights file at {clip(path, 120)}")

@@ -260,7 +260,8 @@ class S3Storage(Storage):
         config = Config(retries={"mode": "standard", "max_attempts": max_attempts}, connect_timeout=connect_timeout,
                         read_timeout=read_timeout, signature_version="s3v4",
                         s3={"addressing_style": "path"} if endpoint_url else None,
-                        request_checksum_calculation="when_required", response_checksum_validation="when_required")
+                        request_checksum_calculation="when_required", response_checksum_validation="when_required",
+                        max_pool_connections=64)  # uploads of a micro-batch run concurrently (studio.queue)
         region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None
         self._client = boto3.session.Session().client("s3", endpoint_url=endpoint_url or None, config=config,
                                                       region_name=region)

@@ -216,3 +216,39 @@ def test_cli_refuses_bad_input_in_one_line(tmp_path: Path) -> None:
         assert words in res.stderr, (args, res.stderr)
     listed = _cli(home, "models", "list")
     assert listed.returncode == 0 and "taken" in listed.stdout and listed.stdout.count("\n") == 1
+
+
+def test_a_name_the_backend_already_lists_is_refused(homes, tmp_path: Path) -> None:
+    """The shipped `mnist` VAE comes first when a job names `mnist`: registering other weights under that name would
+    never run them, so the import is refused in one line."""
+    settings = homes("a")
+    with pytest.raises(InputError, match="already has a model 'mnist'") as err:
+        import_model(settings, "vae", _weights(tmp_path, flip=True), "mnist")
+    assert "\n" not in str(err.value) and list_models(settings) == []
+
+
+def test_a_warm_runtime_loads_weights_registered_again_under_the_same_name(homes, tmp_path: Path) -> None:
+    """A worker keeps backends warm; when `m` is removed and other weights are registered as `m`, the next job that
+    names `m` runs the new weights, not the warm old ones."""
+    settings = homes("a")
+    first = import_model(settings, "vae", _weights(tmp_path), "again")
+    runtime = Runtime(settings)
+    assert runtime.get_backend("vae", "again").model.sha256 == first["sha256"]
+    remove_model(settings, "again", backend="vae")
+    second = import_model(settings, "vae", _weights(tmp_path, "other.safetensors", flip=True), "again")
+    assert second["sha256"] != first["sha256"]
+    assert runtime.get_backend("vae", "again").model.sha256 == second["sha256"]
+
+
+def test_a_train_job_run_again_reports_the_model_its_first_attempt_registered(homes, tmp_path: Path) -> None:
+    """A train job retried after its weights were registered (a lost lease, a failed upload of model.json) must not
+    train again: other weights would clash with its own model's name."""
+    settings = homes("a")
+    recipe = {"dataset": "mnist", "epochs": 1, "seed": 0, "limit": 64, "options": {"batch_size": 32}}
+    first = import_model(settings, "vae", _weights(tmp_path), "retried", source="train job", meta={"train": recipe})
+    spec = {"op": "train", "backend": "vae", "name": "retried", **recipe}
+    result = execute(spec, Runtime(settings))
+    assert result.metrics["sha256"] == first["sha256"]
+    other = {**spec, "seed": 1}  # another recipe under that name: refused, nothing trained
+    with pytest.raises(InputError, match="is taken"):
+        execute(other, Runtime(settings))

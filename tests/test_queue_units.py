@@ -414,3 +414,86 @@ def test_a_retry_keeps_its_attempt_count_visible_whatever_the_reason(tmp_path: P
     assert store.release("ffff0001", "w/x", "MemoryError: " + "x" * 5000) is not None
     job = store.get("ffff0001")
     assert len(job["message"]) < 300 and job["message"].endswith("next)") and "attempt 2 of" in job["message"]
+
+
+# ----- transactions retried after a lost reply (review of issue #10) -----
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
+def records(request, tmp_path: Path) -> JobStore:
+    """A job store on the embedded SQLite file, or on a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return _store(tmp_path)
+    return JobStore(request.getfixturevalue("postgres").url)
+
+
+def test_a_finish_run_again_after_its_commit_still_counts_as_accepted(records: JobStore) -> None:
+    """A commit whose reply is lost is run again whole by `retrying`: the second run must not call the job's result
+    lost (its caller would delete the artifacts the first run committed)."""
+    from studio.queue.jobstore import Ending
+
+    records.create(_new("f1f1f1f1"))
+    records.claim("f1f1f1f1", "w/x", "w", 30)
+    artifacts = [{"name": "a.png", "kind": "image", "key": "jobs/f1f1f1f1/t1/a.png", "size": 3}]
+    ending = Ending("f1f1f1f1", "SUCCEEDED", artifacts=artifacts, staging="jobs/f1f1f1f1/t1")
+    assert records.finish_many("w/x", [ending]) == {"f1f1f1f1"}
+    assert records.finish_many("w/x", [ending]) == {"f1f1f1f1"}  # the same ending again: accepted, not "lost"
+    other = Ending("f1f1f1f1", "SUCCEEDED", artifacts=artifacts, staging="jobs/f1f1f1f1/t2")
+    assert records.finish_many("w/x", [other]) == set()  # another attempt's result is still refused
+    assert [a["key"] for a in records.get("f1f1f1f1")["artifacts"]] == ["jobs/f1f1f1f1/t1/a.png"]
+
+
+def test_create_and_release_run_again_after_their_commit_are_no_ops(records: JobStore) -> None:
+    records.create(_new("c2c2c2c2"))
+    records.create(_new("c2c2c2c2"))  # the same job again (a retried create): nothing new, no error
+    assert len(records.list()) == 1 and [e["kind"] for e in records.get("c2c2c2c2")["events"]] == ["queued"]
+    with pytest.raises(InputError, match="already taken"):
+        records.create(_new("c2c2c2c2", seed=9))
+    records.claim("c2c2c2c2", "w/x", "w", 30)
+    first = records.release("c2c2c2c2", "w/x", "out of memory")
+    assert first is not None
+    assert records.release("c2c2c2c2", "w/x", "out of memory") == first  # its message is published, not lost
+
+
+@pytest.mark.integration
+def test_a_message_whose_betters_are_being_claimed_runs_its_own_job(postgres) -> None:
+    """PostgreSQL: a claim passes over rows other claims hold (SKIP LOCKED). When every job ahead of a message's own
+    job is held, the message runs its own job rather than leave it QUEUED with no message."""
+    from sqlalchemy import create_engine, text
+
+    store = JobStore(postgres.url)
+    store.create(_new("aaaa0009", priority=9))
+    store.create(_new("bbbb0005", priority=5))
+    other = create_engine(postgres.url.replace("postgresql://", "postgresql+psycopg://"))
+    try:
+        with other.begin() as conn:  # another worker is in the middle of claiming the priority-9 job
+            conn.execute(text("SELECT id FROM jobs WHERE id = 'aaaa0009' FOR UPDATE"))
+            job, why = store.claim("bbbb0005", "w2/y", "w2", 30)
+            assert job is not None and job["id"] == "bbbb0005", why
+    finally:
+        other.dispose()
+    assert store.state("aaaa0009") == "QUEUED"
+
+
+@pytest.mark.parametrize("url", ["postgresql://u:pw@host:54x/db", "postgresql://user:p@ss:w0rd@host:5432/db",
+                                 "user:s3cret@host/db", "mysql://u:s3cret@h/d"])
+def test_a_bad_database_url_is_one_line_without_its_password(url: str) -> None:
+    from studio.db import Database
+
+    with pytest.raises(InputError) as err:
+        Database(url)
+    text = str(err.value)
+    assert "\n" not in text and len(text) < 300
+    assert not any(secret in text for secret in ("pw", "p@ss", "w0rd", "s3cret")), text
+
+
+def test_only_sqlite_busy_errors_are_retried() -> None:
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    from studio.db import _lost_connection
+
+    assert _lost_connection(OperationalError("UPDATE", {}, sqlite3.OperationalError("database is locked")))
+    assert not _lost_connection(OperationalError("SELECT", {}, sqlite3.OperationalError("no such column: x")))
+    assert not _lost_connection(OperationalError("UPDATE", {}, sqlite3.OperationalError("attempt to write a "
+                                                                                        "readonly database")))

@@ -344,6 +344,8 @@ def _run_claimed(ctx: WorkerContext, owner: str, batch: list[dict]) -> dict:
                                 len(batch))
                     results = _one_by_one(ctx, ex, batch, execute)
             held = ctx.store.held(owner)
+            # uploads and the commit run while the lease is still renewed: a slow upload cannot lose it
+            outcome = _record_results(ctx, owner, batch, results, held)
     except LeaseLost:
         log.warning("job %s: lease lost to another worker; result dropped", ",".join(ids))
         return {"job": ids[0], "state": "lease lost"}
@@ -353,10 +355,6 @@ def _run_claimed(ctx: WorkerContext, owner: str, batch: list[dict]) -> dict:
     except BaseException as exc:  # every failure is recorded; the worker keeps serving
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise
-        return _failed(ctx, owner, batch, exc)
-    try:
-        outcome = _record_results(ctx, owner, batch, results, held)
-    except Exception as exc:  # storage or database down while committing: a bounded retry, nothing half-recorded
         return _failed(ctx, owner, batch, exc)
     log.info("job %s (%s, %d in batch) done in %.3f s", ids[0], batch[0]["op"], len(batch),
              time.perf_counter() - started)

@@ -55,7 +55,7 @@ _PEEK = select(J.state, J.lease_expires, J.queue, J.started).where(J.id == _ID)
 _ARTIFACTS_OF = select(T_ART).where(T_ART.c.job_id == _ID).order_by(T_ART.c.name)
 _EVENTS_OF = select(T_EV.c.ts, T_EV.c.kind, T_EV.c.message).where(T_EV.c.job_id == _ID).order_by(T_EV.c.ts, T_EV.c.seq)
 _ANY_QUEUED = select(J.id).where(J.queue == bindparam("queue"), J.state == QUEUED).limit(1)
-_LEASE_OF = select(J.lease_owner, J.state).where(J.id == _ID).with_for_update()
+_LEASE_OF = select(J.lease_owner, J.state, J.staging).where(J.id == _ID).with_for_update()
 _HELD = select(J.id, J.cancel_requested).where(J.lease_owner == bindparam("owner"), J.state == RUNNING)
 _TAKE = update(T_JOBS).where(J.id == _ID).values(
     state=RUNNING, lease_owner=bindparam("t_lease_owner"), lease_expires=bindparam("t_expires"),
@@ -167,6 +167,11 @@ class JobStore:
                     raise QuotaExceeded(f"max_queued_per_user: {who} already {'has' if job.owner else 'have'} "
                                         f"{queued} queued jobs (STUDIO_MAX_QUEUED_PER_USER={max_queued}); wait for "
                                         "some to start or cancel some")
+            same = db.execute(select(J.spec).where(J.id == job.id)).first()
+            if same is not None:  # a retry of this create whose reply was lost: done already
+                if same[0] == json.dumps(spec, sort_keys=True):
+                    return
+                raise InputError(f"job id {job.id} is already taken")
             db.execute(insert(T_JOBS).values(
                 id=job.id, state=QUEUED, op=spec["op"], backend=spec["backend"], model=spec.get("model"),
                 spec=json.dumps(spec, sort_keys=True), priority=job.priority, queue=job.queue,
@@ -269,8 +274,10 @@ class JobStore:
         """{job id: the storage prefixes its committed artifacts lie under} (what orphan collection keeps)."""
         out: dict[str, set[str]] = {j: set() for j in job_ids}
         with self.db.read() as db:
-            for job_id, key in db.execute(select(T_ART.c.job_id, T_ART.c.key).where(T_ART.c.job_id.in_(job_ids))):
-                out.setdefault(job_id, set()).add(key.rsplit("/", 1)[0])
+            for start in range(0, len(job_ids), 1000):  # bounded IN lists, whatever the history's size
+                chunk = job_ids[start:start + 1000]
+                for job_id, key in db.execute(select(T_ART.c.job_id, T_ART.c.key).where(T_ART.c.job_id.in_(chunk))):
+                    out.setdefault(job_id, set()).add(key.rsplit("/", 1)[0])
         return out
 
     @retrying
@@ -291,6 +298,8 @@ class JobStore:
         now = time.time()
         with self.db.write() as db:
             row = self._row(db, job_id, lock=True)
+            if row is None:
+                raise NotFound(f"no job {job_id!r}")
             if row["state"] == QUEUED:
                 db.execute(update(T_JOBS).where(J.id == job_id).values(
                     state=CANCELLED, finished=now, message="cancelled before it ran", cancel_requested=1))
@@ -321,6 +330,8 @@ class JobStore:
                     return None, _why_not(peek["state"])
         with self.db.write() as db:
             row = self._row(db, job_id, lock=True)
+            if row is None:  # a failed submit removed it meanwhile
+                return None, "unknown job"
             why = _why_not(row["state"])
             if row["state"] == RUNNING and (row["lease_expires"] or 0) <= now:
                 attempts = row["attempts"] + 1
@@ -341,6 +352,10 @@ class JobStore:
             swept = self._sweep(db, row["queue"], now)
             why = swept.get(job_id, why)
             pick = self._fairest(db, row["queue"], job_id)
+            if pick is None and row["state"] == QUEUED and job_id not in swept:
+                # every job ahead of it is being claimed by others (rows they hold are skipped): run its own job,
+                # locked by this transaction, rather than leave it without a message
+                pick = {"id": job_id, "attempts": row["attempts"]}
             if pick is None:
                 return None, why
             self._take(db, pick["id"], owner, worker, pick["attempts"] + 1, now, lease_s, None)
@@ -480,6 +495,9 @@ class JobStore:
         with self.db.write() as db:
             for e in endings:
                 cur = db.execute(_LEASE_OF, {"job_id": e.job_id}).first()
+                if cur is not None and e.staging and cur[1] in FINAL and cur[2] == e.staging:
+                    done.add(e.job_id)  # this very ending was committed by an attempt whose reply was lost
+                    continue
                 if cur is None or cur[0] != owner or cur[1] != RUNNING:
                     continue
                 self._finish_row(db, e.job_id, e.state, now, error=e.error, metrics=e.metrics, staging=e.staging,
@@ -509,6 +527,9 @@ class JobStore:
         now = time.time()
         with self.db.write() as db:
             row = self._row(db, job_id, lock=True)
+            if row is not None and row["state"] == QUEUED and row["lease_owner"] is None and \
+                    row["message"].startswith("retrying: "):
+                return Requeued(job_id, row["queue"], row["priority"])  # a retry of a release whose reply was lost
             if row is None or row["lease_owner"] != owner or row["state"] != RUNNING:
                 return None
             if row["attempts"] >= row["max_attempts"]:

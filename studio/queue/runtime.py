@@ -69,7 +69,7 @@ class WorkerRuntime(Runtime):
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
         self.budget_bytes = max(0, settings.model_cache_mb) * 2**20
-        self._cache: OrderedDict[tuple[str, str | None], tuple[Backend, int]] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, str | None, str | None], tuple[Backend, int]] = OrderedDict()
         self._lock = threading.RLock()
         self._device: str | None = None
         self.loads = 0
@@ -100,7 +100,7 @@ class WorkerRuntime(Runtime):
         raise InputError(f"backend {name!r} runs only on {', '.join(sorted(devices))}; this worker has {device}")
 
     def get_backend(self, name: str, model: str | None) -> Backend:
-        key = (name, model)
+        key = self.cache_key(name, model)
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None:
