@@ -319,6 +319,13 @@ class Database:
             number = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)
             conn.execute(select(func.pg_advisory_xact_lock(number)))
 
+    def now(self, conn: Connection) -> float:
+        """The time leases are measured in (Unix seconds): PostgreSQL's clock, so that workers on machines whose
+        clocks disagree still agree on when a lease expires; this machine's clock for the embedded SQLite file."""
+        if self.is_sqlite:
+            return time.time()
+        return float(conn.execute(select(func.extract("epoch", func.clock_timestamp()))).scalar())
+
     def upsert(self, conn: Connection, table: Table, values: dict, keys: list[str]) -> None:
         """Insert `values`, or update the row with the same `keys` to them."""
         if self.is_sqlite:

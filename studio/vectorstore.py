@@ -21,6 +21,7 @@ vector already in the records is never replaced by an import, and unreadable leg
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -148,16 +149,20 @@ class _Records:
     @retrying
     def save(self, backend: str, weights16: str, name: str, data: bytes, meta_text: str, owner: str | None,
              shared: list[str], created: float) -> str:
-        key = storage_key(backend, weights16, name)
+        folder, file = storage_key(backend, weights16, name).rsplit("/", 1)
+        key = f"{folder}/{hashlib.sha256(data).hexdigest()[:12]}/{file}"  # new bytes, new key: the old stay readable
         with self.db.write() as conn:
-            self.db.lock(conn, f"vector:{key}")  # the ownership check and the replacement are one step
+            self.db.lock(conn, f"vector:{folder}/{file}")  # the ownership check and the replacement are one step
             row = conn.execute(select(vectors).where(self._where(backend, weights16, name))
                                .with_for_update()).first()
             _refuse_other_owner(row, name, owner)
-            self.storage.put(key, data)
+            self.storage.put(key, data)  # until the row names it, readers keep loading the old tensor
             self.db.upsert(conn, vectors, {"backend": backend, "weights": weights16, "name": name, "owner": owner,
                                            "shared": json.dumps(shared), "meta": meta_text, "key": key,
                                            "created": created}, ["backend", "weights", "name"])
+        if row is not None and row.key != key:
+            with contextlib.suppress(StudioError):  # left behind, it is only an unread object
+                self.storage.delete(row.key)
         return key
 
     @retrying

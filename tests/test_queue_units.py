@@ -497,3 +497,19 @@ def test_only_sqlite_busy_errors_are_retried() -> None:
     assert not _lost_connection(OperationalError("SELECT", {}, sqlite3.OperationalError("no such column: x")))
     assert not _lost_connection(OperationalError("UPDATE", {}, sqlite3.OperationalError("attempt to write a "
                                                                                         "readonly database")))
+
+
+@pytest.mark.integration
+def test_a_machine_whose_clock_runs_ahead_takes_no_live_lease(postgres, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers on several machines share leases: they are measured on the database's clock, so a worker whose clock
+    is two minutes ahead neither reaps nor claims a job another worker still holds."""
+    store = JobStore(postgres.url)
+    store.create(_new("cccc0001"))
+    job, _ = store.claim("cccc0001", "w1/x", "w1", 30)
+    assert job["state"] == "RUNNING"
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 120)  # this "machine" is two minutes ahead
+    assert store.reap() == []
+    assert store.claim("cccc0001", "w2/y", "w2", 30) == (None, "running elsewhere under a live lease")
+    monkeypatch.setattr(time, "time", real)
+    assert store.get("cccc0001")["worker"] == "w1" and store.renew("w1/x", 30) == {"cccc0001": False}

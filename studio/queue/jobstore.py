@@ -329,6 +329,7 @@ class JobStore:
                 if never_ran or not self._any_queued(db, peek["queue"]):
                     return None, _why_not(peek["state"])
         with self.db.write() as db:
+            now = self.db.now(db)  # leases are compared on one clock (the database's), whatever this machine's
             row = self._row(db, job_id, lock=True)
             if row is None:  # a failed submit removed it meanwhile
                 return None, "unknown job"
@@ -433,6 +434,7 @@ class JobStore:
         now = time.time()
         taken: list[str] = []
         with self.db.write() as db:
+            now = self.db.now(db)
             rows = db.execute(select(J.id, J.images, J.attempts, J.max_attempts)
                               .where(*same, J.cancel_requested == 0)
                               .order_by(J.priority.desc(), J.created, J.id).limit(limit)
@@ -458,6 +460,7 @@ class JobStore:
         """Renew the leases `owner` holds; returns {job id: cancel requested} for the jobs it still holds."""
         now = time.time()
         with self.db.write(relaxed=True) as db:
+            now = self.db.now(db)
             db.execute(update(T_JOBS).where(J.lease_owner == owner, J.state == RUNNING)
                        .values(lease_expires=now + lease_s))
             rows = db.execute(_HELD, {"owner": owner}).all()
@@ -545,9 +548,10 @@ class JobStore:
     @retrying
     def reap(self, now: float | None = None) -> list[Requeued]:
         """Reissue RUNNING jobs whose lease expired (their worker died); fail those past their time limit."""
-        now = now or time.time()
+        given = now
         out: list[Requeued] = []
         with self.db.write() as db:
+            now = given or self.db.now(db)
             for row in db.execute(select(T_JOBS).where(J.state == RUNNING, J.lease_expires < now)
                                   .with_for_update(skip_locked=True)).mappings().all():
                 if row["cancel_requested"]:
