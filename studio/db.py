@@ -39,7 +39,6 @@ from sqlalchemy import (
     func,
     inspect,
     select,
-    text,
 )
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
@@ -252,6 +251,12 @@ class Database:
     def is_sqlite(self) -> bool:
         return self.dialect == "sqlite"
 
+    def is_absent(self) -> bool:
+        """Whether this is an embedded SQLite file that does not exist yet (a read then finds nothing, and must not
+        create it)."""
+        path = self.sqlite_path
+        return path is not None and str(path) not in ("", ":memory:") and not path.exists()
+
     @property
     def sqlite_path(self) -> Path | None:
         return Path(make_url(self._driver_url).database or "") if self.is_sqlite else None
@@ -350,7 +355,7 @@ class Database:
         with self._lock:
             if self._ready:
                 return
-            _with_retries(self, self._ensure_schema)
+            run_retrying(self, self._ensure_schema)
             self._ready = True
 
     def _ensure_schema(self) -> None:
@@ -424,7 +429,9 @@ def _lost_connection(exc: BaseException) -> bool:
     return True
 
 
-def _with_retries(db: Database, fn: Callable[[], T]) -> T:
+def run_retrying(db: Database, fn: Callable[[], T]) -> T:
+    """Run the transaction `fn`, again (whole, with a backoff) when the connection to the records was lost;
+    DatabaseUnavailable (one line) when it stays lost."""
     delay = 0.1
     for attempt in range(RETRIES):
         try:
@@ -452,15 +459,12 @@ def retrying(method: Callable[..., T]) -> Callable[..., T]:
 
     @functools.wraps(method)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> T:
-        return _with_retries(self.db, lambda: method(self, *args, **kwargs))
+        return run_retrying(self.db, lambda: method(self, *args, **kwargs))
 
     return wrapper
 
 
-def now() -> float:
-    return time.time()
-
 
 __all__ = ["SCHEMA_VERSION", "Database", "DatabaseUnavailable", "artifacts", "database_url", "events", "failures",
-           "jobs", "metadata", "models", "redacted", "retrying", "shared", "studio_meta", "text", "tokens", "users",
-           "vectors", "workers"]
+           "jobs", "metadata", "models", "redacted", "retrying", "run_retrying", "shared", "studio_meta", "tokens",
+           "users", "vectors", "workers"]

@@ -16,12 +16,12 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 from sqlalchemy import delete, insert, or_, select
 
+from studio.db import run_retrying
 from studio.errors import InputError, NotFound, StudioError, clip
 from studio.hashing import digest_file
 
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 SHA_PREFIX = re.compile(r"[0-9a-f]{12,64}")
 PREFIX = "models/"
-T = TypeVar("T")
 CACHE_FOLDER = "models"  # below Settings.cache_path; see Settings.model_root_paths
 
 
@@ -63,9 +62,8 @@ def _database(settings: Settings, create: bool) -> Database | None:
     listing or loading a model never creates a database."""
     from studio.db import Database
 
-    if not create and not settings.database_url and not (settings.store_path / "jobs.sqlite").exists():
-        return None
-    return Database.for_settings(settings)
+    db = Database.for_settings(settings)
+    return None if not create and db.is_absent() else db
 
 
 def _row(row: object) -> dict:
@@ -75,13 +73,6 @@ def _row(row: object) -> dict:
     except ValueError:
         info["meta"] = {}
     return info
-
-
-def _with_retries(db: Database, fn: Callable[[], T]) -> T:
-    """Run the transaction `fn`, again (whole) when the connection to the records was lost."""
-    from studio.db import _with_retries as retry
-
-    return retry(db, fn)
 
 
 def find_model(settings: Settings, backend: str, name: str) -> dict | None:
@@ -97,7 +88,7 @@ def find_model(settings: Settings, backend: str, name: str) -> dict | None:
             row = conn.execute(select(models).where(models.c.backend == backend, models.c.name == name)).first()
         return _row(row) if row is not None else None
 
-    return _with_retries(db, read)
+    return run_retrying(db, read)
 
 
 def _check_backend(backend: str) -> None:
@@ -177,7 +168,7 @@ def import_model(settings: Settings, backend: str, path: str | Path, name: str, 
         with db.read() as conn:
             return same_or_clash(conn)
 
-    found = _with_retries(db, check)
+    found = run_retrying(db, check)
     if found is not None:
         return found
     store = storage_for(settings)
@@ -196,7 +187,7 @@ def import_model(settings: Settings, backend: str, path: str | Path, name: str, 
         return {**record, "meta": meta or {}}
 
     try:
-        return _with_retries(db, register)
+        return run_retrying(db, register)
     except BaseException:
         if uploaded and find_by_sha(settings, sha256) is None:  # leave no unregistered object behind
             with contextlib.suppress(StudioError):
@@ -217,7 +208,7 @@ def find_by_sha(settings: Settings, sha256: str) -> dict | None:
             row = conn.execute(select(models).where(models.c.sha256 == sha256)).first()
         return _row(row) if row is not None else None
 
-    return _with_retries(db, read)
+    return run_retrying(db, read)
 
 
 def list_models(settings: Settings, backend: str | None = None) -> list[dict]:
@@ -237,7 +228,7 @@ def list_models(settings: Settings, backend: str | None = None) -> list[dict]:
         with db.read() as conn:
             return [_row(r) for r in conn.execute(query)]
 
-    return _with_retries(db, read)
+    return run_retrying(db, read)
 
 
 def remove_model(settings: Settings, name_or_sha: str, backend: str | None = None) -> dict:
@@ -274,7 +265,7 @@ def remove_model(settings: Settings, name_or_sha: str, backend: str | None = Non
             conn.execute(delete(models).where(models.c.sha256 == rows[0]["sha256"]))
             return rows[0]
 
-    row = _with_retries(db, unregister)
+    row = run_retrying(db, unregister)
     storage_for(settings).delete(row["key"])
     _drop_cached(settings, row["backend"], row["name"])
     return row

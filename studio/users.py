@@ -138,8 +138,7 @@ class UserStore:
 
     def _absent(self) -> bool:
         """Whether the embedded database file does not exist yet (then there are no users, and reads create none)."""
-        path = self.db.sqlite_path
-        return path is not None and str(path) not in ("", ":memory:") and not path.exists()
+        return self.db.is_absent()
 
     # ----- users -----
     @retrying

@@ -346,8 +346,7 @@ class JobStore:
                     self._event(db, job_id, "retry", f"worker {row['worker']} was lost (its lease expired); "
                                 f"attempt {attempts} of {row['max_attempts']}", now)
                     self._take(db, job_id, owner, worker, attempts, now, lease_s, None)
-                    picked = job_id
-                    return self._fetch(db, picked), ""
+                    return self._fetch(db, job_id), ""
             elif row["state"] == CANCELLED and row["started"] is None:
                 return None, why
             swept = self._sweep(db, row["queue"], now)
