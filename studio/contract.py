@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from studio.errors import InputError, NotFound, StudioError, clip
 
@@ -34,6 +34,18 @@ if TYPE_CHECKING:
     import torch
 
     from studio.config import Settings
+
+# The contract's version: MAJOR.MINOR. A minor version only adds (new optional methods, new capabilities); a major
+# version changes or removes something plugins rely on. A plugin declares the version it was built for
+# (`Backend.contract_version`, `OpSpec.contract_version`); one built for another major version is refused at load.
+CONTRACT_VERSION = "1.0"
+
+
+def contract_major(version: str) -> int | None:
+    """The major number of a contract version ("1.0" -> 1); None when it is not MAJOR.MINOR."""
+    head, _, _ = str(version).partition(".")
+    return int(head) if head.isdigit() else None
+
 
 # Roles a latent space can play. Ops choose a space by role, never by backend name.
 SEED = "seed"  # where seeds live: sampling, slerp walks, attribute directions, traversals
@@ -178,6 +190,25 @@ class NoOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class TextOptions(BaseModel):
+    """The options every TEXT backend takes, declared once: a TEXT backend's `Options` subclasses this model (and
+    may narrow a field, e.g. `scheduler: Literal[...]`, or add its own). The CLI (`--prompt`, `--steps`, ...), the
+    UI's text row and the conformance kit read the text fields from here."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field("", max_length=4000, description="what to draw")
+    negative_prompt: str = Field("", max_length=4000, description="what to steer away from")
+    steps: int = Field(20, ge=1, le=150, description="denoising steps")
+    guidance: float = Field(7.5, ge=0.0, le=30.0, description="classifier-free guidance scale; <= 1 turns it off")
+    width: int | None = Field(None, ge=64, le=2048, description="pixels (None: the model's native size)")
+    height: int | None = Field(None, ge=64, le=2048, description="pixels (None: the model's native size)")
+    scheduler: str = Field("ddim", max_length=32, description="the sampler")
+
+
+TEXT_FIELDS: tuple[str, ...] = tuple(TextOptions.model_fields)
+
+
 class Backend(ABC):
     """A loaded model of a plugin. Subclasses set the class attributes and implement the abstract methods.
 
@@ -187,6 +218,7 @@ class Backend(ABC):
 
     name: ClassVar[str]
     version: ClassVar[str]
+    contract_version: ClassVar[str] = CONTRACT_VERSION  # the contract this backend was built for (pin it)
     description: ClassVar[str] = ""
     capabilities: ClassVar[frozenset[str]] = frozenset({SAMPLE, DECODE})
     Options: ClassVar[type[BaseModel]] = NoOptions
@@ -196,6 +228,22 @@ class Backend(ABC):
         self.model = model
         self.device = device
         self.dtype = dtype
+
+    @property
+    def model(self) -> ModelInfo:
+        """The loaded model's ModelInfo (name, weights path, sha256), which every record reads. The base class owns
+        it, with `device` and `dtype`: keep a network under another name (`self.net`)."""
+        try:
+            return self.__dict__["_model_info"]
+        except KeyError:
+            raise AttributeError(f"{type(self).__name__} has no model yet: call Backend.__init__") from None
+
+    @model.setter
+    def model(self, value: ModelInfo) -> None:
+        if not isinstance(value, ModelInfo):
+            raise TypeError(f"{type(self).__name__}.model is the studio.contract.ModelInfo the records read, got "
+                            f"{type(value).__name__}: keep the network under another name (e.g. self.net)")
+        self.__dict__["_model_info"] = value
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         """Wrap a subclass's own `decode` in `check_decoded` (inherited decodes are wrapped already)."""
@@ -215,6 +263,19 @@ class Backend(ABC):
         """The first model that is not listed as broken (None when there is none)."""
         usable = [m for m in cls.available_models(settings) if not m.error]
         return usable[0].name if usable else None
+
+    @classmethod
+    def model_spaces(cls, model: ModelInfo, settings: Settings) -> dict[str, LatentSpace] | None:
+        """The spaces `model` has with default options, read without loading it (no torch, no weights: from its
+        ModelInfo, a weights header or a config file); they must equal `load(...).spaces(parse_options({}))`.
+        None (the default) means "unknown without loading": listings then show no spaces for the model."""
+        return None
+
+    @classmethod
+    def model_image_shape(cls, model: ModelInfo, settings: Settings) -> tuple[int, int, int] | None:
+        """(channels, height, width) of `model`'s images with default options, read without loading it, like
+        `model_spaces`; None (the default) means "unknown without loading"."""
+        return None
 
     @classmethod
     @abstractmethod

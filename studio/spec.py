@@ -12,9 +12,9 @@ from __future__ import annotations
 import re
 import typing
 from functools import cache
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from studio.config import Settings, load_settings
 from studio.errors import InputError, clip
@@ -28,6 +28,13 @@ MAX_TEXT = 1_000_000
 MAX_KEY_CHARS = 64  # option names and other dict keys
 MAX_DEPTH = 12  # nesting of dicts and lists in a spec
 Text = Annotated[str, Field(max_length=MAX_TEXT)]
+
+
+def checked_name(value: str, what: str) -> str:
+    """`value` if it is a valid name of a `what` (vector, model, ...), else ValueError for pydantic to report."""
+    if not NAME_RE.match(value):
+        raise ValueError(f"{what} names use letters, digits, '_', '.' and '-' (at most 64)")
+    return value
 Name = Annotated[str, Field(max_length=512)]
 
 
@@ -64,210 +71,62 @@ class Source(BaseModel):
         return self
 
 
-class _Job(BaseModel):
+class OpSpec(BaseModel):
+    """The one declaration of an op: its spec's fields, its traits and its handler, in one class.
+
+    Subclass it with a literal `op` field (`op: Literal["neighbours"] = "neighbours"`), the op's own fields
+    (pydantic, validated at submit), and `run(self, job)`: the handler, which works over the backend contract
+    through `job` (a `studio.executor.JobContext`). Register the class through the `latent_studio.ops`
+    entry-point group (studio.registry). The CLI (`studio run|submit NAME`), the queue, the client and the UI's
+    named `submit` API then take it with no core change. Keep the module that declares it free of torch at import:
+    import heavy code inside `run`, so thin clients can validate a spec without loading any model code.
+
+    Traits (class variables): `batchable` (compatible jobs may run as one forward pass; only with a
+    `run_batch` class method), `batch_varying` (the fields that may differ between jobs batched together),
+    `resumable` (the job keeps work in `job.workdir` across attempts), `backend_options` (whether `options` are
+    the backend's Options, validated at submit; False when the op reads them itself).
+    """
+
     model_config = ConfigDict(extra="forbid")
     backend: str = Field(min_length=1, max_length=64)
     model: str | None = Field(default=None, max_length=512)
     options: dict[str, Any] = Field(default_factory=dict)
 
+    contract_version: ClassVar[str] = "1.0"  # the op contract this op was built for (studio.contract)
+    batchable: ClassVar[bool] = False
+    batch_varying: ClassVar[tuple[str, ...]] = ()
+    resumable: ClassVar[bool] = False
+    backend_options: ClassVar[bool] = True
+
+    @classmethod
+    def op_name(cls) -> str | None:
+        """The op's name: the default of its `op` field."""
+        field = cls.model_fields.get("op")
+        return field.default if field is not None and isinstance(field.default, str) else None
+
     def sources(self) -> list[Source]:
+        """The latent points the job starts from (seeds or images)."""
         return []
 
+    def option_sets(self) -> list[dict[str, Any]]:
+        """Every set of backend options the job will parse beyond `options` itself (per source, text directions),
+        so all of them are validated at submit."""
+        return [{**self.options, **src.options} for src in self.sources() if src.options is not None]
 
-class SampleSpec(_Job):
-    op: Literal["sample"] = "sample"
-    n: int = Field(default=16, ge=1)
-    seed: Seed = 0
-    temperature: float = Field(default=1.0, gt=0, le=4)
-    truncation: float | None = Field(default=None, gt=0, le=10)
+    def output_count(self) -> int:
+        """How many images the job renders (checked against Settings.max_images at submit)."""
+        return 0
 
+    def required_capabilities(self) -> set[str]:
+        """The backend capabilities the job needs: by default SAMPLE for a seed source, ENCODE for an image source,
+        and DECODE to render."""
+        from studio.contract import DECODE, ENCODE, SAMPLE
 
-class InterpolateSpec(_Job):
-    op: Literal["interpolate"] = "interpolate"
-    start: Source
-    end: Source
-    steps: int = Field(default=9, ge=2)
-    method: Literal["slerp", "lerp"] = "slerp"
+        return {SAMPLE if src.seed is not None else ENCODE for src in self.sources()} | {DECODE}
 
-    def sources(self) -> list[Source]:
-        return [self.start, self.end]
-
-
-class EditSpec(_Job):
-    op: Literal["edit"] = "edit"
-    vector: Name
-    strengths: list[float] = Field(default_factory=lambda: [-2.0, -1.0, 0.0, 1.0, 2.0], min_length=1,
-                                   max_length=MAX_LIST)
-    source: Source
-
-    @field_validator("vector")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not NAME_RE.match(v):
-            raise ValueError("vector names use letters, digits, '_', '.' and '-' (at most 64)")
-        return v
-
-    def sources(self) -> list[Source]:
-        return [self.source]
-
-
-class TraverseSpec(_Job):
-    op: Literal["traverse"] = "traverse"
-    source: Source
-    dims: list[int] = Field(default_factory=lambda: list(range(8)), min_length=1, max_length=MAX_LIST)
-    low: float = -3.0
-    high: float = 3.0
-    steps: int = Field(default=7, ge=2)
-
-    def sources(self) -> list[Source]:
-        return [self.source]
-
-
-class AnalogySpec(_Job):
-    op: Literal["analogy"] = "analogy"
-    a: Source
-    b: Source
-    c: Source
-
-    def sources(self) -> list[Source]:
-        return [self.a, self.b, self.c]
-
-
-class RoundtripSpec(_Job):
-    op: Literal["roundtrip"] = "roundtrip"
-    bits: int = 8
-    dataset: Name | None = None
-    split: Literal["train", "test"] = "test"
-    limit: int = Field(default=1000, ge=1)
-    image: ImageRef | None = None
-
-    @field_validator("bits")
-    @classmethod
-    def _bits(cls, v: int) -> int:
-        if not 1 <= v <= 12:
-            raise ValueError(f"bits must be between 1 and 12, got {v}")
-        return v
-
-    @model_validator(mode="after")
-    def _one_input(self) -> RoundtripSpec:
-        if (self.dataset is None) == (self.image is None):
-            raise ValueError("give either a dataset or an image")
-        return self
-
-
-class FitVectorSpec(_Job):
-    op: Literal["fit_vector"] = "fit_vector"
-    name: Name
-    method: Literal["mean", "balanced", "classifier"] = "classifier"
-    dataset: Name | None = None
-    attribute: Name | None = None
-    limit: int = Field(default=10000, ge=10)
-    with_seeds: list[Seed] | None = Field(default=None, max_length=MAX_LIST)
-    without_seeds: list[Seed] | None = Field(default=None, max_length=MAX_LIST)
-    with_options: dict[str, Any] | None = None  # text directions: condition(with) - condition(without)
-    without_options: dict[str, Any] | None = None
-    seed: Seed = 0
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not NAME_RE.match(v):
-            raise ValueError("vector names use letters, digits, '_', '.' and '-' (at most 64)")
-        return v
-
-    @model_validator(mode="after")
-    def _one_kind(self) -> FitVectorSpec:
-        kinds = [self.dataset is not None, self.with_seeds is not None, self.with_options is not None]
-        if sum(kinds) != 1:
-            raise ValueError("give exactly one of: dataset + attribute, with_seeds + without_seeds, "
-                             "with_options + without_options")
-        if self.dataset is not None and not self.attribute:
-            raise ValueError("a dataset vector needs an attribute (class:7, class:3-vs-8, thickness, slant)")
-        if self.with_seeds is not None and not (self.with_seeds and self.without_seeds):
-            raise ValueError("picked examples need at least one seed with and one without the attribute")
-        if self.with_options is not None and self.without_options is None:
-            raise ValueError("a text direction needs with_options and without_options")
-        return self
-
-
-class EvaluateSpec(_Job):
-    op: Literal["evaluate"] = "evaluate"
-    n: int = Field(default=2000, ge=10, le=20000)
-    repeats: int = Field(default=5, ge=1, le=20)
-    seed: Seed = 0
-
-    @model_validator(mode="after")
-    def _fits_the_training_set(self) -> EvaluateSpec:
-        if self.n * self.repeats > 60000:
-            raise ValueError(f"n x repeats must be at most 60000 (disjoint MNIST training subsets), "
-                             f"got {self.n} x {self.repeats}")
-        return self
-
-
-class WalkSpec(_Job):
-    op: Literal["walk"] = "walk"
-    keyframes: list[Source] = Field(min_length=2, max_length=MAX_LIST)
-    frames_per_segment: int = Field(default=8, ge=1, le=240)
-    method: Literal["slerp", "lerp"] = "slerp"
-
-    def sources(self) -> list[Source]:
-        return list(self.keyframes)
-
-
-class ProjectSpec(_Job):
-    op: Literal["project"] = "project"
-    dataset: Name = "mnist"
-    split: Literal["train", "test"] = "test"
-    method: Literal["pca", "tsne", "umap"] = "pca"
-    limit: int = Field(default=2000, ge=10, le=10000)
-    seed: Seed = 0
-
-
-class AnomaliesSpec(_Job):
-    op: Literal["anomalies"] = "anomalies"
-    dataset: Name = "mnist"
-    split: Literal["train", "test"] = "test"
-    limit: int = Field(default=2000, ge=10, le=10000)
-    ood_dataset: Name | None = None  # e.g. fashion or animals: reports AUROC of in- vs out-of-distribution
-    top: int = Field(default=16, ge=1, le=64)
-
-
-class TrainSpec(_Job):
-    """Train fresh weights and register them as model `name` of the backend (studio.modelstore).
-    `options` are the backend's training options (e.g. batch_size), checked by its `train`."""
-
-    op: Literal["train"] = "train"
-    name: Name
-    dataset: Name = "mnist"
-    epochs: int = Field(default=1, ge=1, le=1000)
-    seed: Seed = 0
-    limit: int | None = Field(default=None, ge=1, le=10_000_000)  # only the first N training images
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not NAME_RE.match(v):
-            raise ValueError("model names use letters, digits, '_', '.' and '-' (at most 64)")
-        return v
-
-    @model_validator(mode="after")
-    def _fresh(self) -> TrainSpec:
-        if self.model is not None:
-            raise ValueError("a train job starts from fresh weights: give no model")
-        reserved = sorted(set(self.options) & {"dataset", "epochs", "out", "seed", "settings", "progress", "limit"})
-        if reserved:
-            raise ValueError(f"options: {', '.join(reserved)} are fields of the train job, not training options")
-        return self
-
-
-JobSpec = Annotated[SampleSpec | InterpolateSpec | EditSpec | TraverseSpec | AnalogySpec | RoundtripSpec
-                    | FitVectorSpec | EvaluateSpec | WalkSpec | ProjectSpec | AnomaliesSpec | TrainSpec,
-                    Field(discriminator="op")]
-OPS = ("sample", "interpolate", "edit", "traverse", "analogy", "roundtrip", "fit_vector", "evaluate", "walk",
-       "project", "anomalies", "train")
-_adapter: TypeAdapter = TypeAdapter(JobSpec)
-_MODELS: dict[str, type[BaseModel]] = {cls.model_fields["op"].default: cls for cls in typing.get_args(
-    typing.get_args(JobSpec)[0])}
+    def run(self, job: Any) -> None:
+        """The handler: compute the result and add it to `job` (a studio.executor.JobContext)."""
+        raise NotImplementedError(f"op {self.op_name()!r} has no handler")
 
 
 MAX_MESSAGE = 290  # every rejection is one line under 300 characters
@@ -277,8 +136,6 @@ def _format(exc: ValidationError) -> str:
     parts = []
     for e in exc.errors(include_input=False, include_url=False):
         path = list(e["loc"])
-        if path and path[0] in OPS:  # the discriminator's tag: the op is named already
-            path = path[1:]
         loc = ".".join(clip(x, 40) for x in path if not (isinstance(x, str) and x.endswith("Spec")))
         msg = clip(e["msg"].removeprefix("Value error, "), 120)
         parts.append(f"{loc}: {msg}" if loc else msg)
@@ -424,75 +281,48 @@ def check_inline_images(spec: BaseModel, settings: Settings) -> None:
                           f"together (STUDIO_MAX_INLINE_BYTES)")
 
 
-def output_count(spec: BaseModel) -> int:
-    """How many images a job will render (checked against the configured limit)."""
-    match spec.op:
-        case "sample":
-            return spec.n
-        case "interpolate":
-            return spec.steps
-        case "edit":
-            return len(spec.strengths)
-        case "traverse":
-            return len(spec.dims) * spec.steps
-        case "analogy":
-            return 4
-        case "walk":
-            return (len(spec.keyframes) - 1) * spec.frames_per_segment + 1
-        case "anomalies":
-            return spec.top
-    return 0
-
-
-def parse_spec(data: dict | BaseModel, settings: Settings | None = None, check_backend: bool = True) -> BaseModel:
+def parse_spec(data: dict | BaseModel, settings: Settings | None = None, check_backend: bool = True) -> OpSpec:
     """Validate a job spec (and the backend's options) or raise InputError; nothing is created."""
+    from studio.registry import get_op
+
     settings = settings or load_settings()
     if isinstance(data, BaseModel):
         data = data.model_dump()
     if not isinstance(data, dict):
         raise InputError(f"a job spec is a JSON object, got {type(data).__name__}")
     op = data.get("op")
-    if not isinstance(op, str) or op not in OPS:
-        shown = "missing" if op is None else f"unknown op {clip(op, 40)!r}" if isinstance(op, str) else \
-            f"expected text, got a {type(op).__name__}"
-        raise _refuse(f"op: {shown} (use one of {', '.join(OPS)})")
-    _Walk(settings, image_paths(_MODELS[op])).check(data, "")
+    if not isinstance(op, str):
+        from studio.registry import op_names
+
+        shown = "missing" if op is None else f"expected text, got a {type(op).__name__}"
+        raise _refuse(f"op: {shown} (use one of {', '.join(op_names())})")
+    model = get_op(op)
+    _Walk(settings, image_paths(model)).check(data, "")
     try:
-        spec = _adapter.validate_python(data)
+        spec = model.model_validate(data)
     except ValidationError as exc:
         raise _refuse(f"invalid {op} job: {_format(exc)}") from None
     check_inline_images(spec, settings)
-    count = output_count(spec)
+    count = spec.output_count()
     if count > settings.max_images:
-        raise InputError(f"this {spec.op} job would make {count} images; the limit is {settings.max_images} "
+        raise InputError(f"this {op} job would make {count} images; the limit is {settings.max_images} "
                          f"(STUDIO_MAX_IMAGES)")
-    if spec.op == "roundtrip" and spec.limit > 10000:
-        raise InputError(f"roundtrip limit is at most 10000 images, got {spec.limit}")
     if check_backend:
         check_backend_options(spec)
     return spec
 
 
-def check_backend_options(spec: BaseModel) -> None:
-    """Validate a parsed spec's backend options (the job's, each source's, text directions') with its backend."""
+def check_backend_options(spec: OpSpec) -> None:
+    """Validate a parsed spec's backend options (the job's and every other set it will parse) with its backend."""
     from studio.registry import get_backend_class
 
     cls = get_backend_class(spec.backend)
-    if spec.op == "train":  # its options are training options, which the backend's train checks
-        from studio.contract import TRAIN
-
-        if TRAIN not in cls.capabilities:
-            raise InputError(f"backend {cls.name!r} cannot run a train job: it lacks train (capabilities: "
-                             f"{', '.join(sorted(cls.capabilities))})")
+    if not spec.backend_options:  # e.g. train: its options are training options, which the backend's train checks
         return
     try:
         cls.parse_options(spec.options)
-        for src in spec.sources():
-            if src.options is not None:
-                cls.parse_options({**spec.options, **src.options})
-        for extra in (getattr(spec, "with_options", None), getattr(spec, "without_options", None)):
-            if extra is not None:
-                cls.parse_options({**spec.options, **extra})
+        for options in spec.option_sets():
+            cls.parse_options(options)
     except InputError as exc:  # a plugin's message: keep it to one short line
         raise _refuse(str(exc)) from None
 

@@ -38,7 +38,7 @@ def test_one_seed_gives_the_same_image_in_any_batch(studio_cli, tmp_path):
 
 
 def test_interpolate_from_seeds_and_from_images(studio_cli, tmp_path):
-    r = studio_cli("run", "interpolate", "--backend", "pca", "--from-seed", "1", "--to-seed", "2", "--steps", "5",
+    r = studio_cli("run", "interpolate", "--backend", "pca", "--from-seed", "1", "--to-seed", "2", "--frames", "5",
                    "--method", "slerp", "--out", str(tmp_path / "seeds"))
     assert r.returncode == 0, r.stderr
     files = {p.name for p in (tmp_path / "seeds").iterdir()}
@@ -49,14 +49,14 @@ def test_interpolate_from_seeds_and_from_images(studio_cli, tmp_path):
     Image.open(tmp_path / "seeds" / "frame_000.png").save(a)
     Image.open(tmp_path / "seeds" / "frame_004.png").convert("RGB").resize((56, 56)).save(b)
     r = studio_cli("run", "interpolate", "--backend", "pca", "--from-image", str(a), "--to-image", str(b),
-                   "--steps", "3", "--method", "lerp", "--out", str(tmp_path / "images"))
+                   "--frames", "3", "--method", "lerp", "--out", str(tmp_path / "images"))
     assert r.returncode == 0, r.stderr
     assert "converted" in r.stderr  # the RGB 56x56 image was converted, and the user is told
 
 
 def test_traverse_and_analogy(studio_cli, tmp_path):
     r = studio_cli("run", "traverse", "--backend", "pca", "--seed", "3", "--dims", "0-3", "--range", "-3,3",
-                   "--steps", "5", "--out", str(tmp_path / "t"))
+                   "--columns", "5", "--out", str(tmp_path / "t"))
     assert r.returncode == 0, r.stderr
     grid = Image.open(tmp_path / "t" / "grid.png")
     assert grid.size == (5 * 28 + 6 * 2, 4 * 28 + 5 * 2)

@@ -92,7 +92,7 @@ def _load_elsewhere(env: dict[str, str], home: Path, name: str, viewer: str | No
 
 
 def test_a_vector_fitted_on_one_machine_is_listed_and_loaded_on_another(machine: Machine) -> None:
-    from studio.executor import _store_relative
+    from studio.executor import store_relative as _store_relative
 
     a, b = machine("gpu-a"), machine("gpu-b")
     vector = torch.randn(4, 3, 3, generator=torch.Generator().manual_seed(7))

@@ -19,7 +19,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 
 from studio.contract import (
     CODEC,
@@ -35,6 +35,7 @@ from studio.contract import (
     ModelInfo,
     Point,
     Progress,
+    TextOptions,
     choose_model,
     no_progress,
 )
@@ -43,6 +44,7 @@ from studio.errors import InputError, StudioError
 from .models import find_models, hub_model_info, load_pipeline, resolve_model
 from .optimise import RuntimeOptions, apply_runtime, choose_runtime, torch_dtype
 from .schedulers import make_scheduler
+from .shapes import pipeline_shapes
 
 if TYPE_CHECKING:
     import torch
@@ -70,17 +72,10 @@ def weights_problem(folder: Path) -> str:
     return ""
 
 
-class SDOptions(BaseModel):
-    """Options of an SD job. width/height None: the checkpoint's native size (512 for SD-1.5)."""
+class SDOptions(TextOptions):
+    """Options of an SD job: the text options (width/height None: the checkpoint's native size, 512 for SD-1.5),
+    a narrowed scheduler, and img2img's strength."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    prompt: str = Field("", max_length=4000)
-    negative_prompt: str = Field("", max_length=4000)
-    guidance: float = Field(7.5, ge=0.0, le=30.0, description="classifier-free guidance scale; <= 1 turns it off")
-    steps: int = Field(20, ge=1, le=150)
-    width: int | None = Field(None, ge=64, le=2048, description="pixels, a multiple of 8")
-    height: int | None = Field(None, ge=64, le=2048, description="pixels, a multiple of 8")
     scheduler: Literal["ddim", "euler", "dpmpp"] = "ddim"
     strength: float = Field(0.6, ge=0.0, le=1.0, description="img2img: how much of the schedule is re-noised")
 
@@ -90,6 +85,14 @@ class SDOptions(BaseModel):
         if value is not None and value % 8:
             raise ValueError(f"must be a multiple of 8 (got {value})")
         return value
+
+
+def _spaces(latent: tuple[int, ...], condition: tuple[int, ...]) -> dict[str, LatentSpace]:
+    return {
+        NOISE: LatentSpace(NOISE, latent, "gaussian", frozenset({SEED})),
+        CODEC_SPACE: LatentSpace(CODEC_SPACE, latent, "none", frozenset({CODEC}), coding_mean=0.0, coding_std=1.0),
+        CONDITION_SPACE: LatentSpace(CONDITION_SPACE, condition, "none", frozenset({CONDITION})),
+    }
 
 
 class SDBackend(Backend):
@@ -118,6 +121,17 @@ class SDBackend(Backend):
             problem = weights_problem(Path(info.path))
             models.append(dataclasses.replace(info, error=problem) if problem else info)
         return models
+
+    @classmethod
+    def model_spaces(cls, model: ModelInfo, settings: Settings) -> dict[str, LatentSpace] | None:
+        """The native-size spaces of an installed folder, from its unet, vae, text encoder and tokenizer configs."""
+        shapes = pipeline_shapes(model.path) if model.path and not model.error else None
+        return _spaces(shapes.latent, shapes.condition) if shapes else None
+
+    @classmethod
+    def model_image_shape(cls, model: ModelInfo, settings: Settings) -> tuple[int, int, int] | None:
+        shapes = pipeline_shapes(model.path) if model.path and not model.error else None
+        return shapes.image if shapes else None
 
     @classmethod
     def load(cls, model: str | None, settings: Settings, device: str = "cpu", dtype: str = "float32") -> SDBackend:
@@ -169,11 +183,7 @@ class SDBackend(Backend):
         h, w = self.size(options)
         latent = (int(self.pipe.unet.config.in_channels), h // self.scale_factor, w // self.scale_factor)
         condition = (int(self.pipe.tokenizer.model_max_length), int(self.pipe.text_encoder.config.hidden_size))
-        return {
-            NOISE: LatentSpace(NOISE, latent, "gaussian", frozenset({SEED})),
-            CODEC_SPACE: LatentSpace(CODEC_SPACE, latent, "none", frozenset({CODEC}), coding_mean=0.0, coding_std=1.0),
-            CONDITION_SPACE: LatentSpace(CONDITION_SPACE, condition, "none", frozenset({CONDITION})),
-        }
+        return _spaces(latent, condition)
 
     def image_shape(self, options: BaseModel | dict | None = None) -> tuple[int, int, int]:
         h, w = self.size(options)

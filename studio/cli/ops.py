@@ -1,52 +1,43 @@
-"""The op commands, defined once and mounted twice: `studio run <op>` (in-process) and `studio submit <op>` (queued).
+"""The op commands, mounted twice: `studio run <op>` (in-process) and `studio submit <op>` (queued).
 
-Each builder turns command-line arguments into a job spec dict; the mode decides what happens to it.
+Every registered op gets a command (studio.registry: the core's ops and any plugin's). An op's flags come from
+its spec's fields (`generated_builder`); a built-in op may have a hand-written builder here instead, for friendlier
+flags (`--from-seed`, comma lists). Ops that take backend options also get the text flags, generated from
+studio.contract.TextOptions (`--prompt`, `--negative-prompt`, `--steps`, `--guidance`, `--width`, `--height`,
+`--scheduler`), and repeatable `--option KEY=VALUE`: `--steps` always means denoising steps.
 """
 
 from __future__ import annotations
 
 import inspect
+import json
+import types
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import BaseModel
 
-from studio.cli.common import parse_option_pairs, source
+from studio.cli.common import image_ref, parse_option_pairs, source
 from studio.errors import InputError, clip
 from studio.parsing import parse_floats, parse_ints
 
 Backend = Annotated[str, typer.Option("--backend", "-b", help="Backend name (see `studio plugins`).")]
 Model = Annotated[str | None, typer.Option(help="Model name or path (default: the backend's first model).")]
-Prompt = Annotated[str | None, typer.Option(help="Prompt, for backends that take text.")]
-Negative = Annotated[str | None, typer.Option("--negative-prompt", help="Negative prompt.")]
-Guidance = Annotated[float | None, typer.Option(help="Classifier-free guidance scale.")]
-Scheduler = Annotated[str | None, typer.Option(help="Scheduler (SD: ddim, euler, dpmpp).")]
-Width = Annotated[int | None, typer.Option(help="Image width (backends with a size option).")]
-Height = Annotated[int | None, typer.Option(help="Image height (backends with a size option).")]
 OptionPairs = Annotated[list[str] | None, typer.Option("--option", "-o", help="Backend option KEY=VALUE (repeatable).")]
-
-
-def _options(prompt: str | None = None, negative_prompt: str | None = None, guidance: float | None = None,
-             scheduler: str | None = None, width: int | None = None, height: int | None = None,
-             option: list[str] | None = None, **more: Any) -> dict:
-    given = {"prompt": prompt, "negative_prompt": negative_prompt, "guidance": guidance, "scheduler": scheduler,
-             "width": width, "height": height, **more}
-    return {**{k: v for k, v in given.items() if v is not None}, **parse_option_pairs(option)}
+PARAM = inspect.Parameter.KEYWORD_ONLY
 
 
 def sample(backend: Backend, model: Model = None,
            n: Annotated[int, typer.Option("--n", "-n", help="Number of images.")] = 16,
            seed: Annotated[int, typer.Option(help="Seed of the first image; image i uses seed + i.")] = 0,
            temperature: Annotated[float, typer.Option(help="Scale of the prior draw.")] = 1.0,
-           truncation: Annotated[float | None, typer.Option(help="Truncate the prior to [-t, t].")] = None,
-           prompt: Prompt = None, negative_prompt: Negative = None, guidance: Guidance = None,
-           steps: Annotated[int | None, typer.Option(help="Denoising steps (diffusion backends).")] = None,
-           scheduler: Scheduler = None, width: Width = None, height: Height = None, option: OptionPairs = None) -> dict:
+           truncation: Annotated[float | None, typer.Option(help="Truncate the prior to [-t, t].")] = None,) -> dict:
     """Sample images from seeds."""
     return {"op": "sample", "backend": backend, "model": model, "n": n, "seed": seed, "temperature": temperature,
-            "truncation": truncation,
-            "options": _options(prompt, negative_prompt, guidance, scheduler, width, height, option, steps=steps)}
+            "truncation": truncation}
 
 
 def interpolate(backend: Backend, model: Model = None,
@@ -55,32 +46,25 @@ def interpolate(backend: Backend, model: Model = None,
                 from_image: Annotated[str | None, typer.Option(help="Start image (PNG/JPEG path).")] = None,
                 to_image: Annotated[str | None, typer.Option(help="End image.")] = None,
                 to_prompt: Annotated[str | None, typer.Option(help="End prompt (start: --prompt).")] = None,
-                steps: Annotated[int, typer.Option(help="Number of frames.")] = 9,
-                method: Annotated[str, typer.Option(help="slerp or lerp.")] = "slerp",
-                prompt: Prompt = None, negative_prompt: Negative = None, guidance: Guidance = None,
-                scheduler: Scheduler = None, width: Width = None, height: Height = None,
-                option: OptionPairs = None) -> dict:
+                frames: Annotated[int, typer.Option(help="Number of frames.")] = 9,
+                method: Annotated[str, typer.Option(help="slerp or lerp.")] = "slerp") -> dict:
     """Walk between two seeds or two images: frames, a strip and a GIF."""
     if to_prompt is not None and to_seed is None and to_image is None:
         to_seed = from_seed
-    return {"op": "interpolate", "backend": backend, "model": model, "steps": steps, "method": method,
+    return {"op": "interpolate", "backend": backend, "model": model, "steps": frames, "method": method,
             "start": source(from_seed, from_image, "the start (--from-seed or --from-image)"),
             "end": source(to_seed, to_image, "the end (--to-seed or --to-image)",
-                          {"prompt": to_prompt} if to_prompt is not None else None),
-            "options": _options(prompt, negative_prompt, guidance, scheduler, width, height, option)}
+                          {"prompt": to_prompt} if to_prompt is not None else None)}
 
 
 def edit(backend: Backend, model: Model = None,
          vector: Annotated[str, typer.Option(help="Vector name (see `studio vectors list`).")] = ...,
          strengths: Annotated[str, typer.Option(help="Comma-separated strengths.")] = "-2,-1,0,1,2",
          seed: Annotated[int | None, typer.Option(help="Seed to edit.")] = None,
-         image: Annotated[str | None, typer.Option(help="Image to edit.")] = None,
-         prompt: Prompt = None, negative_prompt: Negative = None, guidance: Guidance = None,
-         scheduler: Scheduler = None, width: Width = None, height: Height = None, option: OptionPairs = None) -> dict:
+         image: Annotated[str | None, typer.Option(help="Image to edit.")] = None) -> dict:
     """Apply an attribute vector at several strengths: the edit strip."""
     return {"op": "edit", "backend": backend, "model": model, "vector": vector,
-            "strengths": parse_floats(strengths, "--strengths"), "source": source(seed, image, "what to edit"),
-            "options": _options(prompt, negative_prompt, guidance, scheduler, width, height, option)}
+            "strengths": parse_floats(strengths, "--strengths"), "source": source(seed, image, "what to edit")}
 
 
 def traverse(backend: Backend, model: Model = None,
@@ -88,15 +72,13 @@ def traverse(backend: Backend, model: Model = None,
              image: Annotated[str | None, typer.Option(help="Image for the centre point.")] = None,
              dims: Annotated[str, typer.Option(help="Latent dimensions, e.g. 0-7.")] = "0-7",
              range_: Annotated[str, typer.Option("--range", help="Values LOW,HIGH set on each dimension.")] = "-3,3",
-             steps: Annotated[int, typer.Option(help="Columns per dimension.")] = 7,
-             prompt: Prompt = None, option: OptionPairs = None) -> dict:
+             columns: Annotated[int, typer.Option(help="Columns per dimension.")] = 7) -> dict:
     """A traversal grid: one row per latent dimension."""
     lo_hi = parse_floats(range_, "--range")
     if len(lo_hi) != 2:
         raise InputError(f"--range takes LOW,HIGH, got {clip(range_)!r}")
     return {"op": "traverse", "backend": backend, "model": model, "source": source(seed, image, "the centre"),
-            "dims": parse_ints(dims, "--dims"), "low": lo_hi[0], "high": lo_hi[1], "steps": steps,
-            "options": _options(prompt, option=option)}
+            "dims": parse_ints(dims, "--dims"), "low": lo_hi[0], "high": lo_hi[1], "steps": columns}
 
 
 def analogy(backend: Backend, model: Model = None,
@@ -105,12 +87,10 @@ def analogy(backend: Backend, model: Model = None,
             b_seed: Annotated[int | None, typer.Option(help="B as a seed.")] = None,
             b_image: Annotated[str | None, typer.Option(help="B as an image.")] = None,
             c_seed: Annotated[int | None, typer.Option(help="C as a seed.")] = None,
-            c_image: Annotated[str | None, typer.Option(help="C as an image.")] = None,
-            prompt: Prompt = None, option: OptionPairs = None) -> dict:
+            c_image: Annotated[str | None, typer.Option(help="C as an image.")] = None) -> dict:
     """A - B + C in latent space."""
     return {"op": "analogy", "backend": backend, "model": model, "a": source(a_seed, a_image, "A"),
-            "b": source(b_seed, b_image, "B"), "c": source(c_seed, c_image, "C"),
-            "options": _options(prompt, option=option)}
+            "b": source(b_seed, b_image, "B"), "c": source(c_seed, c_image, "C")}
 
 
 def roundtrip(backend: Backend, model: Model = None,
@@ -119,16 +99,12 @@ def roundtrip(backend: Backend, model: Model = None,
               split: Annotated[str, typer.Option(help="train or test.")] = "test",
               limit: Annotated[int, typer.Option(help="Number of dataset images.")] = 1000,
               image: Annotated[str | None, typer.Option(help="One image: writes original, reconstruction and "
-                                                                 "baselines side by side.")] = None,
-              prompt: Prompt = None, width: Width = None, height: Height = None, option: OptionPairs = None) -> dict:
+                                                                 "baselines side by side.")] = None) -> dict:
     """Compression round trip: encode, quantise, entropy-code to bytes, decode; metrics against JPEG/WebP."""
     if (dataset is None) == (image is None):
         raise InputError("give --dataset or --image (one of them)")
-    from studio.cli.common import image_ref
-
     return {"op": "roundtrip", "backend": backend, "model": model, "bits": bits, "dataset": dataset, "split": split,
-            "limit": limit, "image": image_ref(image),
-            "options": _options(prompt, width=width, height=height, option=option)}
+            "limit": limit, "image": image_ref(image)}
 
 
 def walk(backend: Backend, model: Model = None,
@@ -136,9 +112,7 @@ def walk(backend: Backend, model: Model = None,
          prompts: Annotated[str | None, typer.Option(help="Keyframe prompts separated by '|' (with --seed).")] = None,
          seed: Annotated[int, typer.Option(help="Seed for a prompt walk.")] = 0,
          frames: Annotated[int, typer.Option(help="Frames per segment.")] = 8,
-         method: Annotated[str, typer.Option(help="slerp or lerp.")] = "slerp",
-         prompt: Prompt = None, negative_prompt: Negative = None, guidance: Guidance = None,
-         scheduler: Scheduler = None, width: Width = None, height: Height = None, option: OptionPairs = None) -> dict:
+         method: Annotated[str, typer.Option(help="slerp or lerp.")] = "slerp") -> dict:
     """A multi-keyframe walk as one job (resumable): frames and a GIF."""
     if (seeds is None) == (prompts is None):
         raise InputError("give --seeds or --prompts (one of them)")
@@ -147,15 +121,18 @@ def walk(backend: Backend, model: Model = None,
     else:
         keyframes = [{"seed": seed, "options": {"prompt": p.strip()}} for p in prompts.split("|")]
     return {"op": "walk", "backend": backend, "model": model, "keyframes": keyframes, "frames_per_segment": frames,
-            "method": method, "options": _options(prompt, negative_prompt, guidance, scheduler, width, height, option)}
+            "method": method}
 
 
 def evaluate(backend: Backend, model: Model = None,
+             dataset: Annotated[str, typer.Option(help="Dataset to score against (one with a classifier).")] = "mnist",
              n: Annotated[int, typer.Option("--n", "-n", help="Number of samples per draw.")] = 2000,
              repeats: Annotated[int, typer.Option(help="Draws of n averaged (samples and floor).")] = 5,
              seed: Annotated[int, typer.Option(help="First seed.")] = 0) -> dict:
-    """Sample quality: FLD (Fréchet distance in the project's MNIST classifier features) and its floor."""
-    return {"op": "evaluate", "backend": backend, "model": model, "n": n, "repeats": repeats, "seed": seed}
+    """Sample quality against a dataset: FCD and KID (Fréchet and kernel distances in the features of the project's
+    classifier for that dataset) with their floors (real training images), and the confident share."""
+    return {"op": "evaluate", "backend": backend, "model": model, "dataset": dataset, "n": n, "repeats": repeats,
+            "seed": seed}
 
 
 def project(backend: Backend, model: Model = None,
@@ -198,21 +175,165 @@ BUILDERS: dict[str, Callable[..., dict]] = {
     "sample": sample, "interpolate": interpolate, "edit": edit, "traverse": traverse, "analogy": analogy,
     "roundtrip": roundtrip, "walk": walk, "evaluate": evaluate, "project": project, "anomalies": anomalies,
     "train": train,
-}
-PARAM = inspect.Parameter.KEYWORD_ONLY
+}  # hand-written forms of built-in ops; every other registered op gets a generated one
+
+
+# ----- commands generated from an op's spec -----
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _plain(annotation: object) -> tuple[object, bool]:
+    """(the annotation without Optional and Annotated, whether None is allowed)."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _plain(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        inner, _ = _plain(args[0]) if len(args) == 1 else (annotation, False)
+        return inner, len(args) < len(typing.get_args(annotation))
+    return annotation, False
+
+
+def _field_params(name: str, field: Any) -> tuple[list[inspect.Parameter], Callable[[dict], Any]]:
+    """The command-line flags of one spec field, and how to turn their values back into the field's value."""
+    from studio.spec import ImageRef, Source
+
+    kind, _ = _plain(field.annotation)
+    required = field.is_required()
+    default = None if required else field.get_default(call_default_factory=True)
+    helptext = (field.description or name.replace("_", " ")) + (" (required)" if required else "")
+    if typing.get_origin(kind) is typing.Literal:
+        helptext += f" (one of: {', '.join(map(str, typing.get_args(kind)))})"
+    elif typing.get_origin(kind) is dict or kind is dict:
+        helptext += ": KEY=VALUE, repeatable"
+    elif typing.get_origin(kind) is list:
+        helptext += ", comma-separated"
+
+    def param(pname: str, annotation: object, value: object = None, flag: str | None = None) -> inspect.Parameter:
+        return inspect.Parameter(pname, PARAM, default=value,
+                                 annotation=Annotated[annotation, typer.Option(flag or _flag(pname), help=helptext)])
+
+    if kind is Source:
+        seed_name, image_name = f"{name}_seed", f"{name}_image"
+        params = [param(seed_name, int | None), param(image_name, str | None)]
+        what = f"{name} ({_flag(seed_name)} or {_flag(image_name)})"
+
+        def from_source(values: dict) -> Any:
+            seed, image = values.pop(seed_name), values.pop(image_name)
+            return None if seed is None and image is None and not required else source(seed, image, what)
+        return params, from_source
+    if kind is ImageRef:
+        def from_image(values: dict) -> Any:
+            return image_ref(values.pop(name))
+        return [param(name, str | None)], from_image
+    origin = typing.get_origin(kind)
+    if origin is list:
+        item = typing.get_args(kind)[0] if typing.get_args(kind) else str
+        item, _ = _plain(item)
+        shown = ",".join(str(x) for x in default) if isinstance(default, list) else None
+
+        def from_list(values: dict, _item: object = item) -> Any:
+            raw = values.pop(name)
+            if raw is None:
+                return None
+            if _item is int:
+                return parse_ints(raw, _flag(name))
+            if _item is float:
+                return parse_floats(raw, _flag(name))
+            return [x.strip() for x in raw.split(",") if x.strip()]
+        return [param(name, str | None, shown)], from_list
+    if origin is dict or kind is dict:
+        def from_pairs(values: dict) -> Any:
+            return parse_option_pairs(values.pop(name)) or None
+        return [param(name, list[str] | None, None)], from_pairs
+    if typing.get_origin(kind) is typing.Literal or kind in (int, float, str, bool):
+        annotation = str if typing.get_origin(kind) is typing.Literal else kind
+        if kind is bool:
+            flag = f"{_flag(name)}/--no-{name.replace('_', '-')}"
+            return [param(name, bool | None, default, flag)], lambda values: values.pop(name)
+        return [param(name, annotation | None, default)], lambda values: values.pop(name)
+
+    def from_json(values: dict) -> Any:  # anything else: JSON text
+        raw = values.pop(name)
+        if raw is None:
+            return None
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError:
+            raise InputError(f"{_flag(name)} takes JSON, got {clip(raw)!r}") from None
+    return [param(name, str | None)], from_json
+
+
+def generated_builder(op: type[BaseModel]) -> Callable[..., dict]:
+    """A builder for any op, from its spec's fields: scalars and literals become flags, lists comma-separated
+    text, a Source `--NAME-seed`/`--NAME-image`, an image reference a file path (or dataset:NAME:SPLIT:INDEX),
+    dicts repeatable KEY=VALUE, anything else JSON."""
+    name = op.op_name()
+    params = [inspect.Parameter("backend", PARAM, annotation=Backend),
+              inspect.Parameter("model", PARAM, default=None, annotation=Model)]
+    readers: list[Callable[[dict], Any]] = []
+    fields: list[str] = []
+    for field_name, field in op.model_fields.items():
+        if field_name in ("op", "backend", "model", "options"):
+            continue
+        more, read = _field_params(field_name, field)
+        params += more
+        readers.append(read)
+        fields.append(field_name)
+
+    def build(**values: Any) -> dict:
+        spec: dict[str, Any] = {"op": name, "backend": values.pop("backend"), "model": values.pop("model")}
+        for field_name, read in zip(fields, readers, strict=True):
+            spec[field_name] = read(values)
+        return spec
+
+    build.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    build.__doc__ = (op.__doc__ or f"The {name} op.").strip().split("\n\n")[0]
+    return build
+
+
+def text_params() -> list[inspect.Parameter]:
+    """The text flags, one per studio.contract.TextOptions field (None: the backend's default)."""
+    from studio.contract import TextOptions
+
+    params = []
+    for name, field in TextOptions.model_fields.items():
+        kind, _ = _plain(field.annotation)
+        helptext = f"{field.description} (text backends)" if field.description else None
+        params.append(inspect.Parameter(name, PARAM, default=None,
+                                        annotation=Annotated[kind | None, typer.Option(_flag(name), help=helptext)]))
+    params.append(inspect.Parameter("option", PARAM, default=None, annotation=OptionPairs))
+    return params
+
+
+def op_builders() -> dict[str, tuple[Callable[..., dict], bool]]:
+    """Every registered op's builder and whether its command takes backend options (text flags, --option)."""
+    from studio.registry import load_registry
+
+    return {name: (BUILDERS.get(name) or generated_builder(op), op.backend_options)
+            for name, op in load_registry().ops.items()}
 
 
 def mount(app: typer.Typer, extra: list[inspect.Parameter], action: Callable[..., None],
-          builders: dict[str, Callable[..., dict]] | None = None) -> None:
-    """Add one command per builder to `app`: it builds the spec, then calls action(spec, **extra_values)."""
-    for name, builder in (builders or BUILDERS).items():
-        sig = inspect.signature(builder, eval_str=True)
-        params = [p.replace(kind=PARAM) for p in sig.parameters.values()] + extra
+          builders: dict[str, tuple[Callable[..., dict], bool]] | None = None) -> None:
+    """Add one command per op to `app`: it builds the spec, then calls action(spec, **extra_values)."""
+    for name, (builder, takes_options) in (builders or op_builders()).items():
+        own = [p.replace(kind=PARAM) for p in inspect.signature(builder, eval_str=True).parameters.values()]
+        text = [p for p in text_params() if p.name not in {q.name for q in own}] if takes_options else []
+        params = own + text + extra
         extra_names = [p.name for p in extra]
+        text_names = [p.name for p in text]
 
-        def command(__builder=builder, __extra=extra_names, **kwargs: Any) -> None:
+        def command(__builder=builder, __extra=extra_names, __text=text_names, **kwargs: Any) -> None:
             values = {k: kwargs.pop(k) for k in __extra}
+            given = {k: kwargs.pop(k) for k in __text}
             spec = __builder(**kwargs)
+            if __text:
+                pairs = parse_option_pairs(given.pop("option", None))
+                options = {**{k: v for k, v in given.items() if v is not None}, **pairs}
+                spec["options"] = {**spec.get("options", {}), **options}
             spec = {k: v for k, v in spec.items() if v is not None}
             action(spec, **values)
 

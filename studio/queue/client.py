@@ -26,6 +26,8 @@ from studio.queue.store import ArtifactStore
 if TYPE_CHECKING:
     from celery import Celery
 
+    from studio.spec import OpSpec
+
 
 class WaitTimeout(StudioError, TimeoutError):
     """wait() gave up before the job ended."""
@@ -90,10 +92,15 @@ class StudioClient:
     # ----- submitting -----
     def validate(self, spec: dict) -> dict:
         """The canonical JSON form of a job spec, or InputError/NotFound (nothing is created)."""
-        from studio.spec import parse_spec, spec_dict
+        from studio.spec import spec_dict
+
+        return spec_dict(self._parse(spec))
+
+    def _parse(self, spec: dict) -> OpSpec:
+        from studio.spec import parse_spec
 
         try:
-            return spec_dict(parse_spec(spec, self.settings))
+            return parse_spec(spec, self.settings)
         except StudioError:
             raise
         except Exception as exc:  # a spec that trips a validator is still the user's input: one clean line
@@ -115,9 +122,11 @@ class StudioClient:
         from studio.queue.broker import BrokerUnavailable
         from studio.queue.routing import TASK_NAME, batch_key, broker_priority, check_priority, queue_name, task_id
         from studio.registry import get_backend_class
+        from studio.spec import spec_dict
 
         check_priority(priority)
-        clean = self.validate(spec)
+        parsed = self._parse(spec)
+        clean = spec_dict(parsed)
         cls = get_backend_class(clean["backend"])
         queue = queue_name(self.settings.queue_prefix, cls.name, cls.devices)
         app = self._celery()
@@ -126,7 +135,8 @@ class StudioClient:
                                  max_attempts=1 + max(0, self.settings.max_retries),
                                  time_limit_s=float(self.settings.job_time_limit_s),
                                  batch_key=batch_key(clean, self.settings.batch_max_images, self.user), parent=parent,
-                                 owner=self.user), max_queued=max(0, int(self.settings.max_queued_per_user)))
+                                 owner=self.user, images=parsed.output_count()),
+                          max_queued=max(0, int(self.settings.max_queued_per_user)))
         try:
             app.send_task(TASK_NAME, args=[job_id], queue=queue, priority=broker_priority(priority, self._broker),
                           task_id=task_id(job_id), retry=True,

@@ -43,7 +43,6 @@ MAX_ERROR_CHARS = 290  # a FAILED job's message is one line under 300 characters
 UPLOAD_THREADS = 8  # a micro-batch uploads this many jobs' files at once
 # a repr with a memory address, e.g. <foo.Bar object at 0x7f3a...>, <function f.<locals>.<lambda> at 0x7f...>
 ADDRESS_REPR_RE = re.compile(r"<(?:[^<>\n]|<\w+>){1,200}? at 0x[0-9a-fA-F]+>")
-RESUMABLE_OPS = frozenset({"walk"})  # ops that keep frames in a work folder across attempts
 REDIS_PRIORITY_SEP = "\x06\x16"  # kombu's Redis transport names priority lists <queue><sep><priority>
 WITHDRAW_SCAN = 5000  # messages looked at per priority list when withdrawing batched jobs' messages
 
@@ -280,6 +279,14 @@ class Execution:
         self.ctx.store.set_progress(self.owner, step, total, message or "running", eta, preview_b64(preview))
 
 
+def _resumable(spec: dict) -> bool:
+    """Whether the spec's op keeps work in a work folder across attempts (its declared `resumable` trait)."""
+    from studio.registry import load_registry
+
+    op = load_registry().ops.get(str(spec.get("op")))
+    return bool(op is not None and op.resumable)
+
+
 def _workdir_path(ctx: WorkerContext, job_id: str) -> Path:
     return ctx.settings.cache_path / "work" / job_id
 
@@ -332,7 +339,7 @@ def _run_claimed(ctx: WorkerContext, owner: str, batch: list[dict]) -> dict:
         with Execution(ctx, owner, batch) as ex:
             if len(batch) == 1:
                 spec = batch[0]["spec"]
-                workdir = _workdir(ctx, ids[0]) if spec.get("op") in RESUMABLE_OPS else None
+                workdir = _workdir(ctx, ids[0]) if _resumable(spec) else None
                 results: list = [execute(spec, ctx.runtime, ex.progress, workdir, owner=batch[0].get("owner"))]
             else:
                 try:
@@ -395,7 +402,7 @@ def _record_results(ctx: WorkerContext, owner: str, batch: list[dict], results: 
                 except StudioError:  # storage down: collect_orphans removes it later
                     log.warning("job %s: could not remove an uncommitted upload", job_id, exc_info=True)
         elif job_id in staged:
-            if job["spec"].get("op") in RESUMABLE_OPS:
+            if _resumable(job["spec"]):
                 shutil.rmtree(_workdir_path(ctx, job_id), ignore_errors=True)
             outcome[job_id] = SUCCEEDED
         elif isinstance(result, BaseException):

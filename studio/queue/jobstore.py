@@ -78,6 +78,17 @@ class QuotaExceeded(InputError):
     """A user already has as many queued jobs as STUDIO_MAX_QUEUED_PER_USER allows."""
 
 
+def output_count(spec: dict) -> int:
+    """How many images a (validated) spec renders, by its op's declaration; 0 for an op not installed here."""
+    from studio.registry import load_registry
+
+    op = load_registry().ops.get(str(spec.get("op")))
+    try:
+        return op.model_validate(spec).output_count() if op is not None else 0
+    except ValueError:
+        return 0
+
+
 @dataclass(frozen=True)
 class NewJob:
     """What a client records at submit time (the spec is already validated)."""
@@ -91,6 +102,7 @@ class NewJob:
     batch_key: str | None = None
     parent: str | None = None
     owner: str | None = None  # the user who submitted it (None: the single-user default)
+    images: int | None = None  # how many images it renders (None: its op's output_count); a micro-batch's room
 
 
 @dataclass(frozen=True)
@@ -156,7 +168,7 @@ class JobStore:
         """Record a new QUEUED job. With `max_queued` > 0, QuotaExceeded when its owner already has that many
         QUEUED jobs (checked in the same transaction, so concurrent submits cannot overshoot)."""
         spec = job.spec
-        images = int(spec.get("n", 0)) if spec.get("op") == "sample" else 0
+        images = job.images if job.images is not None else output_count(spec)
         now = time.time()
         with self.db.write() as db:
             if max_queued > 0:

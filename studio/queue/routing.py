@@ -15,8 +15,6 @@ from studio.errors import InputError
 
 TASK_NAME = "studio.run_job"
 DEFAULT_PRIORITY = 5
-BATCHABLE_OPS = frozenset({"sample"})
-BATCH_VARYING = ("seed", "n")  # what may differ between jobs coalesced into one pass
 
 
 def device_class(devices: Iterable[str]) -> str:
@@ -70,13 +68,17 @@ def broker_priority(priority: int, broker: str) -> int:
 
 
 def batch_key(spec: dict, max_images: int, owner: str | None = None) -> str | None:
-    """Jobs with the same key can share one forward pass (same owner; they differ only in seed and count), else None.
+    """Jobs with the same key can share one forward pass (a batchable op, same owner, differing only in the op's
+    `batch_varying` fields), else None.
 
     The owner is part of the key: jobs of different users never share a batch (a follower's record names its
     leader's job id). `owner` None (the single-user default) keeps the key it always had.
     """
-    if spec.get("op") not in BATCHABLE_OPS or max_images <= 1 or int(spec.get("n", 1)) >= max_images:
+    from studio.registry import get_op
+
+    op = get_op(str(spec.get("op")))
+    if not op.batchable or max_images <= 1 or op.model_validate(spec).output_count() >= max_images:
         return None
-    rest = {k: v for k, v in spec.items() if k not in BATCH_VARYING}
+    rest = {k: v for k, v in spec.items() if k not in op.batch_varying}
     payload = rest if owner is None else {"owner": owner, "spec": rest}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]

@@ -1,0 +1,242 @@
+"""Ops that render images from points: sample, interpolate, edit, traverse, analogy and walk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+from pydantic import Field, field_validator
+
+from studio.errors import InputError
+from studio.spec import MAX_LIST, Name, OpSpec, Seed, Source, checked_name
+
+if TYPE_CHECKING:
+    from studio.executor import JobContext
+
+
+class SampleSpec(OpSpec):
+    """Sample images from seeds: image i uses seed + i."""
+
+    op: Literal["sample"] = "sample"
+    n: int = Field(default=16, ge=1)
+    seed: Seed = 0
+    temperature: float = Field(default=1.0, gt=0, le=4)
+    truncation: float | None = Field(default=None, gt=0, le=10)
+
+    batchable: ClassVar[bool] = True
+    batch_varying: ClassVar[tuple[str, ...]] = ("seed", "n")
+
+    def output_count(self) -> int:
+        return self.n
+
+    def required_capabilities(self) -> set[str]:
+        from studio.contract import DECODE, SAMPLE
+
+        return {SAMPLE, DECODE}
+
+    def seeds(self) -> list[int]:
+        return [self.seed + i for i in range(self.n)]
+
+    def run(self, job: JobContext) -> None:
+        self.run_batch([job])
+
+    @classmethod
+    def run_batch(cls, jobs: list[JobContext]) -> None:
+        """Compatible sample jobs (equal apart from seed and n) in one forward pass; noise is drawn per seed, so
+        each result equals what the job gives alone (up to the backend's batch invariance)."""
+        from studio import images as imgs
+        from studio.points import random_point
+
+        first = jobs[0]
+        groups = [job.spec.seeds() for job in jobs]
+        point = random_point(first.backend, [s for group in groups for s in group], first.options,
+                             first.spec.temperature, first.spec.truncation)
+        frames = first.render(point)
+        offset = 0
+        for job, seeds in zip(jobs, groups, strict=True):
+            mine = frames[offset:offset + len(seeds)]
+            offset += len(seeds)
+            for i, (seed, im) in enumerate(zip(seeds, mine, strict=True)):
+                job.add_image(f"sample_{i:03d}.png", im, {"index": i, "seed": seed})
+            job.add_image("grid.png", imgs.grid(mine), {"grid": True, "seeds": seeds})
+            job.result.metrics.update(n=len(mine), seeds=seeds)
+
+
+class InterpolateSpec(OpSpec):
+    """Walk between two points (seeds or images): frames, a strip and a GIF."""
+
+    op: Literal["interpolate"] = "interpolate"
+    start: Source
+    end: Source
+    steps: int = Field(default=9, ge=2)
+    method: Literal["slerp", "lerp"] = "slerp"
+
+    def sources(self) -> list[Source]:
+        return [self.start, self.end]
+
+    def output_count(self) -> int:
+        return self.steps
+
+    def run(self, job: JobContext) -> None:
+        from studio import images as imgs
+        from studio.executor import interpolate_points
+        from studio.ops.interpolate import steps
+        from studio.points import check_compatible
+
+        a, b = job.point(self.start), job.point(self.end)
+        check_compatible([a, b])
+        ts = steps(self.steps)
+        frames = job.render(interpolate_points(job.backend, a, b, ts, self.method, job.options))
+        for i, (t, im) in enumerate(zip(ts, frames, strict=True)):
+            job.add_image(f"frame_{i:03d}.png", im, {"index": i, "t": t})
+        job.add_image("strip.png", imgs.grid(frames, cols=len(frames)), {"strip": True})
+        job.add_gif("walk.gif", frames)
+        job.result.metrics.update(steps=len(ts), method=self.method)
+
+
+class EditSpec(OpSpec):
+    """Apply an attribute vector at several strengths: the edit strip."""
+
+    op: Literal["edit"] = "edit"
+    vector: Name
+    strengths: list[float] = Field(default_factory=lambda: [-2.0, -1.0, 0.0, 1.0, 2.0], min_length=1,
+                                   max_length=MAX_LIST)
+    source: Source
+
+    @field_validator("vector")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return checked_name(v, "vector")
+
+    def sources(self) -> list[Source]:
+        return [self.source]
+
+    def output_count(self) -> int:
+        return len(self.strengths)
+
+    def run(self, job: JobContext) -> None:
+        from studio import images as imgs
+        from studio.ops.edit import apply_vector
+
+        vector, meta = job.vector(self.vector)
+        space = meta["space"]
+        point = job.point(self.source)
+        if space not in point:
+            raise InputError(f"vector {self.vector!r} lives in space {space!r}, but this source gives "
+                             f"{', '.join(sorted(point))}; use a {'seed' if self.source.image else 'image'} instead")
+        if tuple(vector.shape) != tuple(point[space].shape[1:]):
+            raise InputError(f"vector {self.vector!r} has shape {tuple(vector.shape)}, the space {space!r} has "
+                             f"{tuple(point[space].shape[1:])}")
+        frames = job.render(apply_vector(point, space, vector, self.strengths))
+        for i, (k, im) in enumerate(zip(self.strengths, frames, strict=True)):
+            job.add_image(f"edit_{i:03d}.png", im, {"index": i, "strength": k})
+        job.add_image("strip.png", imgs.grid(frames, cols=len(frames)), {"strip": True})
+        job.result.metrics.update(vector=self.vector, space=space, strengths=self.strengths)
+
+
+class TraverseSpec(OpSpec):
+    """A traversal grid: one row per latent dimension, each set from low to high."""
+
+    op: Literal["traverse"] = "traverse"
+    source: Source
+    dims: list[int] = Field(default_factory=lambda: list(range(8)), min_length=1, max_length=MAX_LIST)
+    low: float = -3.0
+    high: float = 3.0
+    steps: int = Field(default=7, ge=2)
+
+    def sources(self) -> list[Source]:
+        return [self.source]
+
+    def output_count(self) -> int:
+        return len(self.dims) * self.steps
+
+    def run(self, job: JobContext) -> None:
+        from studio import images as imgs
+        from studio.contract import CODEC, SEED
+        from studio.ops.edit import traverse
+
+        if self.low >= self.high:
+            raise InputError(f"range must go from low to high, got {self.low},{self.high}")
+        point = job.point(self.source)
+        spaces = job.backend.spaces(job.options)
+        space = next((name for role in (SEED, CODEC) for name in point
+                      if name in spaces and role in spaces[name].roles), None)
+        if space is None:
+            raise InputError("this point has no seed or codec latent to traverse")
+        frames = job.render(traverse(point, space, self.dims, self.low, self.high, self.steps))
+        job.add_image("grid.png", imgs.grid(frames, cols=self.steps), {"dims": self.dims, "space": space})
+        job.result.metrics.update(space=space, dims=self.dims, steps=self.steps, low=self.low, high=self.high)
+
+
+class AnalogySpec(OpSpec):
+    """A - B + C in latent space."""
+
+    op: Literal["analogy"] = "analogy"
+    a: Source
+    b: Source
+    c: Source
+
+    def sources(self) -> list[Source]:
+        return [self.a, self.b, self.c]
+
+    def output_count(self) -> int:
+        return 4
+
+    def run(self, job: JobContext) -> None:
+        from studio import images as imgs
+        from studio.ops.edit import analogy
+        from studio.points import check_compatible, concat
+
+        a, b, c = job.point(self.a), job.point(self.b), job.point(self.c)
+        check_compatible([a, b, c])
+        frames = job.render(concat([a, b, c, analogy(a, b, c)]))
+        for name, im in zip(("a", "b", "c", "result"), frames, strict=True):
+            job.add_image(f"{name}.png", im, {"role": name})
+        job.add_image("strip.png", imgs.grid(frames, cols=4), {"strip": True, "formula": "a - b + c"})
+        job.result.metrics.update(formula="a - b + c")
+
+
+class WalkSpec(OpSpec):
+    """A multi-keyframe walk as one job (resumable: finished frames survive a retry): frames and a GIF."""
+
+    op: Literal["walk"] = "walk"
+    keyframes: list[Source] = Field(min_length=2, max_length=MAX_LIST)
+    frames_per_segment: int = Field(default=8, ge=1, le=240)
+    method: Literal["slerp", "lerp"] = "slerp"
+
+    resumable: ClassVar[bool] = True
+
+    def sources(self) -> list[Source]:
+        return list(self.keyframes)
+
+    def output_count(self) -> int:
+        return (len(self.keyframes) - 1) * self.frames_per_segment + 1
+
+    def run(self, job: JobContext) -> None:
+        import tempfile
+
+        from PIL import Image
+
+        from studio.executor import Artifact
+        from studio.ops.walk import walk
+        from studio.points import check_compatible
+        from studio.record import make_record
+
+        keyframes = [job.point(k) for k in self.keyframes]
+        check_compatible(keyframes)
+        frames_dir = (job.workdir or Path(tempfile.mkdtemp(prefix="studio-walk-"))) / "frames"
+        frames_dir.mkdir(parents=True, exist_ok=True)
+
+        def record_for(i: int) -> dict:
+            return make_record(job.spec_json, job.record_base, {"name": f"frame_{i:05d}.png", "index": i})
+
+        paths = walk(job.backend, keyframes, self.frames_per_segment, self.method, job.options, frames_dir,
+                     progress=job.sub_progress("walking"), record_for=record_for)
+        frames = []
+        for p in paths:
+            with Image.open(p, formats=("PNG",)) as im:
+                im.load()
+                frames.append(im.copy())
+            job.result.artifacts.append(Artifact(p.name, p.read_bytes(), "image"))
+        job.add_gif("walk.gif", [f.convert("RGB") for f in frames])
+        job.result.metrics.update(frames=len(paths), keyframes=len(keyframes))
