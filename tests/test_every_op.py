@@ -43,6 +43,7 @@ SPECS: dict[str, dict] = {
     "project": {"op": "project", "dataset": "digits", "limit": 10, "method": "pca"},
     "anomalies": {"op": "anomalies", "dataset": "digits", "limit": 10, "top": 2},
     "train": {"op": "train", "dataset": "mnist", "limit": 64, "epochs": 1},
+    "neighbours": {"op": "neighbours", "seed": 3, "dataset": "digits", "k": 2, "limit": 10},
 }
 TRAIN_OPTIONS = {  # the smallest recipe of each backend that trains (its `train` checks these)
     "vae": {"batch_size": 32},

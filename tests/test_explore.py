@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from pydantic import BaseModel, ConfigDict
 
 from studio.config import Settings, load_settings
 from studio.contract import CODEC, DECODE, ENCODE, SAMPLE, SEED, Backend, LatentSpace, ModelInfo
@@ -248,3 +249,34 @@ def test_cli_anomalies_json(settings, tmp_path):
     assert metrics["n"] == 400 and metrics["auroc"] > 0.8
     assert len(metrics["top"]) == 16
     assert (tmp_path / "out" / "anomalies.json").is_file() and (tmp_path / "out" / "top_anomalies.png").is_file()
+
+
+class ScaledAE(LinearAE):
+    """LinearAE whose options scale its codec latents: a job's options must reach encode and decode."""
+
+    class Options(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        scale: float = 1.0
+
+    def encode(self, images: torch.Tensor, options=None, seed: int = 0, progress=None) -> dict:
+        z = super().encode(images)["z"]
+        return {"z": z * (options.scale if options is not None else 1.0)}
+
+    def decode(self, point: dict, options=None, progress=None) -> torch.Tensor:
+        scale = options.scale if options is not None else 1.0
+        return super().decode({"z": point["z"] / scale})
+
+
+def test_project_and_anomalies_encode_with_the_jobs_options(pca_parts, settings):
+    """The options of a project or anomalies job reach the backend (a GAN's inversion steps were dropped): the
+    coordinates follow the option, and a cached projection is never served for other options."""
+    backend = ScaledAE(*pca_parts)
+    plain = project(backend, "digits", "test", "pca", 60, 0, settings)
+    scaled = project(backend, "digits", "test", "pca", 60, 0, settings, options=ScaledAE.Options(scale=3.0))
+    assert not scaled["cached"]
+    np.testing.assert_allclose(np.abs(scaled["coords"]), 3 * np.abs(plain["coords"]), rtol=1e-3, atol=1e-3)
+    wrong = ScaledAE.Options(scale=3.0)
+    score_ok = reconstruction_errors(backend, load_dataset("digits", "test", limit=20, settings=settings).images,
+                                     options=wrong)
+    plain_scores = reconstruction_errors(backend, load_dataset("digits", "test", limit=20, settings=settings).images)
+    np.testing.assert_allclose(score_ok, plain_scores, rtol=1e-4, atol=1e-6)  # same options both ways round

@@ -134,7 +134,7 @@ class ProjectSpec(OpSpec):
         from studio.ops.explore import project
 
         res = project(job.backend, self.dataset, self.split, self.method, self.limit, self.seed, job.settings,
-                      progress=job.sub_progress("projecting"))
+                      progress=job.sub_progress("projecting"), options=job.options)
         job.result.artifacts.append(Artifact("plot.png", res["plot_png"], "image"))
         job.result.add_json("projection.json", {k: res[k] for k in ("coords", "labels", "classes", "method")})
         job.result.metrics.update(method=self.method, n=len(res["labels"]), cached=res.get("cached", False))
@@ -163,7 +163,7 @@ class AnomaliesSpec(OpSpec):
         from studio.ops.explore import anomalies
 
         res = anomalies(job.backend, self.dataset, self.split, self.limit, self.ood_dataset, job.settings,
-                        progress=job.sub_progress("scoring"))
+                        progress=job.sub_progress("scoring"), options=job.options)
         summary = {k: v for k, v in res.items() if k not in ("ranking", "top_images")}
         ranking = res["ranking"][: max(self.top, 100)]
         job.result.add_json("anomalies.json", {**summary, "ranking": ranking})

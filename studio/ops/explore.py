@@ -19,6 +19,7 @@ from studio.errors import InputError
 
 if TYPE_CHECKING:
     import torch
+    from pydantic import BaseModel
 
     from studio.config import Settings
     from studio.datasets import Dataset
@@ -35,14 +36,16 @@ def _require(backend: Backend, caps: set[str], what: str) -> None:
                          f"(capabilities: {', '.join(sorted(backend.capabilities))})")
 
 
-def _load(backend: Backend, dataset: str, split: str, limit: int, settings: Settings) -> Dataset:
-    """A dataset split in the backend's image shape (built-in datasets are 1x28x28 and get converted)."""
+def load_in_shape(backend: Backend, dataset: str, split: str, limit: int, settings: Settings,
+                  options: BaseModel | None = None) -> Dataset:
+    """At least 2 and at most `limit` images of a dataset split in the backend's image shape for `options`
+    (built-in datasets are 1x28x28 and get converted)."""
     from studio import images as imgs
     from studio.datasets import load_dataset
 
     if limit < 2:
         raise InputError(f"limit must be at least 2, got {limit}")
-    shape = tuple(backend.image_shape())
+    shape = tuple(backend.image_shape(options))
     ds = load_dataset(dataset, split, limit=limit, settings=settings, shape=shape)
     if len(ds) < 2:
         raise InputError(f"dataset {dataset!r} split {split!r} has {len(ds)} image(s); at least 2 are needed")
@@ -52,20 +55,21 @@ def _load(backend: Backend, dataset: str, split: str, limit: int, settings: Sett
 
 
 def encode_flat(backend: Backend, images: torch.Tensor, progress: Progress = no_progress,
-                message: str = "encoding") -> np.ndarray:
-    """Encode images in batches to their CODEC point, flattened to one float32 row per image.
+                message: str = "encoding", options: BaseModel | None = None) -> np.ndarray:
+    """Encode images in batches (with the job's backend `options`) to their CODEC point, flattened to one float32
+    row per image.
 
     Encoding runs under torch.no_grad() (nothing here needs gradients); a backend whose encode optimises
     (GAN inversion) switches gradients on for itself, so this stays the same for every backend.
     """
     import torch
 
-    space = backend.space_for(CODEC).name
+    space = backend.space_for(CODEC, options).name
     rows = []
     n = len(images)
     for start in range(0, n, ENCODE_BATCH):
         with torch.no_grad():
-            point = backend.encode(images[start:start + ENCODE_BATCH])
+            point = backend.encode(images[start:start + ENCODE_BATCH], options)
         if space not in point:
             raise InputError(f"backend {backend.name!r} encoded to {sorted(point)}, not its codec space {space!r}")
         rows.append(point[space].detach().float().cpu().reshape(len(point[space]), -1).numpy())
@@ -133,10 +137,12 @@ def plot_projection(coords: np.ndarray, labels: np.ndarray, classes: list[str], 
 
 
 def _cache_file(settings: Settings, backend: Backend, dataset: str, split: str, method: str, limit: int,
-                seed: int, data_digest: str) -> Path:
+                seed: int, data_digest: str, options: BaseModel | None = None) -> Path:
     key = {"v": CACHE_VERSION, "backend": backend.name, "model": backend.model.name,
            "sha256": backend.model.sha256, "dataset": dataset, "split": split, "method": method,
            "limit": int(limit), "seed": int(seed), "data": data_digest}
+    if options is not None and options.model_dump():  # options that change encodings key the cache too
+        key["options"] = options.model_dump(mode="json")
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
     return Path(settings.cache_path) / "projections" / f"{backend.name}-{method}-{digest}.npz"
 
@@ -146,19 +152,19 @@ def _digest(images: torch.Tensor) -> str:
 
 
 def project(backend: Backend, dataset: str, split: str, method: str, limit: int, seed: int, settings: Settings,
-            progress: Progress = no_progress) -> dict:
+            progress: Progress = no_progress, options: BaseModel | None = None) -> dict:
     """Encode `limit` images of a dataset split and project their codec latents to 2-D.
 
     Returns coords ([x, y] per image), labels, classes, method, plot_png (a scatter coloured by label)
     and cached (whether the coordinates came from the on-disk cache, keyed by backend, weights sha256,
-    dataset, split, method, limit, seed and the images themselves).
+    backend options, dataset, split, method, limit, seed and the images themselves).
     """
     if method not in METHODS:
         raise InputError(f"unknown projection method {method!r} (use one of {', '.join(METHODS)})")
     _require(backend, {ENCODE}, "encode images, so it cannot project a dataset")
     progress(0, 4, "loading dataset")
-    ds = _load(backend, dataset, split, limit, settings)
-    path = _cache_file(settings, backend, dataset, split, method, limit, seed, _digest(ds.images))
+    ds = load_in_shape(backend, dataset, split, limit, settings, options)
+    path = _cache_file(settings, backend, dataset, split, method, limit, seed, _digest(ds.images), options)
     cached = path.is_file()
     coords = None
     if cached:
@@ -173,7 +179,7 @@ def project(backend: Backend, dataset: str, split: str, method: str, limit: int,
         def encoding(step: int, total: int, message: str = "", preview: object = None) -> None:
             progress(1, 4, message)
 
-        features = encode_flat(backend, ds.images, encoding)
+        features = encode_flat(backend, ds.images, encoding, options=options)
         progress(2, 4, f"projecting {len(features)} latents with {method}")
         coords = _reduce(features, method, seed)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -191,19 +197,20 @@ def project(backend: Backend, dataset: str, split: str, method: str, limit: int,
 # ----- anomalies -----
 
 def reconstruction_errors(backend: Backend, images: torch.Tensor, progress: Progress = no_progress,
-                          message: str = "scoring") -> np.ndarray:
-    """Per-image mean squared error of decode(encode(x)) against x, in the [-1, 1] pixel range."""
+                          message: str = "scoring", options: BaseModel | None = None) -> np.ndarray:
+    """Per-image mean squared error of decode(encode(x)) against x, in the [-1, 1] pixel range, with the job's
+    backend `options`."""
     import torch
 
     _require(backend, {ENCODE, DECODE}, "encode and decode images, so it cannot score reconstructions")
-    space = backend.space_for(CODEC).name
+    space = backend.space_for(CODEC, options).name
     scores = []
     n = len(images)
     for start in range(0, n, ENCODE_BATCH):
         x = images[start:start + ENCODE_BATCH].float()
         with torch.no_grad():
-            point = backend.encode(x)
-            recon = backend.decode({space: point[space]}).float().clamp(-1, 1)
+            point = backend.encode(x, options)
+            recon = backend.decode({space: point[space]}, options).float().clamp(-1, 1)
         if recon.shape != x.shape:
             raise InputError(f"backend {backend.name!r} reconstructed shape {tuple(recon.shape)} for input "
                              f"{tuple(x.shape)}")
@@ -213,7 +220,7 @@ def reconstruction_errors(backend: Backend, images: torch.Tensor, progress: Prog
 
 
 def anomalies(backend: Backend, dataset: str, split: str, limit: int, ood_dataset: str | None, settings: Settings,
-              progress: Progress = no_progress, top: int = 64) -> dict:
+              progress: Progress = no_progress, top: int = 64, options: BaseModel | None = None) -> dict:
     """Rank images by reconstruction error, highest first; with `ood_dataset`, the AUROC of in- vs out-of-
     distribution using that error as the score.
 
@@ -229,12 +236,12 @@ def anomalies(backend: Backend, dataset: str, split: str, limit: int, ood_datase
         raise InputError(f"the out-of-distribution dataset must differ from the dataset ({dataset!r})")
     loaded, scores = [], []
     for k, (source, name) in enumerate(sets):
-        ds = _load(backend, name, split, limit, settings)
+        ds = load_in_shape(backend, name, split, limit, settings, options)
 
         def scoring(step: int, total: int, message: str = "", preview: object = None, _k: int = k) -> None:
             progress(_k * 1000 + int(1000 * step / max(total, 1)), 1000 * len(sets), message)
 
-        scores.append(reconstruction_errors(backend, ds.images, scoring, f"scoring {name}"))
+        scores.append(reconstruction_errors(backend, ds.images, scoring, f"scoring {name}", options))
         loaded.append((source, ds))
     ranking = [{"index": i, "score": float(s), "label": int(ds.labels[i]), "source": source}
                for (source, ds), sc in zip(loaded, scores, strict=True) for i, s in enumerate(sc)]

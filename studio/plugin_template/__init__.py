@@ -1,0 +1,1 @@
+"""The files `studio plugin new NAME` writes (studio.cli.plugin_new fills in their {{...}} placeholders)."""
