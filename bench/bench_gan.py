@@ -1,7 +1,7 @@
 """Benchmark of the gan backend: inversion PSNR against steps and seconds per image on MNIST test images, and
-the sample quality (FLD against its floor).
+the sample quality (FCD and KID against their floors; the FCD was called FLD before).
 
-    .venv/bin/python bench/bench_gan.py --limit 100 --steps 0,10,20,40,60,100 --fld-n 2000 --json out.json
+    .venv/bin/python bench/bench_gan.py --limit 100 --steps 0,10,20,40,60,100 --fcd-n 2000 --json out.json
 
 PSNR is measured on [0, 1] images (peak 1), averaged over images; class_kept is the share of reconstructions
 the project's MNIST classifier puts in the same class as their originals. Times are wall-clock on the CPU with the
@@ -26,7 +26,7 @@ def main() -> None:
     parser.add_argument("--features", default="auto", choices=["auto", "classifier", "pyramid", "none"])
     parser.add_argument("--no-encoder", action="store_true", help="do not start a restart from the learned encoder")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared machine)")
-    parser.add_argument("--fld-n", type=int, default=2000, help="samples for FLD (0: skip)")
+    parser.add_argument("--fcd-n", type=int, default=2000, help="samples for FCD and KID (0: skip)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default="", help="write the results here too")
     args = parser.parse_args()
@@ -80,16 +80,17 @@ def main() -> None:
         print(f"{steps:>6} {row['restarts']:>8} {row['psnr']:>8.2f} {row['psnr_min']:>8.2f} "
               f"{row['share_16db']:>7.2f} {row.get('class_kept', float('nan')):>10.3f} "
               f"{row['seconds_per_image']:>8.3f}", flush=True)
-    if args.fld_n:
+    if args.fcd_n:
         from studio.evaluate import evaluate_backend
 
         started = time.perf_counter()
-        quality = evaluate_backend(backend, n=args.fld_n, seed=args.seed, settings=settings)
+        quality = evaluate_backend(backend, n=args.fcd_n, seed=args.seed, settings=settings)
         quality["seconds"] = round(time.perf_counter() - started, 1)
         results["quality"] = quality
-        print(f"FLD {quality['fld']:.3f}  floor {quality['fld_floor']:.3f}  ratio {quality['fld_ratio']:.2f}  "
-              f"confident {quality['confident_share']:.3f}  (means of {quality['repeats']} draws of n={args.fld_n}; "
-              f"FLD range {quality['fld_range']}, floor range {quality['fld_floor_range']})")
+        print(f"FCD {quality['fcd']:.3f}  floor {quality['fcd_floor']:.3f}  ratio {quality['fcd_ratio']:.2f}  "
+              f"KID {quality['kid']:.4f}  floor {quality['kid_floor']:.4f}  "
+              f"confident {quality['confident_share']:.3f}  (means of {quality['repeats']} draws of n={args.fcd_n}; "
+              f"FCD range {quality['fcd_range']}, floor range {quality['fcd_floor_range']})")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

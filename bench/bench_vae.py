@@ -1,4 +1,4 @@
-"""Benchmark the shipped VAE: full-test-set reconstruction PSNR and sample quality (FLD, confident share).
+"""Benchmark the shipped VAE: full-test-set reconstruction PSNR and sample quality (FCD, KID, confident share).
 
 Usage: .venv/bin/python bench/bench_vae.py [--model mnist] [--n 2000] [--seed 0] [--limit 10000]
 Prints one JSON object. PSNR is measured on images mapped from [-1, 1] to [0, 1] with peak 1:
@@ -15,7 +15,7 @@ import time
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="mnist")
-    parser.add_argument("--n", type=int, default=2000, help="samples for FLD and the confident share")
+    parser.add_argument("--n", type=int, default=2000, help="samples for FCD, KID and the confident share")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, default=None, help="test images for PSNR (default: all 10,000)")
     args = parser.parse_args()
@@ -43,8 +43,9 @@ def main() -> None:
         "test_images": len(test), "test_psnr": round(float(psnr_per_image(test.images, rec).mean()), 3),
         "test_psnr_pooled": round(10 * torch.log10(torch.tensor(1.0 / pooled_mse)).item(), 3),
         "roundtrip_seconds": round(psnr_seconds, 2),
-        **{k: quality[k] for k in ("n", "repeats", "seed", "confident_share", "fld", "fld_floor", "fld_ratio",
-                                   "fld_range", "fld_floor_range", "class_share")},
+        **{k: quality[k] for k in ("n", "repeats", "seed", "confident_share", "fcd", "fcd_floor", "fcd_ratio",
+                                   "fcd_range", "fcd_floor_range", "kid", "kid_floor", "kid_range",
+                                   "kid_floor_range", "class_share")},
         "evaluate_seconds": round(time.perf_counter() - started, 2),
     }
     print(json.dumps(result, indent=2))

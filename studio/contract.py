@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 # The contract's version: MAJOR.MINOR. A minor version only adds (new optional methods, new capabilities); a major
 # version changes or removes something plugins rely on. A plugin declares the version it was built for
 # (`Backend.contract_version`, `OpSpec.contract_version`); one built for another major version is refused at load.
-CONTRACT_VERSION = "1.0"
+CONTRACT_VERSION = "1.1"  # 1.1: Backend.model_spaces and model_image_shape (listing without loading)
 
 
 def contract_major(version: str) -> int | None:
@@ -212,8 +212,9 @@ TEXT_FIELDS: tuple[str, ...] = tuple(TextOptions.model_fields)
 class Backend(ABC):
     """A loaded model of a plugin. Subclasses set the class attributes and implement the abstract methods.
 
-    Class-level methods (`available_models`, `load`, `train`) work without loading weights, so the
-    registry can list and validate without touching a model.
+    Class-level methods (`available_models`, `model_spaces`, `model_image_shape`, `load`, `train`) work without
+    loading weights, so the registry can list and validate without touching a model; a plugin's module imports no
+    torch at top level, so listing and submitting never pay for it.
     """
 
     name: ClassVar[str]

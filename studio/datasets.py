@@ -153,11 +153,10 @@ def _folder(path: str, settings: Settings, shape: tuple[int, int, int]) -> tuple
     return np.stack(xs), np.asarray(ys, dtype=np.int64), classes
 
 
-def load_dataset(name: str, split: str = "train", limit: int | None = None, settings: Settings | None = None,
-                 shape: tuple[int, int, int] = (1, 28, 28)) -> Dataset:
-    """Load a dataset split as tensors in [-1, 1]. `shape` applies to folders (built-ins are 1x28x28)."""
-    import torch
-
+def load_arrays(name: str, split: str = "train", limit: int | None = None, settings: Settings | None = None,
+                shape: tuple[int, int, int] = (1, 28, 28)) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """A dataset split as uint8 pixels (N, H, W) or (N, H, W, C), int64 labels and class names, without torch
+    (what a thin process such as the UI shows). `shape` applies to folders (built-ins are 1x28x28)."""
     settings = settings or load_settings()
     if split not in SPLITS:
         raise InputError(f"unknown split {clip(split, 20)!r} (use one of {', '.join(SPLITS)})")
@@ -177,6 +176,15 @@ def load_dataset(name: str, split: str = "train", limit: int | None = None, sett
         raise NotFound(f"unknown dataset {clip(name)!r} (use one of {', '.join(NAMES)})")
     if limit is not None:
         x, y = x[:limit], y[:limit]
+    return x, np.asarray(y, dtype=np.int64), list(classes)
+
+
+def load_dataset(name: str, split: str = "train", limit: int | None = None, settings: Settings | None = None,
+                 shape: tuple[int, int, int] = (1, 28, 28)) -> Dataset:
+    """Load a dataset split as tensors in [-1, 1]. `shape` applies to folders (built-ins are 1x28x28)."""
+    import torch
+
+    x, y, classes = load_arrays(name, split, limit, settings, shape)
     t = torch.from_numpy(x.astype(np.float32) / 127.5 - 1.0)
     t = t.unsqueeze(1) if t.dim() == 3 else t.permute(0, 3, 1, 2).contiguous()
-    return Dataset(name=name, images=t, labels=np.asarray(y, dtype=np.int64), classes=list(classes))
+    return Dataset(name=name, images=t, labels=y, classes=classes)

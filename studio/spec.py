@@ -17,6 +17,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from studio.config import Settings, load_settings
+from studio.contract import CONTRACT_VERSION
 from studio.errors import InputError, clip
 
 MAX_SEED = 2**63 - 2**20
@@ -92,7 +93,7 @@ class OpSpec(BaseModel):
     model: str | None = Field(default=None, max_length=512)
     options: dict[str, Any] = Field(default_factory=dict)
 
-    contract_version: ClassVar[str] = "1.0"  # the op contract this op was built for (studio.contract)
+    contract_version: ClassVar[str] = CONTRACT_VERSION  # the contract this op was built for (pin it)
     batchable: ClassVar[bool] = False
     batch_varying: ClassVar[tuple[str, ...]] = ()
     resumable: ClassVar[bool] = False

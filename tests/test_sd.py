@@ -88,7 +88,7 @@ def test_load_by_name_and_by_relative_folder(settings, backend):
 
 def test_no_model_installed_says_how_to_get_one(tmp_path):
     empty = load_settings(env={"STUDIO_HOME": str(tmp_path), "STUDIO_MODEL_ROOTS": str(tmp_path / "m")})
-    with pytest.raises(NotFound, match="studio dev tiny-sd"):
+    with pytest.raises(NotFound, match="studio sd tiny"):
         SDBackend.load(None, empty)
 
 

@@ -111,18 +111,34 @@ def test_generate_returns_images_that_carry_their_record(api, stack: Stack) -> N
     assert job["state"] == "SUCCEEDED" and job["op"] == "sample"  # it ran as a job on the queue
 
 
-def test_a_failure_reaches_the_client_as_one_line(api) -> None:
+def test_a_failure_reaches_the_client_as_one_line(api, stack: Stack) -> None:
     from gradio_client.exceptions import AppError
 
     with pytest.raises(AppError) as bad_model:
         api.predict(backend="vae", model="no-such-model", seed=0, n=1, api_name="/generate")
-    message = str(bad_model.value)
-    assert "unknown VAE model 'no-such-model'" in message and "Traceback" not in message
+    message = str(bad_model.value)  # refused by the UI before it queues anything, naming the backend's models
+    assert f"unknown model 'no-such-model' for backend 'vae' (available: {stack.model})" in message
+    assert "Traceback" not in message and "\n" not in message.strip()
     with pytest.raises(AppError) as exploded:  # a plugin error inside the worker
         api.predict(backend="toy", model="toy", seed=0, n=1, options_json='{"fail": "the plugin exploded"}',
                     api_name="/generate")
     assert "RuntimeError: the plugin exploded" in str(exploded.value)
     assert "\n" not in str(exploded.value).strip() and "File \"" not in str(exploded.value)
+
+
+def test_a_backend_named_without_a_model_runs_its_own_default_model(api, stack: Stack) -> None:
+    """A plugin's user names only the backend: the page's default model (the vae's) must not follow it there."""
+    from studio.record import read_record
+
+    params = {p["parameter_name"]: p for p in api.view_api(print_info=False, return_format="dict")
+              ["named_endpoints"]["/generate"]["parameters"]}
+    assert params["model"]["python_type"]["type"] == "str"  # not Literal['mnist']: any backend's names
+    assert params["model"]["parameter_default"] == stack.model  # what a call without a model sends
+    gallery, status, summary = api.predict(backend="toy", seed=42, n=2, api_name="/generate")
+    assert [g["caption"] for g in gallery] == ["seed 42", "seed 43"] and summary["job_id"] in status
+    record = read_record(_path(gallery[0]))
+    assert record["backend"] == "toy" and record["model"] == "toy"
+    assert stack.client.status(summary["job_id"])["spec"]["model"] == "toy"
 
 
 def test_interpolate_gives_a_strip_and_a_gif(api, stack: Stack) -> None:
@@ -432,3 +448,30 @@ def test_browser_failure_shows_its_one_line_message(page, stack: Stack) -> None:
     options.fill("")
     assert "invalid options for backend 'vae'" in text and "no_such_option" in text
     assert "Traceback" not in text and 'File "' not in text
+
+
+def test_browser_backend_change_shows_its_own_options_form(page, stack: Stack) -> None:
+    """Pick the toy backend: its model and its options form appear; a form value reaches the job's spec."""
+    _tab(page, "Generate")
+    assert not page.locator("#ls-form").is_visible()  # the vae takes no options: no form
+    page.click("#backend-picker input")
+    page.get_by_role("option", name="toy", exact=True).click()
+    page.wait_for_function("document.querySelector('#model-picker input').value === 'toy'")
+    page.get_by_text("Backend options: toy").click()
+    slider = page.locator("#ls-opt-slider-0")
+    slider.wait_for(state="visible")
+    assert "Delay Ms" in slider.inner_text() and page.locator("#ls-opt-checkbox-0").is_visible()
+    assert page.locator("#ls-opt-slider-0 input[type=range]").get_attribute("max") == "60000"
+    delay = page.locator("#ls-opt-slider-0 input[type=number]")
+    delay.fill("7")
+    delay.press("Enter")
+    page.locator("#generate-seed input").fill("3")
+    before = {j["id"] for j in stack.client.jobs(limit=50)}
+    page.click("#generate-button")
+    deadline = time.monotonic() + 60
+    while not (new := [j for j in stack.client.jobs(limit=50) if j["id"] not in before]) \
+            or new[0]["state"] != "SUCCEEDED":
+        assert time.monotonic() < deadline, "the toy job did not finish"
+        time.sleep(0.2)
+    spec = stack.client.status(new[0]["id"])["spec"]
+    assert spec["backend"] == "toy" and spec["model"] == "toy" and spec["options"] == {"delay_ms": 7}

@@ -393,6 +393,12 @@ def test_job_base_adds_the_prompt_only_for_text_backends(settings, tmp_path) -> 
                                                                       "options": {}}
     sd = ctx.job_base("sd", "", "a fox", "", 20, 0, '{"height": 64}')
     assert sd == {"backend": "sd", "model": None, "options": {"prompt": "a fox", "steps": 20, "height": 64}}
+    layered = ctx.job_base("sd", "", "a fox", "", 0, 0, '{"height": 64}', {"height": 128, "strength": 0.3})
+    assert layered["options"] == {"height": 64, "strength": 0.3, "prompt": "a fox"}  # form < text row < JSON box
+    assert ctx.job_base("vae", "mine", "", "", 0, 0, "")["model"] == "mine"
+    assert ctx.job_base("vae", "faces", "", "", 0, 0, "")["model"] == "mnist"  # gan's default: not for the vae
+    with pytest.raises(InputError, match=r"^unknown model 'nope' for backend 'vae' \(available: mnist, mine\)$"):
+        ctx.job_base("vae", "nope", "", "", 0, 0, "")
     with pytest.raises(InputError, match="pick a backend"):
         ctx.job_base("", None, "", "", 0, 0, "")
 

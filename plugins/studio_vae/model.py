@@ -6,8 +6,6 @@ The decoder predicts per-pixel Bernoulli logits for pixels in [0, 1]; images cro
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -15,22 +13,9 @@ from torch import nn
 
 from studio.errors import InputError
 
+from .config import VAEConfig
 
-@dataclass(frozen=True)
-class VAEConfig:
-    """Architecture of a `ConvVAE`; stored in the weights' metadata so `load` can rebuild it."""
-
-    channels: int = 1
-    size: int = 28
-    latent_dim: int = 16
-    base_width: int = 32
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> VAEConfig:
-        return cls(**json.loads(text))
+__all__ = ["ConvVAE", "VAEConfig", "load_vae", "parameter_count"]
 
 
 class ConvVAE(nn.Module):

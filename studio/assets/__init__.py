@@ -1,1 +1,1 @@
-"""Weights the core ships: the project's MNIST classifier (see studio.classifier)."""
+"""Weights the core ships: the project's classifiers, one per dataset (MNIST, Fashion-MNIST; see studio.classifier)."""

@@ -1,4 +1,6 @@
-"""Commands that run in this process: run <op>, plugins, vectors, train, evaluate, import-weights, dev."""
+"""Commands that run in this process: run <op>, plugins, vectors, train, evaluate, plugin check.
+
+Plugins add their own commands (`studio gan ...`, `studio sd ...`) through the `latent_studio.commands` group."""
 
 from __future__ import annotations
 
@@ -16,7 +18,6 @@ from studio.errors import InputError
 run_app = typer.Typer(help="Run an operation in this process and write its outputs.", no_args_is_help=True)
 vectors_app = typer.Typer(help="Attribute vectors: fit, list.", no_args_is_help=True)
 plugin_app = typer.Typer(help="Plugin tools for authors: conformance checks.", no_args_is_help=True)
-dev_app = typer.Typer(help="Developer tools.", no_args_is_help=True)
 
 
 def run_spec(spec: dict, out: Path | None = None, as_json: bool = False) -> dict:
@@ -47,23 +48,33 @@ def run_spec(spec: dict, out: Path | None = None, as_json: bool = False) -> dict
 ops.mount(run_app, [ops.out_param(), ops.json_param()], run_spec)
 
 
-def plugins(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """List installed backends: versions, latent spaces, capabilities, models (with sha256) and load errors."""
+def plugins(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+            load: Annotated[bool, typer.Option("--load", help="Load the models whose backend cannot tell their "
+                                                             "spaces without loading (slow: torch and weights).")]
+            = False) -> None:
+    """List installed backends: versions, capabilities, models (with sha256, image shape and latent spaces) and
+    load errors. Nothing is loaded unless --load is given."""
     from studio.plugins_info import describe_plugins
 
-    info = describe_plugins()
+    info = describe_plugins(load_models=load)
     if as_json:
         print_json(info)
         return
     for b in info["backends"]:
         print(f"{b['name']} {b['version']}  [{', '.join(b['capabilities'])}]  (entry point: {b['entry_point']})")
-        for s in b.get("spaces", []):
-            roles = ", ".join(s["roles"])
-            print(f"    space {s['name']}: shape {tuple(s['shape'])}, prior {s['prior']}, roles {roles}")
         for m in b["models"]:
-            print(f"    model {m['name']}: sha256 {m['sha256'][:16]}...  {m['path']}")
+            print(f"    model {m['name']}: sha256 {(m['sha256'] or 'not computed yet')[:16]}...  {m['path']}")
+            if m.get("image_shape"):
+                print(f"        images {'x'.join(map(str, m['image_shape']))}")
+            for s in m.get("spaces", []):
+                print(f"        space {s['name']}: shape {tuple(s['shape'])}, prior {s['prior']}, "
+                      f"roles {', '.join(s['roles'])}")
             if m.get("error"):
                 print(f"        BROKEN: {m['error']}")
+            elif m.get("spaces_error"):
+                print(f"        spaces unknown: {m['spaces_error']}")
+            elif "spaces" not in m:
+                print("        spaces: not declared without loading (--load loads the model to show them)")
         if b.get("error"):
             print(f"    load error: {b['error']}")
     for e in info["errors"]:
@@ -168,50 +179,38 @@ def evaluate(backend: ops.Backend, model: ops.Model = None,
              n: Annotated[int, typer.Option("--n", "-n", help="Number of samples per draw.")] = 2000,
              repeats: Annotated[int, typer.Option(help="Draws of n averaged (samples and floor).")] = 5,
              seed: Annotated[int, typer.Option(help="First seed.")] = 0,
+             dataset: Annotated[str, typer.Option(help="Dataset to score against (one with a classifier: mnist, "
+                                                       "fashion).")] = "mnist",
              as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """Sample quality: FLD and its floor in the project's MNIST classifier features."""
-    run_spec({"op": "evaluate", "backend": backend, "model": model, "n": n, "repeats": repeats, "seed": seed}, None,
-             as_json)
-
-
-def import_weights(backend: Annotated[str, typer.Argument(help="Backend (gan).")],
-                   kind: Annotated[str, typer.Argument(help="Checkpoint kind (dcgan-tutorial).")],
-                   path: Annotated[Path, typer.Argument(help="Checkpoint file.")],
-                   name: Annotated[str, typer.Option(help="Model name to import it as.")] = ...) -> None:
-    """Convert a checkpoint to safetensors under the model root, without unpickling code."""
-    from studio.config import load_settings
-
-    check_name(backend, "backend")
-    check_name(kind, "kind")
-    if (backend, kind) != ("gan", "dcgan-tutorial"):
-        raise InputError(f"no importer for {backend} {kind} (available: gan dcgan-tutorial)")
-    from studio_gan.importer import import_dcgan_tutorial
-
-    info = import_dcgan_tutorial(path, name, load_settings())
-    print_json(info.describe())
-
-
-def tiny_sd(directory: Annotated[Path, typer.Argument(help="Folder to write the tiny pipeline to.")],
-            seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0) -> None:
-    """Build a tiny random Stable Diffusion pipeline (offline, for tests and demos)."""
-    from studio_sd.tiny import build_tiny_sd
-
-    print(build_tiny_sd(directory, seed=seed))
+    """Sample quality against a dataset: FCD and KID with their floors, in the project's classifier features."""
+    run_spec({"op": "evaluate", "backend": backend, "model": model, "n": n, "repeats": repeats, "seed": seed,
+              "dataset": dataset}, None, as_json)
 
 
 def plugin_check(name: Annotated[str, typer.Argument(help="Backend to check.")],
                  model: ops.Model = None,
-                 as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """Run the conformance checks against an installed backend (the third-party plugin kit)."""
-    from studio.conformance import run_checks
+                 as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+                 expect_fail: Annotated[list[str] | None, typer.Option(
+                     "--expect-fail", help="CHECK=REASON: a check expected to fail (XFAIL; repeatable).")] = None,
+                 train_option: Annotated[list[str] | None, typer.Option(
+                     "--train-option", help="KEY=VALUE for the train check's call of train (repeatable).")] = None,
+                 ) -> None:
+    """Run the conformance checks against an installed backend (the third-party plugin kit). Checks that do not
+    apply to the backend's capabilities print SKIP with the reason; only FAIL lines fail the command."""
+    from studio.cli.common import parse_option_pairs
+    from studio.conformance import FAIL, PASS, run_checks
 
-    results = run_checks(check_name(name, "backend"), model)
+    expected = {k: str(v) for k, v in parse_option_pairs(expect_fail).items()}
+    results = run_checks(check_name(name, "backend"), model, expected_failed_checks=expected,
+                         train_options=parse_option_pairs(train_option))
     if as_json:
         print_json([r.__dict__ for r in results])
     else:
         for r in results:
-            print(f"{'PASS' if r.passed else 'FAIL'}  {r.name}{'' if r.passed else ': ' + r.detail}")
-    failed = [r for r in results if not r.passed]
+            print(f"{r.status.upper():5s}  {r.name}{'' if r.status == PASS else ': ' + r.detail}")
+        counts = {s: sum(r.status == s for r in results) for s in dict.fromkeys(r.status for r in results)}
+        print(", ".join(f"{n} {s}" for s, n in counts.items()))
+    failed = [r for r in results if r.status == FAIL]
     if failed:
         raise InputError(f"{len(failed)} of {len(results)} conformance checks failed for backend {name!r}")
 
@@ -225,8 +224,8 @@ def register(app: typer.Typer) -> None:
     app.add_typer(vectors_app, name="vectors")
     app.command("train")(train)
     app.command("evaluate")(evaluate)
-    app.command("import-weights")(import_weights)
-    dev_app.command("tiny-sd")(tiny_sd)
-    app.add_typer(dev_app, name="dev")
     plugin_app.command("check")(plugin_check)
+    from studio.cli.plugin_new import plugin_new
+
+    plugin_app.command("new")(plugin_new)
     app.add_typer(plugin_app, name="plugin")

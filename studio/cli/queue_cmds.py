@@ -275,10 +275,14 @@ def find_ui() -> Callable[..., None] | None:
     return getattr(module, "launch", None)
 
 
+COMMANDS = (status, wait, cancel, jobs, result, replay, retry, workers, worker, up)
+NAMES = frozenset({"submit", *(fn.__name__ for fn in COMMANDS)})  # every command this module mounts
+
+
 def register(app: typer.Typer) -> None:
     """Mount the queue commands on the main app."""
     app.add_typer(submit_app, name="submit")
-    for fn in (status, wait, cancel, jobs, result, replay, retry, workers, worker, up):
+    for fn in COMMANDS:
         app.command(fn.__name__)(fn)
 
 

@@ -1,4 +1,5 @@
-"""The page: a header with the backend and model pickers (and the prompt for text backends), then the tabs."""
+"""The page: a header with the backend and model pickers (and the prompt for text backends), the chosen backend's
+options as a form generated from its Options schema (studio.ui.options), then the tabs."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import gradio as gr
 from studio.config import Settings
 from studio.ui.artifacts import ArtifactShelf
 from studio.ui.catalog import Catalog
-from studio.ui.components import StudioBlocks
-from studio.ui.context import TEXT, UIContext
+from studio.ui.components import StudioBlocks, any_name_in_api
+from studio.ui.context import TEXT, TEXT_ROW, UIContext
 from studio.ui.jobs import JobRunner, QueueClient, building_with, end_building, scoped, ui_errors
+from studio.ui.options import Layout, build_pool, form_options, pool_updates
 from studio.ui.scatter import DatasetImages
 from studio.ui.tabs import compress, edit, explore, generate, interpolate, plugins, queue
 from studio.ui.views import chips, esc, without_paths
@@ -48,6 +50,35 @@ def backend_line(ctx: UIContext, backend: str | None) -> str:
     return " &nbsp; ".join(parts)
 
 
+def form_layout(catalog: Catalog, backend: str | None) -> Layout:
+    """The options form of `backend`: every field of its Options but those the text row shows (TEXT backends)."""
+    entry = catalog.get(backend)
+    skip = TEXT_ROW if entry is not None and entry.can(TEXT) else ()
+    return Layout.of(backend, catalog.options_schema(backend), skip)
+
+
+def form_box(layout: Layout, is_text: bool) -> dict:
+    """The form accordion's label, visibility and state: hidden for a backend without options, open for TEXT."""
+    return {"label": f"Backend options: {layout.backend}", "visible": bool(layout.slots or layout.elsewhere),
+            "open": is_text}
+
+
+def form_outputs(layout: Layout, is_text: bool) -> tuple:
+    """Updates for the form's accordion, note, layout state and pool (in that order) to show `layout`."""
+    return (gr.update(**form_box(layout, is_text)), layout.note(), layout, *pool_updates(layout))
+
+
+def collect_form(layout: Layout | None, backend: str | None, *values: object) -> dict:
+    """The form's option values for `backend` (see studio.ui.options.form_options)."""
+    return form_options(layout, backend, values)
+
+
+def options_hint(layout: Layout) -> str:
+    """An example for the JSON box: one of the backend's own option names, or a note that it takes none."""
+    names = [f.name for f in layout.slots.values()] + layout.elsewhere
+    return f'{{"{names[0]}": ...}}' if names else "this backend takes no options"
+
+
 def build_app(client: QueueClient, settings: Settings, catalog: Catalog | None = None,
               auth_mode: str | None = None) -> gr.Blocks:
     """Build the studio's Gradio app on a queue client (nothing runs a model in this process).
@@ -72,14 +103,17 @@ def _build(client: QueueClient, settings: Settings, catalog: Catalog | None) -> 
     default = catalog.default_backend()
     models = catalog.models(default)
     is_text = bool(catalog.get(default) and catalog.get(default).can(TEXT))
+    layout = form_layout(catalog, default)
 
     with StudioBlocks(title="Latent Studio", analytics_enabled=False) as demo:
         with gr.Row(elem_id="ls-header", equal_height=True):
             gr.HTML(HEADER, elem_id="ls-title")
             backend = gr.Dropdown(catalog.names(), value=default, label="Backend", allow_custom_value=True,
                                   scale=0, min_width=180, elem_id="backend-picker")
-            model = gr.Dropdown(models, value=models[0] if models else None, label="Model", allow_custom_value=True,
+            model = gr.Dropdown(models, value=catalog.default_model(default), label="Model", allow_custom_value=True,
                                 scale=0, min_width=220, elem_id="model-picker")
+        any_name_in_api(backend)  # the API takes any name (choices change with plugins and backends); checked later
+        any_name_in_api(model)
         line = gr.HTML(backend_line(ctx, default), elem_id="ls-backend-line")
         with gr.Row(visible=is_text) as text_row:
             prompt = gr.Textbox(value="", label="Prompt", placeholder="a watercolour fox in the snow", scale=4,
@@ -89,11 +123,19 @@ def _build(client: QueueClient, settings: Settings, catalog: Catalog | None) -> 
                               info="0: the backend's default")
             guidance = gr.Number(label="Guidance", value=0, minimum=0, maximum=30, scale=1,
                                  info="0: the backend's default")
+        with gr.Accordion(**form_box(layout, is_text), elem_id="ls-form") as box:
+            form_note = gr.Markdown(layout.note(), elem_id="ls-form-note")
+            with gr.Row(equal_height=False):
+                pool = build_pool(layout)
         with gr.Accordion("Backend options (JSON, advanced)", open=False):
-            options_json = gr.Textbox(value="", label="Options", placeholder='{"steps": 20}', max_lines=3,
-                                      elem_id="ls-options", container=False)
+            options_json = gr.Textbox(value="", label="Options (JSON object, on top of the form's values)",
+                                      placeholder=options_hint(layout), max_lines=3, elem_id="ls-options",
+                                      container=False)
+        layout_state, options_form = gr.State(layout), gr.State({})
         ctx.components.update(backend=backend, model=model, prompt=prompt, negative_prompt=negative, steps=steps,
-                              guidance=guidance, options_json=options_json)
+                              guidance=guidance, options_json=options_json, options_form=options_form,
+                              form=[box, form_note, layout_state, *pool],
+                              collect_form=(ui_errors(collect_form), [layout_state, backend, *pool], options_form))
 
         with gr.Tabs(selected="generate", elem_id="ls-tabs") as tabs:
             ctx.components["tabs"] = tabs
@@ -114,15 +156,20 @@ def _wire(ctx: UIContext, demo: gr.Blocks, tabs: dict, text_row: gr.Row, line: g
     refresh_vectors = ctx["refresh_vectors"]
 
     def on_backend(backend_: str, model_: str | None, vector_: str | None) -> tuple:
+        """The backend's own models (its default unless the model shown is one of them), text row and form."""
         models = ctx.catalog.models(backend_)
-        chosen = model_ if model_ in models else (models[0] if models else None)
+        chosen = model_ if model_ in models else ctx.catalog.default_model(backend_)
         entry = ctx.catalog.get(backend_)
-        return (gr.update(choices=models, value=chosen), gr.update(visible=bool(entry and entry.can(TEXT))),
-                backend_line(ctx, backend_), *refresh_vectors(backend_, chosen, vector_))
+        is_text = bool(entry and entry.can(TEXT))
+        layout = form_layout(ctx.catalog, backend_)
+        return (gr.update(choices=models, value=chosen), gr.update(visible=is_text), backend_line(ctx, backend_),
+                gr.update(placeholder=options_hint(layout)), *refresh_vectors(backend_, chosen, vector_),
+                *form_outputs(layout, is_text))
 
     # every handler that lists vectors is wrapped, so that it knows the event's user (studio.ui.jobs.current_user)
     backend.change(ui_errors(on_backend), inputs=[backend, model, vector],
-                   outputs=[model, text_row, line, vector, note], api_visibility="private")
+                   outputs=[model, text_row, line, ctx["options_json"], vector, note, *ctx["form"]],
+                   api_visibility="private")
     model.change(ui_errors(refresh_vectors), inputs=[backend, model, vector], outputs=[vector, note],
                  api_visibility="private")
 

@@ -1,7 +1,7 @@
 """What the pickers offer: installed backends, their models and capabilities, and stored attribute vectors.
 
-Read from the plugin registry without loading any weights (`describe_plugins(load_models=False)`), and from
-the vector store's metadata files.
+Read from the plugin registry without loading any weights (`describe_plugins(load_models=False)`, plus each
+backend's Options JSON schema, which the page turns into form controls), and from the vector store's metadata files.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from studio.config import Settings
+from studio.errors import InputError, clip
 
 DATASETS = ["mnist", "fashion", "digits", "animals"]
 ATTRIBUTES = [f"class:{i}" for i in range(10)] + ["class:3-vs-8", "class:1-vs-7", "thickness", "slant"]
@@ -26,6 +27,7 @@ class BackendEntry:
     models: list[dict] = field(default_factory=list)
     entry_point: str = ""
     error: str | None = None
+    options_schema: dict = field(default_factory=dict)
 
     def can(self, capability: str) -> bool:
         return capability in self.capabilities
@@ -42,15 +44,15 @@ class Catalog:
 
     def refresh(self, rescan: bool = False) -> dict:
         """Describe the backends again; `rescan` also re-reads the installed entry points."""
-        describe = self._describe
-        if describe is None:
+        if self._describe is not None:
+            info = self._describe(self.settings, load_models=False)
+        else:
             from studio.plugins_info import describe_plugins
             from studio.registry import load_registry
 
             if rescan:
                 load_registry(refresh=True)
-            describe = describe_plugins
-        info = describe(self.settings, load_models=False)
+            info = with_schemas(describe_plugins(self.settings, load_models=False))
         with self._lock:
             self._info = info
         return info
@@ -64,7 +66,8 @@ class Catalog:
     def backends(self) -> list[BackendEntry]:
         return [BackendEntry(name=b["name"], version=b.get("version", ""), description=b.get("description", ""),
                              capabilities=list(b.get("capabilities", [])), models=list(b.get("models", [])),
-                             entry_point=b.get("entry_point", ""), error=b.get("error"))
+                             entry_point=b.get("entry_point", ""), error=b.get("error"),
+                             options_schema=dict(b.get("options_schema") or {}))
                 for b in self.info.get("backends", [])]
 
     def plugin_errors(self) -> list[dict]:
@@ -90,12 +93,54 @@ class Catalog:
         entry = self.get(backend)
         return [m["name"] for m in entry.models] if entry else []
 
+    def default_model(self, backend: str | None) -> str | None:
+        """The model a job on `backend` gets when it names none: the first not listed as broken."""
+        entry = self.get(backend)
+        if entry is None:
+            return None
+        usable = [m["name"] for m in entry.models if not m.get("error")] or [m["name"] for m in entry.models]
+        return usable[0] if usable else None
+
+    def resolve_model(self, backend: str, model: str | None) -> str | None:
+        """The model a job on `backend` runs: `model` when it is one of the backend's; the backend's default when
+        `model` is empty or another backend's default (a client that names a backend and no model sends the page's
+        default); a path or hub id (holding a slash) as it is, for the worker to resolve. InputError, one line
+        naming the available models, for any other name; as given when the catalog lists no model for the
+        backend (the worker decides)."""
+        if model is not None and not isinstance(model, str):
+            raise InputError(f"model: expected a model name, got {type(model).__name__}")
+        model = (model or "").strip()
+        if not model:
+            return self.default_model(backend)
+        if model in self.models(backend) or "/" in model or "\\" in model:
+            return model
+        if any(model == self.default_model(other) for other in self.names() if other != backend):
+            return self.default_model(backend)
+        names = self._refreshed_models(backend)
+        if model in names or not names:
+            return model
+        raise InputError(f"unknown model {clip(model)!r} for backend {clip(backend)!r} "
+                         f"(available: {', '.join(names)})")
+
+    def _refreshed_models(self, backend: str) -> list[str]:
+        """The backend's models after describing again (a model may have been added since the page was built)."""
+        try:
+            self.refresh()
+        except Exception:  # the listing we have still answers
+            pass
+        return self.models(backend)
+
     def sha256(self, backend: str | None, model: str | None) -> str | None:
         entry = self.get(backend)
         if entry is None or not entry.models:
             return None
         chosen = next((m for m in entry.models if m["name"] == model), entry.models[0])
         return chosen.get("sha256")
+
+    def options_schema(self, backend: str | None) -> dict:
+        """The JSON schema of `backend`'s Options ({} when unknown)."""
+        entry = self.get(backend)
+        return entry.options_schema if entry else {}
 
     def vectors(self, backend: str | None, model: str | None) -> list[dict]:
         """Stored vectors that belong to these weights and that the event's studio user sees (newest metadata
@@ -117,3 +162,17 @@ class Catalog:
         except Exception:  # an unreadable store must not break the page
             return []
         return [r for r in rows if sha is None or r.get("sha256", "")[:16] == sha[:16].lower()]
+
+
+def with_schemas(info: dict) -> dict:
+    """`info` (describe_plugins) with each backend's Options JSON schema (`options_schema`) from the registry."""
+    from studio.registry import load_registry
+
+    backends = load_registry().backends
+    for entry in info.get("backends", []):
+        cls = backends.get(entry.get("name"))
+        try:
+            entry["options_schema"] = cls.Options.model_json_schema() if cls is not None else {}
+        except Exception:  # a schema pydantic cannot write: the JSON box still takes the options
+            entry["options_schema"] = {}
+    return info

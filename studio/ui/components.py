@@ -69,6 +69,13 @@ def checked_sketchpad(settings: Settings, what: str, **kwargs: Any) -> gr.Sketch
     return pad
 
 
+def any_name_in_api(dropdown: gr.Dropdown) -> gr.Dropdown:
+    """Type a picker (allow_custom_value) as any string in the API schema, instead of the choices it had when the page
+    was built (Gradio writes them as an enum: `Literal['mnist']`); its handlers check the name."""
+    dropdown.api_info = lambda: {"type": "string"}  # type: ignore[method-assign]
+    return dropdown
+
+
 def _files(value: Any, depth: int = 0) -> Iterator[dict]:
     """The file references ({"path": ..., "url": ...}) inside an input value."""
     if depth > 8:
@@ -231,7 +238,10 @@ class StudioBlocks(gr.Blocks):
 
     async def preprocess_data(self, block_fn: Any, inputs: list[Any], *args: Any, **kwargs: Any) -> Any:
         props = set(getattr(block_fn, "component_prop_inputs", None) or ())
+        state = args[0] if args else kwargs.get("state")
         for i, (block, value) in enumerate(zip(block_fn.inputs, inputs or [], strict=False)):
+            if state is not None and not block.stateful and block._id in state:
+                block = state[block._id]  # as an update left it in this session (a relabelled form control's range)
             problem = None if i in props else value_problem(block, value)
             if problem:
                 raise user_error(InputError(f"{_field(block_fn, i)}: {problem}"))
@@ -257,4 +267,5 @@ class StudioBlocks(gr.Blocks):
             raise user_error(StudioError(f"could not show the result ({type(exc).__name__})")) from None
 
 
-__all__ = ["StudioBlocks", "UploadCheck", "check_uploads", "checked_image", "checked_sketchpad", "input_problem"]
+__all__ = ["StudioBlocks", "UploadCheck", "any_name_in_api", "check_uploads", "checked_image", "checked_sketchpad",
+           "input_problem"]

@@ -122,15 +122,16 @@ class DatasetImages:
         self._lock = threading.Lock()
         self._splits: OrderedDict[tuple[str, str], object] = OrderedDict()
 
-    def _dataset(self, dataset: str, split: str) -> object:
-        from studio.datasets import load_dataset
+    def _dataset(self, dataset: str, split: str) -> tuple:
+        """(uint8 pixels, labels, classes) of a split, kept for the next hovers (no torch in the UI process)."""
+        from studio.datasets import load_arrays
 
         key = (dataset, split)
         with self._lock:
             if key in self._splits:
                 self._splits.move_to_end(key)
                 return self._splits[key]
-        ds = load_dataset(dataset, split, settings=self.settings)
+        ds = load_arrays(dataset, split, settings=self.settings)
         with self._lock:
             self._splits[key] = ds
             while len(self._splits) > self.capacity:
@@ -141,18 +142,16 @@ class DatasetImages:
         """One dataset image as PIL (upscaled with nearest neighbours by `scale`) and its class name."""
         from PIL import Image
 
-        from studio.images import to_pil
-
         if split not in ("train", "test"):
             raise InputError(f"unknown split {split!r}")
-        ds = self._dataset(dataset, split)
+        pixels, labels, classes = self._dataset(dataset, split)
         index = int(index)
-        if not 0 <= index < len(ds):
-            raise InputError(f"index {index} is outside dataset {dataset!r} {split} (0..{len(ds) - 1})")
-        im = to_pil(ds.images[index:index + 1])[0]
+        if not 0 <= index < len(pixels):
+            raise InputError(f"index {index} is outside dataset {dataset!r} {split} (0..{len(pixels) - 1})")
+        im = Image.fromarray(pixels[index])
         if scale > 1:
             im = im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST)
-        return im, _class_name(int(ds.labels[index]), ds.classes)
+        return im, _class_name(int(labels[index]), classes)
 
     def thumbnail(self, dataset: str, split: str, index: int) -> str:
         """A PNG data URI of one dataset image, for the hover tooltip."""

@@ -1,21 +1,24 @@
 """An example third-party plugin: a linear (PCA) latent model of the scikit-learn digits.
 
 It shows the whole contract in one small file: declare spaces and capabilities, implement
-sample_prior (inherited), encode and decode. Every studio operation then works on it.
+sample_prior (inherited), encode and decode. Every studio operation then works on it. Importing it is cheap:
+torch loads only with a model, so `studio plugins` and `studio submit` never pay for it (declare the spaces a
+model has in `model_spaces` and `model_image_shape` so listings show them without loading).
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import ClassVar
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING, ClassVar
 
 from studio.contract import CODEC, DECODE, ENCODE, SAMPLE, SEED, Backend, LatentSpace, ModelInfo, no_progress
 from studio.errors import InputError, NotFound
 
+if TYPE_CHECKING:
+    import torch
+
 LATENT = 16
+SHAPE = (1, 28, 28)
 
 
 class PCABackend(Backend):
@@ -36,6 +39,8 @@ class PCABackend(Backend):
         models = {m.name: m for m in cls.available_models(settings)}
         if model not in (None, *models):
             raise NotFound(f"pca has no model {model!r} (available: {', '.join(models)})")
+        import numpy as np
+        import torch
         from sklearn.decomposition import PCA
 
         from studio.datasets import load_dataset
@@ -49,11 +54,20 @@ class PCABackend(Backend):
         backend._inverse = torch.from_numpy((pca.components_ / scale[:, None]).astype(np.float32))  # pixels -> z
         return backend
 
-    def spaces(self, options=None) -> dict[str, LatentSpace]:
+    @classmethod
+    def model_spaces(cls, model, settings) -> dict[str, LatentSpace]:
+        """Every model has the same space, known without loading it."""
         return {"z": LatentSpace("z", (LATENT,), "gaussian", frozenset({SEED, CODEC}))}
 
+    @classmethod
+    def model_image_shape(cls, model, settings) -> tuple[int, int, int]:
+        return SHAPE
+
+    def spaces(self, options=None) -> dict[str, LatentSpace]:
+        return self.model_spaces(self.model, None)
+
     def image_shape(self, options=None) -> tuple[int, int, int]:
-        return (1, 28, 28)
+        return SHAPE
 
     def decode(self, point, options=None, progress=no_progress) -> torch.Tensor:
         z = point["z"]

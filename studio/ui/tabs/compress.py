@@ -80,7 +80,8 @@ def build(ctx: UIContext) -> None:
 
     @ui_errors
     def compress(backend: str, model: str, prompt: str, negative_prompt: str, denoise_steps: float, guidance: float,
-                 options_json: str, source: str, dataset: str, split: str, index: float, upload: str | None = None,
+                 options_json: str, form: dict | None,
+                 source: str, dataset: str, split: str, index: float, upload: str | None = None,
                  sketch: dict | None = None, bits: float = 6, progress: gr.Progress = gr.Progress()) -> tuple:
         """Round-trip one image through the latent codec; returns the four panels, the metric table, a status."""
         if source == "Upload":
@@ -90,7 +91,7 @@ def build(ctx: UIContext) -> None:
         else:
             image = dataset_ref(dataset, split, index)
         spec = {"op": "roundtrip", **ctx.job_base(backend, model, prompt, negative_prompt, denoise_steps, guidance,
-                                                  options_json),
+                                                  options_json, form),
                 "bits": int(bits), "image": image}
         done = ctx.runner.run(spec, progress)
         m = done.metrics
@@ -110,6 +111,7 @@ def build(ctx: UIContext) -> None:
         return items, compression_rows(m), done.summary() + f" · {m.get('bytes_per_image', 0):.0f} bytes, " \
             f"{m.get('bpp', 0):.3f} bits per pixel"
 
-    go.click(compress, inputs=[*ctx.common_inputs(), source, dataset, split, index, upload, sketch, bits],
-             outputs=[panels, table, status], api_name="compress", show_progress="full")
+    ctx.job_event(go.click, compress, inputs=[*ctx.common_inputs(), source, dataset, split, index, upload, sketch,
+                                              bits],
+                  outputs=[panels, table, status], api_name="compress", show_progress="full")
     ctx.components["compress_preview"] = (show_preview, [dataset, split, index], preview)

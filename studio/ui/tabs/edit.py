@@ -130,7 +130,8 @@ def build(ctx: UIContext) -> None:
 
     @ui_errors
     def edit(backend: str, model: str, prompt: str, negative_prompt: str, denoise_steps: float, guidance: float,
-             options_json: str, vector: str, source_kind: str, seed: float, image: str | None = None,
+             options_json: str, form: dict | None,
+             vector: str, source_kind: str, seed: float, image: str | None = None,
              strength: float = 2.0, frames: float = 5, progress: gr.Progress = gr.Progress()) -> tuple:
         """Apply `vector` at strengths 0..strength; returns the result image, the strip and a status line."""
         if not vector:
@@ -139,7 +140,7 @@ def build(ctx: UIContext) -> None:
                   else {"seed": int(seed or 0)})
         strengths = strengths_for(float(strength), int(frames))
         spec = {"op": "edit", **ctx.job_base(backend, model, prompt, negative_prompt, denoise_steps, guidance,
-                                             options_json),
+                                             options_json, form),
                 "vector": vector, "strengths": strengths, "source": source}
         done = ctx.runner.run(spec, progress)
         paths = done.images("edit_")
@@ -148,17 +149,19 @@ def build(ctx: UIContext) -> None:
             done.summary() + f" · strength {float(strength):+.2f} (strip: {shown})"
 
     edit_inputs = [*ctx.common_inputs(), vector, kind, seed, image, strength, frames]
-    go.click(edit, inputs=edit_inputs, outputs=[result, strip, status], api_name="edit", show_progress="full")
-    strength.release(edit, inputs=edit_inputs, outputs=[result, strip, status], api_visibility="private",
-                     show_progress="minimal", trigger_mode="always_last")
+    ctx.job_event(go.click, edit, inputs=edit_inputs, outputs=[result, strip, status], api_name="edit",
+                  show_progress="full")
+    ctx.job_event(strength.release, edit, inputs=edit_inputs, outputs=[result, strip, status],
+                  api_visibility="private", show_progress="minimal", trigger_mode="always_last")
 
     @ui_errors
     def fit_from_dataset(backend: str, model: str, prompt: str, negative_prompt: str, denoise_steps: float,
-                         guidance: float, options_json: str, name: str, dataset: str, attribute: str, method: str,
+                         guidance: float, options_json: str, form: dict | None,
+                         name: str, dataset: str, attribute: str, method: str,
                          limit: float, progress: gr.Progress = gr.Progress()) -> tuple:
         """Fit and store a vector from a dataset attribute; returns the refreshed vector picker and a status."""
         spec = {"op": "fit_vector", **ctx.job_base(backend, model, prompt, negative_prompt, denoise_steps, guidance,
-                                                   options_json),
+                                                   options_json, form),
                 "name": (name or "").strip(), "dataset": dataset, "attribute": (attribute or "").strip(),
                 "method": method, "limit": int(limit)}
         done = ctx.runner.run(spec, progress)
@@ -166,24 +169,25 @@ def build(ctx: UIContext) -> None:
         auc_text = f" · AUC {auc:.3f}" if isinstance(auc, (int, float)) else ""
         return spec["name"], done.summary() + f" · vector `{spec['name']}` saved{auc_text}"
 
-    fit_go.click(fit_from_dataset, inputs=[*ctx.common_inputs(), fit_name, fit_dataset, fit_attribute, fit_method,
-                                           fit_limit],
-                 outputs=[vector, fit_status], api_name="fit_vector_dataset", show_progress="full"
-                 ).then(ui_errors(refresh_vectors), inputs=[backend, model, vector], outputs=[vector, note],
-                        api_visibility="private")
+    ctx.job_event(fit_go.click, fit_from_dataset,
+                  inputs=[*ctx.common_inputs(), fit_name, fit_dataset, fit_attribute, fit_method, fit_limit],
+                  outputs=[vector, fit_status], api_name="fit_vector_dataset", show_progress="full"
+                  ).then(ui_errors(refresh_vectors), inputs=[backend, model, vector], outputs=[vector, note],
+                         api_visibility="private")
 
     @ui_errors
     def pick_grid(backend: str, model: str, prompt: str, negative_prompt: str, denoise_steps: float, guidance: float,
-                  options_json: str, first_seed: float, count: float, progress: gr.Progress = gr.Progress()) -> tuple:
+                  options_json: str, form: dict | None,
+                  first_seed: float, count: float, progress: gr.Progress = gr.Progress()) -> tuple:
         spec = {"op": "sample", **ctx.job_base(backend, model, prompt, negative_prompt, denoise_steps, guidance,
-                                               options_json),
+                                               options_json, form),
                 "seed": int(first_seed or 0), "n": int(count)}
         done = ctx.runner.run(spec, progress)
         seeds = done.metrics.get("seeds") or [spec["seed"] + i for i in range(spec["n"])]
         items = [(p, f"seed {s}") for p, s in zip(done.images("sample_"), seeds, strict=False)]
         return items, {"first": spec["seed"], "count": len(items), "seeds": seeds}, None
 
-    pick_go.click(pick_grid, inputs=[*ctx.common_inputs(), pick_seed, pick_count],
+    ctx.job_event(pick_go.click, pick_grid, inputs=[*ctx.common_inputs(), pick_seed, pick_count],
                   outputs=[pick_gallery, grid_state, picked], api_visibility="undocumented", show_progress="full")
 
     def on_pick(state: dict, evt: gr.SelectData) -> int | None:
@@ -206,7 +210,8 @@ def build(ctx: UIContext) -> None:
 
     @ui_errors
     def fit_from_picks(backend: str, model: str, prompt: str, negative_prompt: str, denoise_steps: float,
-                       guidance: float, options_json: str, name: str, with_seeds: str, without_seeds: str,
+                       guidance: float, options_json: str, form: dict | None,
+                       name: str, with_seeds: str, without_seeds: str,
                        progress: gr.Progress = gr.Progress()) -> tuple:
         """Fit and store a vector from picked seeds (mean latent with minus without)."""
         pos, neg = parse_seeds(with_seeds, "seeds with"), parse_seeds(without_seeds, "seeds without")
@@ -216,12 +221,12 @@ def build(ctx: UIContext) -> None:
         if overlap:
             raise InputError(f"seeds {_seed_list(overlap)} are in both groups")
         spec = {"op": "fit_vector", **ctx.job_base(backend, model, prompt, negative_prompt, denoise_steps, guidance,
-                                                   options_json),
+                                                   options_json, form),
                 "name": (name or "").strip(), "with_seeds": pos, "without_seeds": neg}
         done = ctx.runner.run(spec, progress)
         return spec["name"], done.summary() + f" · vector `{spec['name']}` from {len(pos)} with / {len(neg)} without"
 
-    pick_fit.click(fit_from_picks, inputs=[*ctx.common_inputs(), pick_name, with_seeds, without_seeds],
-                   outputs=[vector, pick_status], api_name="fit_vector_picks", show_progress="full"
-                   ).then(ui_errors(refresh_vectors), inputs=[backend, model, vector], outputs=[vector, note],
-                          api_visibility="private")
+    ctx.job_event(pick_fit.click, fit_from_picks, inputs=[*ctx.common_inputs(), pick_name, with_seeds, without_seeds],
+                  outputs=[vector, pick_status], api_name="fit_vector_picks", show_progress="full"
+                  ).then(ui_errors(refresh_vectors), inputs=[backend, model, vector], outputs=[vector, note],
+                         api_visibility="private")

@@ -54,11 +54,12 @@ def build(ctx: UIContext) -> None:
 
     @ui_errors
     def project(backend: str, model: str, prompt: str, negative_prompt: str, denoise_steps: float, guidance: float,
-                options_json: str, dataset: str, split: str, method: str, limit: float, seed: float,
+                options_json: str, form: dict | None,
+                dataset: str, split: str, method: str, limit: float, seed: float,
                 progress: gr.Progress = gr.Progress()) -> tuple:
         """Encode a dataset and project it to 2-D; returns the interactive map, the PNG plot and a status line."""
         spec = {"op": "project", **ctx.job_base(backend, model, prompt, negative_prompt, denoise_steps, guidance,
-                                                options_json),
+                                                options_json, form),
                 "dataset": dataset, "split": split, "method": method, "limit": int(limit), "seed": int(seed or 0)}
         done = ctx.runner.run(spec, progress)
         data_path = done.path("projection.json")
@@ -69,8 +70,8 @@ def build(ctx: UIContext) -> None:
         cached = " (from cache)" if done.metrics.get("cached") else ""
         return html, done.path("plot.png"), done.summary() + cached, {"dataset": dataset, "split": split}
 
-    go.click(project, inputs=[*ctx.common_inputs(), dataset, split, method, limit, seed],
-             outputs=[scatter, plot, status, shown], api_name="project", show_progress="full")
+    ctx.job_event(go.click, project, inputs=[*ctx.common_inputs(), dataset, split, method, limit, seed],
+                  outputs=[scatter, plot, status, shown], api_name="project", show_progress="full")
 
     @ui_errors
     def pin(state: dict, evt: gr.EventData) -> tuple:
@@ -102,12 +103,13 @@ def build(ctx: UIContext) -> None:
 
     @ui_errors
     def rank(backend: str, model: str, prompt: str, negative_prompt: str, denoise_steps: float, guidance: float,
-             options_json: str, dataset: str, split: str, ood: str, limit: float, top: float,
+             options_json: str, form: dict | None,
+             dataset: str, split: str, ood: str, limit: float, top: float,
              progress: gr.Progress = gr.Progress()) -> tuple:
         """Rank images by reconstruction error; returns the AUROC line, the top images and the ranking table."""
         ood_dataset = None if not ood or ood == "none" else ood
         spec = {"op": "anomalies", **ctx.job_base(backend, model, prompt, negative_prompt, denoise_steps, guidance,
-                                                  options_json),
+                                                  options_json, form),
                 "dataset": dataset, "split": split, "limit": int(limit), "ood_dataset": ood_dataset,
                 "top": int(top)}
         done = ctx.runner.run(spec, progress)
@@ -131,5 +133,5 @@ def build(ctx: UIContext) -> None:
                      f"({dataset} vs {ood_dataset}, reconstruction error as the score)")
         return line, items, rows, done.summary()
 
-    a_go.click(rank, inputs=[*ctx.common_inputs(), a_dataset, a_split, a_ood, a_limit, a_top],
-               outputs=[auroc, gallery, table, a_status], api_name="anomalies", show_progress="full")
+    ctx.job_event(a_go.click, rank, inputs=[*ctx.common_inputs(), a_dataset, a_split, a_ood, a_limit, a_top],
+                  outputs=[auroc, gallery, table, a_status], api_name="anomalies", show_progress="full")

@@ -42,10 +42,11 @@ def build(ctx: UIContext) -> None:
 
     @ui_errors
     def generate(backend: str, model: str, prompt: str, negative_prompt: str, denoise_steps: float, guidance: float,
-                 options_json: str, seed: float, n: float, temperature: float, truncation: float,
+                 options_json: str, form: dict | None,
+                 seed: float, n: float, temperature: float, truncation: float,
                  progress: gr.Progress = gr.Progress()) -> tuple:
         """Sample `n` images from seeds seed..seed+n-1; returns the gallery, a status line and the job's summary."""
-        base = ctx.job_base(backend, model, prompt, negative_prompt, denoise_steps, guidance, options_json)
+        base = ctx.job_base(backend, model, prompt, negative_prompt, denoise_steps, guidance, options_json, form)
         spec = {"op": "sample", **base,
                 "seed": int(seed or 0), "n": int(n), "temperature": float(temperature),
                 "truncation": float(truncation) if truncation and truncation > 0 else None}
@@ -56,8 +57,8 @@ def build(ctx: UIContext) -> None:
         summary = {"job_id": done.job_id, "seeds": seeds, "metrics": done.metrics}
         return items, done.summary() + f" · {len(items)} images", summary
 
-    go.click(generate, inputs=[*ctx.common_inputs(), seed, n, temperature, truncation],
-             outputs=[gallery, status, record], api_name="generate", show_progress="full")
+    ctx.job_event(go.click, generate, inputs=[*ctx.common_inputs(), seed, n, temperature, truncation],
+                  outputs=[gallery, status, record], api_name="generate", show_progress="full")
     dice.click(lambda: random.randint(0, MAX_SEED), outputs=seed, api_visibility="private", queue=False)
 
     @ui_errors
@@ -93,7 +94,7 @@ def restore_outputs(ctx: UIContext, params: dict) -> tuple:
     models = ctx.catalog.models(backend)
     model = params.get("model")
     return (gr.update(value=backend),
-            gr.update(choices=models, value=model if model else (models[0] if models else None)),
+            gr.update(choices=models, value=model if model else ctx.catalog.default_model(backend)),
             int(params.get("seed") or 0), max(1, min(int(params.get("n") or 1), ctx.max_images)),
             float(params.get("temperature") or 1.0), float(params.get("truncation") or 0.0),
             params.get("prompt") or "", params.get("negative_prompt") or "",

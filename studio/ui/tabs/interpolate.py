@@ -53,19 +53,21 @@ def build(ctx: UIContext) -> None:
 
     @ui_errors
     def interpolate(backend: str, model: str, prompt: str, negative_prompt: str, denoise_steps: float, guidance: float,
-                    options_json: str, start_kind: str, start_seed: float, start_image: str | None = None,
+                    options_json: str, form: dict | None,
+                    start_kind: str, start_seed: float, start_image: str | None = None,
                     end_kind: str = "Seed", end_seed: float = 1, end_image: str | None = None, method: str = "slerp",
                     steps: float = 9,
                     progress: gr.Progress = gr.Progress()) -> tuple:
         """Walk from a start to an end point; returns the strip, the GIF, the frames and a status line."""
         spec = {"op": "interpolate",
-                **ctx.job_base(backend, model, prompt, negative_prompt, denoise_steps, guidance, options_json),
+                **ctx.job_base(backend, model, prompt, negative_prompt, denoise_steps, guidance, options_json, form),
                 "start": source(start_kind, start_seed, start_image, "start"),
                 "end": source(end_kind, end_seed, end_image, "end"), "method": method, "steps": int(steps)}
         done = ctx.runner.run(spec, progress)
         frame_items = [(p, f"frame {i}") for i, p in enumerate(done.images("frame_"))]
         return done.path("strip.png"), done.path("walk.gif"), frame_items, done.summary()
 
-    go.click(interpolate, inputs=[*ctx.common_inputs(), start_kind, start_seed, start_image, end_kind, end_seed,
-                                  end_image, method, steps],
-             outputs=[strip, gif, frames, status], api_name="interpolate", show_progress="full")
+    ctx.job_event(go.click, interpolate,
+                  inputs=[*ctx.common_inputs(), start_kind, start_seed, start_image, end_kind, end_seed, end_image,
+                          method, steps],
+                  outputs=[strip, gif, frames, status], api_name="interpolate", show_progress="full")
