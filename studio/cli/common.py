@@ -20,12 +20,12 @@ def check_name(value: str, what: str) -> str:
     return value
 
 
-def parse_option_pairs(pairs: list[str] | None) -> dict[str, Any]:
-    """--option KEY=VALUE pairs; VALUE is parsed as JSON when it can be, else kept as a string."""
+def parse_option_pairs(pairs: list[str] | None, flag: str = "--option") -> dict[str, Any]:
+    """KEY=VALUE pairs of a repeatable `flag`; VALUE is parsed as JSON when it can be, else kept as a string."""
     out: dict[str, Any] = {}
     for pair in pairs or []:
         if "=" not in pair:
-            raise InputError(f"--option takes KEY=VALUE, got {clip(pair)!r}")
+            raise InputError(f"{flag} takes KEY=VALUE, got {clip(pair)!r}")
         key, value = pair.split("=", 1)
         try:
             out[key.strip()] = json.loads(value)

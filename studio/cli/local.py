@@ -202,7 +202,7 @@ def plugin_check(name: Annotated[str, typer.Argument(help="Backend to check.")],
 
     expected = {k: str(v) for k, v in parse_option_pairs(expect_fail).items()}
     results = run_checks(check_name(name, "backend"), model, expected_failed_checks=expected,
-                         train_options=parse_option_pairs(train_option))
+                         train_options=parse_option_pairs(train_option, "--train-option"))
     if as_json:
         print_json([r.__dict__ for r in results])
     else:

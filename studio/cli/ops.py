@@ -246,7 +246,7 @@ def _field_params(name: str, field: Any) -> tuple[list[inspect.Parameter], Calla
         return [param(name, str | None, shown)], from_list
     if origin is dict or kind is dict:
         def from_pairs(values: dict) -> Any:
-            return parse_option_pairs(values.pop(name)) or None
+            return parse_option_pairs(values.pop(name), _flag(name)) or None
         return [param(name, list[str] | None, None)], from_pairs
     if typing.get_origin(kind) is typing.Literal or kind in (int, float, str, bool):
         annotation = str if typing.get_origin(kind) is typing.Literal else kind
