@@ -13,8 +13,7 @@ import torch
 from studio.config import load_settings
 from studio.errors import StudioError
 from studio.executor import Runtime, execute
-from studio.registry import load_registry
-from studio.registry import op_names
+from studio.registry import load_registry, op_names
 
 BACKENDS = ("vae", "gan", "sd", "pca")
 OPTIONS = {  # the cheapest settings of each backend
