@@ -61,4 +61,7 @@ def describe_plugins(settings: Settings | None = None, load_models: bool = False
             entry["error"] = f"{type(exc).__name__}: {exc}"
         backends.append(entry)
     errors = [{"plugin": e.plugin, "error": e.error, "group": e.group} for e in registry.errors]
-    return {"backends": backends, "errors": errors}
+    ops = [{"name": name, "entry_point": registry.op_sources.get(name, ""),
+            "summary": (op.__doc__ or "").strip().split("\n")[0], "batchable": op.batchable,
+            "resumable": op.resumable} for name, op in registry.ops.items()]
+    return {"backends": backends, "ops": ops, "errors": errors}

@@ -75,6 +75,9 @@ def test_plugins_lists_backends_with_spaces_and_hashes(studio_cli):
     assert pca["spaces"] == [{"name": "z", "shape": [16], "prior": "gaussian", "roles": ["codec", "seed"]}]
     assert len(pca["models"][0]["sha256"]) == 64
     assert {"encode", "decode", "sample"} <= set(pca["capabilities"])
+    ops = {op["name"]: op for op in info["ops"]}  # every installed op, with the plugin that adds it
+    assert ops["neighbours"]["entry_point"] == "pca" and ops["sample"]["entry_point"] == "builtin"
+    assert ops["sample"]["batchable"] and ops["walk"]["resumable"] and not ops["edit"]["batchable"]
 
 
 @pytest.mark.parametrize("args, message", [

@@ -77,6 +77,11 @@ def plugins(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")]
                 print("        spaces: not declared without loading (--load loads the model to show them)")
         if b.get("error"):
             print(f"    load error: {b['error']}")
+    by_source: dict[str, list[str]] = {}
+    for op in info["ops"]:
+        by_source.setdefault(op["entry_point"], []).append(op["name"])
+    for source_name, names in by_source.items():
+        print(f"ops ({source_name}): {', '.join(names)}")
     for e in info["errors"]:
         print(f"{e['plugin']}: FAILED TO LOAD: {e['error']}")
 
