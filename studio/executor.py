@@ -24,7 +24,7 @@ from studio.contract import Backend, Point, Progress, no_progress
 from studio.errors import InputError
 from studio.points import batch_size, decode_batched, encode_images, random_point, take
 from studio.record import make_record, pnginfo
-from studio.spec import ImageRef, OpSpec, Source, check_backend_options, parse_spec, spec_dict
+from studio.spec import ImageRef, OpSpec, Source, check_backend_options, check_capabilities, parse_spec, spec_dict
 
 
 @dataclass
@@ -224,17 +224,6 @@ def store_relative(path: object, settings: Settings) -> str:
         return target.resolve().relative_to(Path(settings.store_path).resolve()).as_posix()
     except (ValueError, OSError):
         return target.name
-
-
-def check_capabilities(spec: OpSpec) -> None:
-    """InputError (one line) when the spec's backend lacks a capability the op needs."""
-    from studio.registry import get_backend_class
-
-    cls = get_backend_class(spec.backend)
-    missing = spec.required_capabilities() - set(cls.capabilities)
-    if missing:
-        raise InputError(f"backend {cls.name!r} cannot run a {spec.op} job like this: it lacks "
-                         f"{', '.join(sorted(missing))} (capabilities: {', '.join(sorted(cls.capabilities))})")
 
 
 def execute(spec: BaseModel | dict, runtime: Runtime | None = None, progress: Progress = no_progress,

@@ -313,6 +313,17 @@ def parse_spec(data: dict | BaseModel, settings: Settings | None = None, check_b
     return spec
 
 
+def check_capabilities(spec: OpSpec) -> None:
+    """InputError (one line) when the spec's backend lacks a capability the op needs."""
+    from studio.registry import get_backend_class
+
+    cls = get_backend_class(spec.backend)
+    missing = spec.required_capabilities() - set(cls.capabilities)
+    if missing:
+        raise InputError(f"backend {cls.name!r} cannot run a {spec.op} job like this: it lacks "
+                         f"{', '.join(sorted(missing))} (capabilities: {', '.join(sorted(cls.capabilities))})")
+
+
 def check_backend_options(spec: OpSpec) -> None:
     """Validate a parsed spec's backend options (the job's and every other set it will parse) with its backend."""
     from studio.registry import get_backend_class

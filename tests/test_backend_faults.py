@@ -168,13 +168,15 @@ def test_a_plugin_calling_sys_exit_does_not_take_down_the_commands(tmp_path, roo
 def test_keyboard_interrupt_while_loading_a_plugin_is_not_swallowed(tmp_path, monkeypatch):
     from importlib.metadata import EntryPoint
 
-    from studio.registry import Registry, _load_entry_point
+    from studio.registry import GROUP, _call_hook
 
     _write_plugin(tmp_path, "studio_interrupted_plugin", "raise KeyboardInterrupt\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    ep = EntryPoint("interrupted", "studio_interrupted_plugin:register", "latent_studio.backends")
+    ep = EntryPoint("interrupted", "studio_interrupted_plugin:register", GROUP)
+    errors: list = []
     with pytest.raises(KeyboardInterrupt):
-        _load_entry_point(Registry(), ep)
+        _call_hook(errors, ep, GROUP, lambda cls: None)
+    assert errors == []
 
 
 # ----- decode outputs that break the contract -----

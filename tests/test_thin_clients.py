@@ -64,6 +64,18 @@ def test_queue_commands_never_import_torch(client_env: dict[str, str]) -> None:
     assert "gan" in proc.stdout and "sd" in proc.stdout  # the plugins' command groups are there
 
 
+def test_run_refuses_a_bad_spec_before_loading_any_model_code(client_env: dict[str, str], tmp_path: Path) -> None:
+    """`studio run` checks the spec, capabilities and options before the executor loads torch: a bad input gets its
+    one line at once."""
+    cases = [(["sample", "--backend", "vae", "--n", "0"], "n: Input should be greater than or equal to 1"),
+             (["sample", "--backend", "vae", "--option", "colour=red"], "invalid options for backend 'vae'"),
+             (["fit_vector", "--backend", "vae", "--name", "t", "--with-options", "prompt=a"], "without_options"),
+             (["train", "--backend", "pca", "--name", "t"], "lacks train")]
+    for args, words in cases:
+        proc, heavy = studio(client_env, "run", *args, "--out", str(tmp_path))
+        assert proc.returncode == 2 and words in proc.stderr and heavy == [], (args, proc.stderr[-500:], heavy)
+
+
 def test_plugins_lists_every_models_spaces_without_loading_it(client_env: dict[str, str]) -> None:
     proc, heavy = studio(client_env, "plugins", "--json")
     assert proc.returncode == 0, proc.stderr

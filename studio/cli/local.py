@@ -21,14 +21,21 @@ plugin_app = typer.Typer(help="Plugin tools for authors: conformance checks.", n
 
 
 def run_spec(spec: dict, out: Path | None = None, as_json: bool = False) -> dict:
-    """Run a spec in-process, write its artifacts to `out`, print a summary (or JSON)."""
+    """Run a spec in-process, write its artifacts to `out`, print a summary (or JSON). The spec is checked before
+    any model code loads, so bad input gets its one line at once."""
     from studio.config import load_settings
-    from studio.executor import execute
+    from studio.spec import check_backend_options, check_capabilities, parse_spec
     from studio.users import user_from_env
+
+    settings = load_settings()
+    checked = parse_spec(spec, settings, check_backend=False)
+    check_capabilities(checked)
+    check_backend_options(checked)
+    from studio.executor import execute  # torch and the backend's model code from here on
 
     bar = Bar(spec["op"])
     try:  # with users defined, the run is the CLI user's (their vectors; a new vector is theirs)
-        result = execute(spec, progress=bar, owner=user_from_env(load_settings()))
+        result = execute(spec, progress=bar, owner=user_from_env(settings))
     finally:
         bar.close()
     written = result.write(out or Path("out") / spec["op"]) if result.artifacts else []
