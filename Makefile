@@ -27,9 +27,17 @@ $(STAMP): pyproject.toml Makefile
 	fi
 	touch $(STAMP)
 
+# The Dockerfile replay (tests/test_dockerfile_env.py) spends minutes in pip, mostly waiting on the disk: it runs as a
+# second pytest beside the rest of the suite, its report printed after the suite's; either one failing fails the target.
+PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider --timeout 900
+IMAGE_TEST := tests/test_dockerfile_env.py
+
 test: setup
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout 900
+	@log=$$(mktemp); $(PYTEST) $(IMAGE_TEST) >$$log 2>&1 & image=$$!; \
+	$(PYTEST) --ignore=$(IMAGE_TEST); suite=$$?; \
+	wait $$image; replay=$$?; echo "--- $(IMAGE_TEST) (run beside the suite) ---"; cat $$log; rm -f $$log; \
+	test $$suite = 0 && test $$replay = 0
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not integration and not slow"

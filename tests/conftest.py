@@ -10,6 +10,10 @@ import pytest
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Torch on one thread in this process and every worker or CLI process the tests start: on a shared two-core machine
+# two threads per process spin against each other (see `one_torch_thread`). Pixels do not depend on it: the tests
+# compare in-process and worker results made with the same setting.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session", autouse=True)
