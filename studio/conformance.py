@@ -385,24 +385,26 @@ def check_text_prompts(backend: Backend) -> None:
 
 
 def check_train(backend: Backend, options: Mapping[str, object] | None = None) -> None:
-    """TRAIN: one epoch on a few images writes a valid safetensors file and returns JSON-able metrics.
-    `options` are extra keyword arguments for the backend's `train` (to keep it small)."""
+    """TRAIN: one epoch on a few images writes a valid safetensors file (or, for `train_output = "folder"`, a folder
+    of them) and returns JSON-able metrics. `options` are extra keyword arguments for the backend's `train` (to keep
+    it small)."""
     from studio.config import load_settings
     from studio.safetensors_io import read_header
 
     cls = type(backend)
     with tempfile.TemporaryDirectory(prefix="studio-kit-") as tmp:
-        out = Path(tmp) / f"{cls.name}-check.safetensors"
+        out = Path(tmp) / (f"{cls.name}-check" + (".safetensors" if cls.train_output == "file" else ""))
         metrics = cls.train(TRAIN_DATASET, 1, str(out), 0, load_settings(), limit=TRAIN_LIMIT, **dict(options or {}))
         assert isinstance(metrics, dict) and metrics, f"train must return a non-empty dict of metrics, got {metrics!r}"
         try:
             json.dumps(metrics)
         except (TypeError, ValueError) as exc:
             raise AssertionError(f"train's metrics are not JSON-serialisable: {exc}") from None
-        assert out.is_file(), f"train did not write its weights to `out` ({out.name})"
-        header = read_header(out)
-        tensors = [k for k in header if k != "__metadata__"]
-        assert tensors, f"{out.name} holds no tensors"
+        files = [out] if cls.train_output == "file" else sorted(out.rglob("*.safetensors"))
+        assert files and all(f.is_file() for f in files), f"train did not write its weights to `out` ({out.name})"
+        for f in files:
+            tensors = [k for k in read_header(f) if k != "__metadata__"]
+            assert tensors, f"{f.relative_to(tmp)} holds no tensors"
 
 
 def check_undeclared_capabilities(backend: Backend) -> None:

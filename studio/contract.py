@@ -222,6 +222,8 @@ class Backend(ABC):
     contract_version: ClassVar[str] = CONTRACT_VERSION  # the contract this backend was built for (pin it)
     description: ClassVar[str] = ""
     capabilities: ClassVar[frozenset[str]] = frozenset({SAMPLE, DECODE})
+    train_aliases: ClassVar[tuple[str, ...]] = ()  # other names `studio train NAME` accepts (sd: "ldm")
+    train_output: ClassVar[Literal["file", "folder"]] = "file"  # what `train` writes at `out`
     Options: ClassVar[type[BaseModel]] = NoOptions
     devices: ClassVar[frozenset[str]] = frozenset({"cpu", "cuda"})  # where it can run; {"cuda"}: GPU-only
 

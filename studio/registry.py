@@ -168,6 +168,15 @@ def get_backend_class(name: str) -> type[Backend]:
     return load_registry().get(name)
 
 
+def get_trainable_class(name: str) -> type[Backend]:
+    """The backend class `studio train NAME` trains: a backend's name or one of its `train_aliases`."""
+    registry = load_registry()
+    for cls in registry.backends.values():
+        if name in cls.train_aliases:
+            return cls
+    return registry.get(name)
+
+
 def get_op(name: str) -> type[OpSpec]:
     """The spec class of op `name` (InputError naming the installed ops when there is none)."""
     return load_registry().get_op(name)

@@ -14,13 +14,16 @@ MODELS = {"vae": "mnist", "gan": "mnist", "sd": "tiny", "pca": "digits"}  # name
 TARGETS: list = [(name, MODELS.get(name)) for name in INSTALLED]
 if "gan" in INSTALLED:
     TARGETS.append(("gan", "faces"))
+if "sd" in INSTALLED:
+    TARGETS.append(("sd", "mnist-fashion"))  # the shipped text-to-image model
 # The gan recipe's defaults (2000 encoder steps, 48-wide nets) take minutes; the check needs only a valid file.
-TRAIN_OPTIONS = {"gan": {"encoder_steps": 10, "batch_size": 32, "ngf": 8, "ndf": 8, "mapping_width": 32}}
+TRAIN_OPTIONS = {"gan": {"encoder_steps": 10, "batch_size": 32, "ngf": 8, "ndf": 8, "mapping_width": 32},
+                 "sd": {"vae_steps": 2, "batch_size": 16, "threads": 1}}
 
 
 @pytest.fixture(scope="module", autouse=True)
 def tiny_sd_model(studio_home):
-    """SD ships no weights: build the tiny pipeline into the default model root so `sd` can be checked."""
+    """The tiny random pipeline, in the default model root, is checked beside the shipped model."""
     if "sd" in INSTALLED:
         from studio_sd.tiny import build_tiny_sd
 

@@ -28,6 +28,7 @@ IMAGE_B = {"image": {"dataset": "digits", "split": "test", "index": 1}}
 # One spec per op (fit_vector twice: from a dataset, and as a text direction, which needs TEXT).
 SPECS: dict[str, dict] = {
     "sample": {"op": "sample", "n": 2},
+    "img2img": {"op": "img2img", "image": IMAGE["image"], "n": 2},
     "interpolate": {"op": "interpolate", "start": IMAGE, "end": IMAGE_B, "steps": 2},
     "edit": {"op": "edit", "vector": "every-op", "source": {"seed": 5}, "strengths": [0.0, 1.0]},
     "traverse": {"op": "traverse", "source": {"seed": 3}, "dims": [0, 1], "steps": 2},
@@ -54,7 +55,10 @@ REFUSED = {
     ("gan", "fit_vector_text"): "lacks text",
     ("pca", "fit_vector_text"): "lacks text",
     ("sd", "evaluate"): "needs 1x28x28 images",
-    ("sd", "train"): "lacks train",
+    ("sd", "train"): "trains a folder",
+    ("vae", "img2img"): "img2img (capabilities",
+    ("gan", "img2img"): "img2img (capabilities",
+    ("pca", "img2img"): "img2img (capabilities",
     ("pca", "train"): "lacks train",
 }
 CASES = [(b, op) for b in BACKENDS for op in SPECS]
@@ -63,7 +67,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def runtime(studio_home, tiny_sd_models) -> Runtime:
-    """One runtime (backends loaded once) over a model root that holds the tiny SD pipeline."""
+    """One runtime (backends loaded once) over a model root that holds the tiny SD pipeline; sd's default model is
+    the shipped text-to-image one (mnist-fashion)."""
     env = {"STUDIO_HOME": str(studio_home), "STUDIO_MODEL_ROOTS": str(tiny_sd_models), "STUDIO_DEVICE": "cpu"}
     return Runtime(load_settings(env=env))
 

@@ -43,7 +43,7 @@ def settings(roots):
 
 @pytest.fixture(scope="module")
 def backend(settings):
-    return SDBackend.load(None, settings, "cpu", "float32")
+    return SDBackend.load("tiny", settings, "cpu", "float32")
 
 
 def opts(**kw) -> SDOptions:
@@ -68,7 +68,7 @@ def test_registered_through_the_entry_point():
 
     cls = load_registry(refresh=True).get("sd")
     assert cls is SDBackend and cls.version == "0.1.0"
-    assert {"sample", "encode", "decode", "text", "img2img"} == set(cls.capabilities)
+    assert {"sample", "encode", "decode", "text", "img2img", "train"} == set(cls.capabilities)
 
 
 def test_available_models_lists_folders_under_sd(settings, roots, monkeypatch):
@@ -76,8 +76,8 @@ def test_available_models_lists_folders_under_sd(settings, roots, monkeypatch):
 
     monkeypatch.setattr(hashing, "_memory", {})  # as in a fresh process (the shared tiny model was hashed before)
     models = SDBackend.available_models(settings)
-    assert [m.name for m in models] == ["tiny"]
-    assert len(models[0].sha256) == 64 and models[0].sha256 == weights_sha256(settings.model_root_paths[0] / "sd/tiny")
+    assert [m.name for m in models] == ["mnist-fashion", "tiny"]  # the shipped model first: the default
+    assert len(models[1].sha256) == 64 and models[1].sha256 == weights_sha256(settings.model_root_paths[0] / "sd/tiny")
     assert (settings.cache_path / CACHE_FILE).is_file()  # per-file hashes cached on disk
 
 
@@ -86,7 +86,10 @@ def test_load_by_name_and_by_relative_folder(settings, backend):
     assert SDBackend.load("sd/tiny", settings).model.path == backend.model.path
 
 
-def test_no_model_installed_says_how_to_get_one(tmp_path):
+def test_no_model_installed_says_how_to_get_one(tmp_path, monkeypatch):
+    from studio_sd import models
+
+    monkeypatch.setattr(models, "SHIPPED_DIR", tmp_path / "no-shipped-models")
     empty = load_settings(env={"STUDIO_HOME": str(tmp_path), "STUDIO_MODEL_ROOTS": str(tmp_path / "m")})
     with pytest.raises(NotFound, match="studio sd tiny"):
         SDBackend.load(None, empty)

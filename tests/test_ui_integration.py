@@ -62,7 +62,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
 
     root = tmp_path_factory.mktemp("ui-stack")
     model, extra = _vae_model(root)
-    harness = QueueHarness(root, broker_url=None, plugins="vae,toy", max_upload_pixels=MAX_PIXELS, **extra)
+    harness = QueueHarness(root, broker_url=None, plugins="vae,toy,sd", max_upload_pixels=MAX_PIXELS, **extra)
     try:
         with harness.active(), served_in_process(harness) as (demo, url, client):
             yield Stack(harness, url, client, demo, model)
@@ -247,7 +247,7 @@ def test_submit_status_cancel_retry_replay(api, stack: Stack) -> None:
     assert status["state"] == "SUCCEEDED" and {a["name"] for a in status["artifacts"]} >= {"grid.png"}
     cards, workers, info = api.predict(api_name="/plugins")
     assert "vae" in cards and "toy" in cards and "serves" in workers
-    assert {b["name"] for b in info["backends"]} == {"vae", "toy", "toygpu"}
+    assert {b["name"] for b in info["backends"]} == {"vae", "toy", "toygpu", "sd"}
     assert all("path" not in m for b in info["backends"] for m in b["models"])
 
 
@@ -475,3 +475,39 @@ def test_browser_backend_change_shows_its_own_options_form(page, stack: Stack) -
         time.sleep(0.2)
     spec = stack.client.status(new[0]["id"])["spec"]
     assert spec["backend"] == "toy" and spec["model"] == "toy" and spec["options"] == {"delay_ms": 7}
+
+
+def test_browser_sd_generates_from_a_prompt_with_the_shipped_model(page, stack: Stack) -> None:
+    """Pick sd: its shipped model is the default; a prompt for a digit 7 gives images the classifier reads as 7."""
+    from studio.classifier import load_classifier
+    from studio.images import to_tensor
+
+    _tab(page, "Generate")
+    page.click("#backend-picker input")
+    page.get_by_role("option", name="sd", exact=True).click()
+    page.wait_for_function("document.querySelector('#model-picker input').value === 'mnist-fashion'")
+    prompt = page.locator("#prompt textarea, #prompt input").first
+    prompt.wait_for(state="visible")  # the text row shows for a TEXT backend
+    assert page.get_by_label("Prompt", exact=True).first.is_visible()
+    prompt.fill("a handwritten digit 7")
+    how_many = page.locator("#tab-generate .block", has_text="How many images").locator("input[type=number]")
+    how_many.fill("4")
+    how_many.press("Enter")
+    page.locator("#generate-seed input").fill("0")
+    page.click("#generate-button")
+    page.wait_for_selector("#generate-status :text('4 images')", timeout=240_000)
+    page.wait_for_function("document.querySelectorAll('#generate-gallery img').length === 4")
+    _shot(page, "generate-sd-prompt")
+    job_id = re.search(r"job (\w+)", page.inner_text("#generate-status")).group(1)
+    spec = stack.client.status(job_id)["spec"]
+    assert spec["backend"] == "sd" and spec["model"] == "mnist-fashion"
+    assert spec["options"]["prompt"] == "a handwritten digit 7" and spec["n"] == 4
+
+    images = []
+    for img in page.locator("#generate-gallery img").all():  # each image's own bytes, as the page serves them
+        data = page.evaluate("async (u) => Array.from(new Uint8Array(await (await fetch(u)).arrayBuffer()))",
+                             img.get_attribute("src"))
+        images.append(Image.open(io.BytesIO(bytes(data))).convert("RGB"))
+    assert all(im.size == (32, 32) for im in images), [im.size for im in images]  # the model's native size
+    digits = load_classifier("mnist").predict(to_tensor(images, (1, 28, 28))).tolist()
+    assert sum(d == 7 for d in digits) >= 3, digits

@@ -30,6 +30,7 @@ from studio.contract import (
     SAMPLE,
     SEED,
     TEXT,
+    TRAIN,
     Backend,
     LatentSpace,
     ModelInfo,
@@ -101,7 +102,9 @@ class SDBackend(Backend):
     name = "sd"
     version = "0.1.0"
     description = "Stable Diffusion 1.x/2.x (diffusers): noise, codec (VAE) and condition (prompt) spaces"
-    capabilities = frozenset({SAMPLE, ENCODE, DECODE, TEXT, IMG2IMG})
+    capabilities = frozenset({SAMPLE, ENCODE, DECODE, TEXT, IMG2IMG, TRAIN})
+    train_aliases = ("ldm",)  # `studio train ldm`: a latent diffusion model trained from scratch
+    train_output = "folder"  # a diffusers pipeline folder
     Options = SDOptions
 
     def __init__(self, model: ModelInfo, pipe, runtime: RuntimeOptions) -> None:
@@ -149,6 +152,24 @@ class SDBackend(Backend):
         if info is None:
             info = hub_model_info(str(source), settings)
         return cls(info, apply_runtime(pipe, runtime), runtime)
+
+    @classmethod
+    def train(cls, dataset: str, epochs: int, out: str, seed: int, settings: Settings,
+              progress: Progress = no_progress, **kwargs: object) -> dict:
+        """Train a text-to-image pipeline from scratch (studio_sd.train_ldm) into the folder `out`; kwargs:
+        batch_size, vae_steps, limit, threads, lr."""
+        import inspect
+
+        from .train_ldm import train_ldm
+
+        allowed = set(inspect.signature(train_ldm).parameters) - {"dataset", "epochs", "out", "seed", "settings",
+                                                                   "progress"}
+        unknown = sorted(set(kwargs) - allowed)
+        if unknown:
+            raise InputError(f"unknown training options for sd: {', '.join(unknown)} "
+                             f"(it takes {', '.join(sorted(allowed))})")
+        return train_ldm(dataset, epochs, out, seed, settings, progress,
+                         **{k: v for k, v in kwargs.items() if v is not None})
 
     @classmethod
     def from_pipeline(cls, pipe, name: str = "in-memory", runtime: RuntimeOptions | None = None) -> SDBackend:

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")
 REQUIRED_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+SHIPPED_DIR = Path(__file__).parent / "weights"  # pipeline folders shipped with the plugin (mnist-fashion)
 
 
 def sd_dirs(settings: Settings) -> list[Path]:
@@ -87,9 +88,22 @@ def _info(folder: Path, settings: Settings, name: str | None = None) -> ModelInf
                      description=f"{index.get('_class_name', 'diffusers pipeline')} (diffusers folder)")
 
 
+def shipped_models(settings: Settings) -> list[ModelInfo]:
+    """The pipeline folders shipped in the plugin's `weights/` (trusted: part of the installed package)."""
+    found = []
+    for folder in sorted(SHIPPED_DIR.iterdir()) if SHIPPED_DIR.is_dir() else []:
+        if (folder / "model_index.json").is_file():
+            check_pipeline_folder(folder)
+            found.append(ModelInfo(name=folder.name, path=str(folder.resolve()),
+                                   sha256=weights_sha256(folder, settings.cache_path),
+                                   description="shipped: a text-to-image model trained here by `studio train ldm`"))
+    return found
+
+
 def find_models(settings: Settings) -> list[ModelInfo]:
-    """Every diffusers folder (one with model_index.json) directly under `<model_root>/sd/`."""
-    found: dict[str, ModelInfo] = {}
+    """The shipped pipelines, then every diffusers folder (one with model_index.json) directly under
+    `<model_root>/sd/` (name = folder name; the first of a name wins)."""
+    found: dict[str, ModelInfo] = {m.name: m for m in shipped_models(settings)}
     for base in sd_dirs(settings):
         if not base.is_dir():
             continue
@@ -120,6 +134,9 @@ def resolve_model(model: str | None, settings: Settings) -> tuple[Path | str, Mo
         return Path(models[0].path), models[0]
     model = str(model).strip()
     if "/" not in model and os.sep not in model:
+        for info in shipped_models(settings):
+            if info.name == model:
+                return Path(info.path), info
         for base in sd_dirs(settings):
             if (base / model / "model_index.json").is_file():
                 info = _info(base / model, settings, name=model)

@@ -65,10 +65,11 @@ def tiny_vocab_and_merges(words: tuple[str, ...] = TINY_WORDS) -> tuple[dict[str
     return {t: i for i, t in enumerate(tokens)}, merges
 
 
-def write_tiny_tokenizer(folder: Path, max_length: int = 77) -> Path:
-    """Write vocab.json, merges.txt and the tokenizer config of a tiny CLIP tokenizer into `folder`."""
+def write_tiny_tokenizer(folder: Path, max_length: int = 77, words: tuple[str, ...] = TINY_WORDS) -> Path:
+    """Write vocab.json, merges.txt and the tokenizer config of a tiny CLIP tokenizer (merging `words` into
+    single tokens) into `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
-    vocab, merges = tiny_vocab_and_merges()
+    vocab, merges = tiny_vocab_and_merges(words)
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
     config = {"tokenizer_class": "CLIPTokenizer", "model_max_length": max_length, "bos_token": BOS,

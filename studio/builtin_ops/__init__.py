@@ -6,11 +6,19 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from studio.builtin_ops.codec import RoundtripSpec
-from studio.builtin_ops.generate import AnalogySpec, EditSpec, InterpolateSpec, SampleSpec, TraverseSpec, WalkSpec
+from studio.builtin_ops.generate import (
+    AnalogySpec,
+    EditSpec,
+    Img2ImgSpec,
+    InterpolateSpec,
+    SampleSpec,
+    TraverseSpec,
+    WalkSpec,
+)
 from studio.builtin_ops.latent import AnomaliesSpec, EvaluateSpec, FitVectorSpec, ProjectSpec
 from studio.builtin_ops.train import TrainSpec
 
-BUILTIN = (SampleSpec, InterpolateSpec, EditSpec, TraverseSpec, AnalogySpec, RoundtripSpec, FitVectorSpec,
+BUILTIN = (SampleSpec, Img2ImgSpec, InterpolateSpec, EditSpec, TraverseSpec, AnalogySpec, RoundtripSpec, FitVectorSpec,
            EvaluateSpec, WalkSpec, ProjectSpec, AnomaliesSpec, TrainSpec)
 
 

@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from studio.errors import InputError
 from studio.spec import ImageRef, Name, OpSpec
 
 if TYPE_CHECKING:
@@ -53,11 +52,10 @@ class RoundtripSpec(OpSpec):
         else:
             from studio.datasets import load_dataset
 
-            shape = job.backend.image_shape(job.options)
+            shape = tuple(job.backend.image_shape(job.options))
             x = load_dataset(self.dataset, self.split, limit=self.limit, settings=job.settings, shape=shape).images
-            if tuple(x.shape[1:]) != tuple(shape):
-                raise InputError(f"dataset {self.dataset!r} has {tuple(x.shape[1:])} images; backend "
-                                 f"{job.backend.name!r} expects {tuple(shape)}")
+            if tuple(x.shape[1:]) != shape:  # built-in datasets are 1x28x28: converted as uploads are
+                x = imgs.to_tensor(imgs.to_pil(x), shape)
         res = roundtrip(job.backend, x, self.bits, job.options, progress=job.sub_progress("round trip"))
         job.result.metrics.update(res.metrics)
         job.result.add_json("metrics.json", res.metrics)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 from pydantic import Field, field_validator
 
 from studio.errors import InputError
-from studio.spec import MAX_LIST, Name, OpSpec, Seed, Source, checked_name
+from studio.spec import MAX_LIST, ImageRef, Name, OpSpec, Seed, Source, checked_name
 
 if TYPE_CHECKING:
     from studio.executor import JobContext
@@ -60,6 +60,41 @@ class SampleSpec(OpSpec):
                 job.add_image(f"sample_{i:03d}.png", im, {"index": i, "seed": seed})
             job.add_image("grid.png", imgs.grid(mine), {"grid": True, "seeds": seeds})
             job.result.metrics.update(n=len(mine), seeds=seeds)
+
+
+class Img2ImgSpec(OpSpec):
+    """Redraw an image: its codec latent is re-noised with seed + i's noise to the options' `strength`, then
+    denoised again under the options (prompt, guidance); image i uses seed + i. Backends with IMG2IMG."""
+
+    op: Literal["img2img"] = "img2img"
+    image: ImageRef
+    n: int = Field(default=4, ge=1, le=64)
+    seed: Seed = 0
+
+    def output_count(self) -> int:
+        return self.n
+
+    def sources(self) -> list[Source]:
+        return [Source(image=self.image)]
+
+    def required_capabilities(self) -> set[str]:
+        from studio.contract import DECODE, ENCODE, IMG2IMG, SAMPLE
+
+        return {IMG2IMG, ENCODE, SAMPLE, DECODE}
+
+    def run(self, job: JobContext) -> None:
+        from studio import images as imgs
+        from studio.points import random_point
+
+        seeds = [self.seed + i for i in range(self.n)]
+        start = job.point(Source(image=self.image))
+        point = {**random_point(job.backend, seeds, job.options),
+                 **{name: z.expand(self.n, *z.shape[1:]) for name, z in start.items()}}
+        frames = job.render(point)
+        for i, (seed, im) in enumerate(zip(seeds, frames, strict=True)):
+            job.add_image(f"img2img_{i:03d}.png", im, {"index": i, "seed": seed})
+        job.add_image("grid.png", imgs.grid(frames), {"grid": True, "seeds": seeds})
+        job.result.metrics.update(n=len(frames), seeds=seeds)
 
 
 class InterpolateSpec(OpSpec):

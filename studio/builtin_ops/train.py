@@ -55,6 +55,10 @@ class TrainSpec(OpSpec):
         from studio.modelstore import find_model, import_model
         from studio.registry import get_backend_class
 
+        cls = get_backend_class(self.backend)
+        if cls.train_output != "file":
+            raise InputError(f"backend {self.backend!r} trains a {cls.train_output}, which the train job cannot "
+                             f"register yet; run `studio train {self.backend} --out DIR` and put DIR in a model root")
         recipe = {"dataset": self.dataset, "epochs": self.epochs, "seed": self.seed, "limit": self.limit,
                   "options": self.options}
         taken = find_model(job.settings, self.backend, self.name)
@@ -71,7 +75,7 @@ class TrainSpec(OpSpec):
         kwargs = {**self.options, **({"limit": self.limit} if self.limit is not None else {})}
         try:
             try:
-                metrics = get_backend_class(self.backend).train(
+                metrics = cls.train(
                     self.dataset, self.epochs, str(out), self.seed, job.settings,
                     progress=job.sub_progress("training"), **kwargs)
             except TypeError as exc:  # a training option the backend's recipe does not take

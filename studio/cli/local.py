@@ -161,21 +161,21 @@ def vectors_list(backend: Annotated[str | None, typer.Option(help="Only this bac
               f"{r.get('method', '')} {r.get('attribute', '') or ''} {auc}".rstrip())
 
 
-def train(backend: Annotated[str, typer.Argument(help="Backend to train (vae, gan).")],
-          dataset: Annotated[str, typer.Option(help="mnist, fashion or folder:PATH.")] = "mnist",
+def train(backend: Annotated[str, typer.Argument(help="Backend to train (vae, gan, sd or its alias ldm).")],
+          dataset: Annotated[str, typer.Option(help="mnist, fashion, folder:PATH (sd: mnist-fashion).")] = "mnist",
           epochs: Annotated[int, typer.Option(help="Epochs.")] = 10,
-          out: Annotated[Path, typer.Option(help="Where to write the safetensors weights.")] = ...,
+          out: Annotated[Path, typer.Option(help="Where to write the weights (sd: a pipeline folder).")] = ...,
           seed: Annotated[int, typer.Option(help="Seed: same seed, same weights.")] = 0,
           batch_size: Annotated[int | None, typer.Option(help="Batch size.")] = None,
           limit: Annotated[int | None, typer.Option(help="Use only the first N training images.")] = None) -> None:
     """Train a backend's weights (deterministic by seed), with a progress bar."""
     from studio.config import load_settings
     from studio.contract import TRAIN
-    from studio.registry import get_backend_class
+    from studio.registry import get_trainable_class
 
     if epochs < 1:
         raise InputError(f"epochs must be at least 1, got {epochs}")
-    cls = get_backend_class(check_name(backend, "backend"))
+    cls = get_trainable_class(check_name(backend, "backend"))
     if TRAIN not in cls.capabilities:
         raise InputError(f"backend {backend!r} cannot be trained here")
     kwargs = {k: v for k, v in {"batch_size": batch_size, "limit": limit}.items() if v is not None}
