@@ -257,9 +257,11 @@ def assemble(vae, text_encoder, tokenizer, unet):  # -> StableDiffusionPipeline
 
 
 def train_ldm(dataset: str, epochs: int, out: str | Path, seed: int = 0, settings: Settings | None = None,
-              progress: Progress = no_progress, batch_size: int = 64, vae_steps: int = 1500, limit: int | None = None,
+              progress: Progress = no_progress, batch_size: int = 64, vae_steps: int | None = None,
+              limit: int | None = None,
               threads: int = 2, lr: float = 1e-3) -> dict:
-    """Train the three parts on `dataset` and save the pipeline folder at `out`; returns its metrics."""
+    """Train the three parts on `dataset` and save the pipeline folder at `out`; returns its metrics. `vae_steps`
+    None: 1500 autoencoder batches, fewer for a small `limit` (25 passes over the images, at least 20)."""
     import tempfile
 
     import torch
@@ -267,7 +269,7 @@ def train_ldm(dataset: str, epochs: int, out: str | Path, seed: int = 0, setting
     from .models import quiet_loading, silence_optional_dependency_warnings
 
     silence_optional_dependency_warnings()
-    if epochs < 1 or vae_steps < 1 or batch_size < 2:
+    if epochs < 1 or (vae_steps is not None and vae_steps < 1) or batch_size < 2:
         raise InputError("epochs and vae_steps must be at least 1 and batch_size at least 2")
     settings = settings or load_settings()
     old_threads = torch.get_num_threads()
@@ -276,6 +278,8 @@ def train_ldm(dataset: str, epochs: int, out: str | Path, seed: int = 0, setting
     try:
         x, kinds, labels, styles = load_training_set(dataset, "train", settings, limit)
         test_x, _, _, _ = load_training_set(dataset, "test", settings, 2000 if limit is None else limit)
+        if vae_steps is None:
+            vae_steps = min(1500, max(20, 25 * len(x) // 64))
         vae = train_autoencoder(x, vae_steps, seed, lambda s, t, m="", p=None: progress(s, t, m))
         vae_seconds = time.time() - started
         with torch.no_grad():
