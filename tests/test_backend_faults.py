@@ -97,8 +97,10 @@ def test_corrupt_weights_are_listed_broken_and_the_other_models_serve(roots, bac
 
 
 def test_a_corrupt_sd_component_is_listed_broken(tmp_path, monkeypatch):
+    from studio_sd import models as sd_models
     from studio_sd.tiny import build_tiny_sd
 
+    monkeypatch.setattr(sd_models, "SHIPPED_DIR", tmp_path / "no-shipped-models")  # only the two below
     models = tmp_path / "models"
     build_tiny_sd(models / "sd" / "good")
     bad = build_tiny_sd(models / "sd" / "bad")
