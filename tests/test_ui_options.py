@@ -38,13 +38,17 @@ class Recorder:
 
 @pytest.fixture
 def settings(tmp_path, monkeypatch) -> Settings:
-    """The toy and sd plugins only (the toy installed like any plugin package), under a fresh STUDIO_HOME."""
+    """The toy and sd plugins only (the toy installed like any plugin package; sd with no model installed), under a
+    fresh STUDIO_HOME."""
     from studio.queue.testing import install_toy_plugin
     from studio.registry import load_registry
 
     monkeypatch.setenv("STUDIO_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("STUDIO_PLUGINS", "toy,sd")
     monkeypatch.delenv("STUDIO_CONFIG", raising=False)
+    from studio_sd import models
+
+    monkeypatch.setattr(models, "SHIPPED_DIR", tmp_path / "no-shipped-models")  # sd without models: toy is default
     monkeypatch.syspath_prepend(str(install_toy_plugin(tmp_path / "plugins")))
     load_registry(refresh=True)
     yield load_settings()
