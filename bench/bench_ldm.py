@@ -85,7 +85,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--speed-repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", default="adherence,fcd,psnr,speed", help="comma list of the parts to run")
     args = parser.parse_args(argv)
+    parts = set(args.only.split(","))
 
     import torch
     from studio_sd.quality import KINDS, adherence
@@ -97,16 +99,19 @@ def main(argv: list[str] | None = None) -> None:
     report: dict = {"model": args.model, "sha256": backend.model.sha256, "threads": args.threads,
                     "load_average": os.getloadavg()[0], "adherence": {}}
     start = time.time()
-    for guidance in [float(g) for g in args.guidances.split(",")]:
+    for guidance in [float(g) for g in args.guidances.split(",")] if "adherence" in parts else []:
         row = {kind: adherence(backend, kind, args.per_class, args.seed, guidance=guidance) for kind in KINDS}
         report["adherence"][str(guidance)] = {kind: round(r["share"], 4) for kind, r in row.items()}
         if guidance == 7.5:
             report["per_class_at_7.5"] = {p: round(s, 3) for kind in KINDS for p, s in row[kind]["per_class"].items()}
         shares = report["adherence"][str(guidance)]
         print(f"guidance {guidance}: " + ", ".join(f"{k} {v:.3f}" for k, v in shares.items()), flush=True)
-    report["fcd"] = {kind: _fcd(backend, kind, args.n_fcd, args.repeats, args.seed) for kind in KINDS}
-    report["autoencoder_psnr"] = {d: _psnr(backend, d) for d in ("mnist", "fashion")}
-    report["speed"] = _speed(backend, args.speed_repeats)
+    if "fcd" in parts:
+        report["fcd"] = {kind: _fcd(backend, kind, args.n_fcd, args.repeats, args.seed) for kind in KINDS}
+    if "psnr" in parts:
+        report["autoencoder_psnr"] = {d: _psnr(backend, d) for d in ("mnist", "fashion")}
+    if "speed" in parts:
+        report["speed"] = _speed(backend, args.speed_repeats)
     report["seconds"] = round(time.time() - start, 1)
     report["load_average_end"] = os.getloadavg()[0]
     print(json.dumps(report, indent=1))
