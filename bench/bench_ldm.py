@@ -46,20 +46,15 @@ def _psnr(backend, dataset: str) -> float:
     import torch
     from studio_sd.train_ldm import psnr
 
+    from studio.config import load_settings
     from studio.datasets import load_dataset
     from studio.ops.explore import load_in_shape
 
     n = len(load_dataset(dataset, "test"))
-    images = load_in_shape(backend, dataset, "test", n, backend_settings()).images
+    images = load_in_shape(backend, dataset, "test", n, load_settings()).images
     with torch.no_grad():
         recon = torch.cat([backend.decode(backend.encode(images[i:i + 500])) for i in range(0, n, 500)])
     return round(psnr(images, recon), 3)
-
-
-def backend_settings():
-    from studio.config import load_settings
-
-    return load_settings()
 
 
 def _speed(backend, repeats: int) -> dict:
@@ -92,10 +87,11 @@ def main(argv: list[str] | None = None) -> None:
     import torch
     from studio_sd.quality import KINDS, adherence
 
+    from studio.config import load_settings
     from studio.registry import get_backend_class
 
     torch.set_num_threads(args.threads)
-    backend = get_backend_class("sd").load(args.model, backend_settings())
+    backend = get_backend_class("sd").load(args.model, load_settings())
     report: dict = {"model": args.model, "sha256": backend.model.sha256, "threads": args.threads,
                     "load_average": os.getloadavg()[0], "adherence": {}}
     start = time.time()

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .train_ldm import DIGIT_WORDS, FASHION_NAMES, prompt_for
+from .train_ldm import prompt_for
 
 if TYPE_CHECKING:
     import torch
@@ -37,10 +37,6 @@ def for_classifier(images: torch.Tensor) -> torch.Tensor:
     from studio.classifier import INPUT_SHAPE
 
     return imgs.to_tensor(imgs.to_pil(images), INPUT_SHAPE)
-
-
-def class_names(kind: str) -> tuple[str, ...]:
-    return DIGIT_WORDS if kind == "digit" else FASHION_NAMES
 
 
 def adherence(backend: Backend, kind: str, per_class: int, seed: int = 0, classes: Sequence[int] = range(10),
