@@ -154,9 +154,10 @@ class GANBackend(Backend):
     @classmethod
     def available_models(cls, settings: Settings) -> list[ModelInfo]:
         models: dict[str, ModelInfo] = {}
-        shipped = WEIGHTS_DIR / "mnist.safetensors"
-        if shipped.is_file():
-            models["mnist"] = model_info("mnist", shipped, "DCGAN trained on MNIST by `studio train gan`, 1x28x28")
+        for shipped in sorted(WEIGHTS_DIR.glob("*.safetensors"), key=lambda p: (p.stem != "mnist", p.stem)):
+            dataset = shipped.stem.split("-")[0]
+            models[shipped.stem] = model_info(shipped.stem, shipped,
+                                              f"shipped: DCGAN trained on {dataset} by `studio train gan`")
         faces = faces_model(settings)
         if faces is not None:
             models["faces"] = faces

@@ -83,10 +83,12 @@ class VAEBackend(Backend):
     # ----- discovery -----
     @classmethod
     def available_models(cls, settings: Settings) -> list[ModelInfo]:
-        """The shipped `mnist` weights, then `<model_root>/vae/*.safetensors` (name = file stem; first wins)."""
+        """The shipped weights (`mnist` first, the default), then `<model_root>/vae/*.safetensors` (name = file
+        stem; first wins)."""
         models: dict[str, ModelInfo] = {}
-        if SHIPPED.is_file():
-            models["mnist"] = _model_info("mnist", SHIPPED, "shipped: trained on MNIST by `studio train vae`")
+        for shipped in sorted(SHIPPED.parent.glob("*.safetensors"), key=lambda p: (p != SHIPPED, p.stem)):
+            models[shipped.stem] = _model_info(shipped.stem, shipped,
+                                               f"shipped: trained on {shipped.stem} by `studio train vae`")
         from studio.config import files_under  # resolve, then check: a symlink out of the roots is not listed
 
         for root in settings.model_root_paths:
