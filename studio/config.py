@@ -65,6 +65,12 @@ class Settings:
         return self.home / "cache"
 
     @property
+    def numba_cache_path(self) -> Path:
+        """Where numba keeps compiled code (UMAP's, see studio.ops.umap_cache): a new process loads it instead of
+        compiling again."""
+        return self.cache_path / "numba"
+
+    @property
     def model_root_paths(self) -> list[Path]:
         """The configured model roots, then `<cache>/models`, where registered models are fetched
         (studio.modelstore): a configured root's file of the same name comes first."""

@@ -38,7 +38,8 @@ if TYPE_CHECKING:
 # The contract's version: MAJOR.MINOR. A minor version only adds (new optional methods, new capabilities); a major
 # version changes or removes something plugins rely on. A plugin declares the version it was built for
 # (`Backend.contract_version`, `OpSpec.contract_version`); one built for another major version is refused at load.
-CONTRACT_VERSION = "1.1"  # 1.1: Backend.model_spaces and model_image_shape (listing without loading)
+CONTRACT_VERSION = "1.2"  # 1.1: Backend.model_spaces and model_image_shape (listing without loading)
+# 1.2: Backend.encode_cost and Backend.intermediate_features (optional; for regularity and discovered directions)
 
 
 def contract_major(version: str) -> int | None:
@@ -226,6 +227,10 @@ class Backend(ABC):
     train_output: ClassVar[Literal["file", "folder"]] = "file"  # what `train` writes at `out`
     Options: ClassVar[type[BaseModel]] = NoOptions
     devices: ClassVar[frozenset[str]] = frozenset({"cpu", "cuda"})  # where it can run; {"cuda"}: GPU-only
+    # What encoding one image costs: "cheap" (a forward pass, e.g. a VAE's mean) or "costly" (an optimisation, e.g.
+    # GAN inversion, seconds per image). Ops that would encode thousands of images (`evaluate`'s separability) use
+    # prior samples instead when it is costly.
+    encode_cost: ClassVar[Literal["cheap", "costly"]] = "cheap"
 
     def __init__(self, model: ModelInfo, device: str = "cpu", dtype: str = "float32") -> None:
         self.model = model
@@ -323,6 +328,12 @@ class Backend(ABC):
                progress: Progress = no_progress) -> Point:
         """Encode images (NCHW in [-1, 1]) to a point of the CODEC-role space. Needs the ENCODE capability."""
         raise NotImplementedError(f"backend {self.name!r} cannot encode")
+
+    def intermediate_features(self, point: Point, options: BaseModel | None = None) -> torch.Tensor:
+        """Optional: activations (N, D float32, CPU) of an intermediate layer of the generator for a point holding
+        the SEED-role space; `studio vectors discover` runs PCA there and maps the directions back to the seed space
+        (GANSpace). Default: not supported (NotImplementedError)."""
+        raise NotImplementedError(f"backend {self.name!r} does not expose intermediate features")
 
     # ----- helpers the core uses -----
     def space_for(self, role: str, options: BaseModel | None = None) -> LatentSpace:

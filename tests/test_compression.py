@@ -354,3 +354,136 @@ def test_metrics_on_known_values():
         ssim(torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2))
     with pytest.raises(ValueError, match="differ"):
         psnr(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 5))
+
+
+# ----- AVIF and downscaled WebP baselines; the baselines list -----
+
+def _digit28(index: int = 0) -> Image.Image:
+    """An 8x8 sklearn digit enlarged to 28x28: MNIST's size and look, offline."""
+    from sklearn.datasets import load_digits
+
+    small = (load_digits().images[index] * 255 / 16).astype(np.uint8)
+    return Image.fromarray(small, "L").resize((28, 28), Image.Resampling.BILINEAR)
+
+
+def test_downscaled_webp_fits_budgets_that_full_size_webp_cannot():
+    image = _digit28()
+    full_min = comp.webp_baseline(image, 0).smallest.n_bytes
+    none = comp.downscaled_webp_baseline(image, 0)
+    assert none.matched is None and none.format == "webp_downscaled"
+    assert none.smallest.n_bytes < full_min  # the reason it exists: a smaller file than any full-size WebP
+    assert comp.downscale_sizes(28, 28) == [(21, 21), (17, 17), (14, 14), (12, 12), (10, 10), (8, 8), (6, 6), (4, 4)]
+    ref = np.asarray(image, dtype=np.float64)[None, None] / 127.5 - 1
+    for budget in (none.smallest.n_bytes, full_min - 1, full_min + 40, 300):
+        result = comp.downscaled_webp_baseline(image, budget)
+        m = result.matched
+        assert m is not None and m.n_bytes == len(m.data) <= budget and m.format == "webp_downscaled"
+        decoded = Image.open(io.BytesIO(m.data))
+        assert decoded.format == "WEBP" and decoded.size == m.scaled_to and m.scaled_to[0] < 28
+        assert m.image.size == (28, 28)
+        # Scored as a viewer would see it: decoded, enlarged back with Lanczos, against the original.
+        up = np.asarray(decoded.convert("L").resize((28, 28), Image.Resampling.LANCZOS), dtype=np.float64)
+        up = up[None, None] / 127.5 - 1
+        assert m.psnr == pytest.approx(float(psnr(ref, up)[0])) and m.ssim == pytest.approx(float(ssim(ref, up)[0]))
+        # The best size wins: no other size's best fitting file scores higher.
+        for size in comp.downscale_sizes(28, 28):
+            small = image.resize(size, Image.Resampling.LANCZOS)
+            fitting = [q for q in (0, 25, 50, 75, 100)
+                       if len(comp._pil_bytes(small, "WEBP", quality=q, method=6)) <= budget]
+            if fitting:
+                data = comp._pil_bytes(small, "WEBP", quality=max(fitting), method=6)
+                other = Image.open(io.BytesIO(data)).convert("L").resize((28, 28), Image.Resampling.LANCZOS)
+                other = np.asarray(other, dtype=np.float64)[None, None] / 127.5 - 1
+                assert float(psnr(ref, other)[0]) <= m.psnr + 1e-9
+    assert comp.downscaled_webp_baseline(image, full_min - 1).matched is not None  # full size fits nothing there
+
+
+def test_avif_baseline_obeys_the_budget():
+    if not comp.avif_available():
+        with pytest.raises(InputError, match="AVIF"):
+            comp.avif_baseline(_photo(), 10**6)
+        return
+    image = _photo()
+    smallest = comp.avif_baseline(image, 0).smallest
+    for budget in (smallest.n_bytes - 1, smallest.n_bytes, 3000):
+        m = comp.avif_baseline(image, budget).matched
+        assert (m is None) == (budget < smallest.n_bytes)
+        if m is not None:
+            assert m.n_bytes <= budget and Image.open(io.BytesIO(m.data)).format == "AVIF" and m.psnr > 15
+
+
+def _mnist_like(n: int) -> torch.Tensor:
+    return torch.cat([torch.from_numpy(np.asarray(_digit28(i), dtype=np.float32) / 127.5 - 1)[None, None]
+                      for i in range(n)])
+
+
+class PixelCodec(PCABackend):
+    """PCA of 28x28 enlarged digits with enough components that payloads reach tens of bytes."""
+
+    def __init__(self, train: torch.Tensor, components: int) -> None:
+        super().__init__(train, components)
+
+    def image_shape(self, options=None):
+        return (1, 28, 28)
+
+    def decode(self, point, options=None, progress=None):
+        x = point["z"].double() @ self.basis + self.mean
+        return x.reshape(-1, 1, 28, 28).clamp(-1, 1).float()
+
+
+def test_roundtrip_lists_every_baseline_including_downscaled_webp_within_our_bytes():
+    train = _mnist_like(60)
+    backend = PixelCodec(train[:48], 40)
+    images = train[48:52]
+    result = comp.roundtrip(backend, images, 12)
+    m = result.metrics
+    assert [e["codec"] for e in m["baselines"]] == ["jpeg", "webp", "avif", "webp_downscaled"]
+    json.dumps(m, allow_nan=False)
+    sizes = [len(p) for p in result.payloads]
+    assert min(sizes) > 46  # big enough for a downscaled WebP, too small for JPEG and AVIF
+    by_codec = {"jpeg": result.jpeg, "webp": result.webp, "avif": result.avif,
+                "webp_downscaled": result.webp_downscaled}
+    for entry in m["baselines"]:
+        results = by_codec[entry["codec"]]
+        if not entry["available"]:
+            assert entry["codec"] == "avif" and results == [] and entry["psnr"] is None
+            continue
+        assert [r.max_bytes for r in results] == sizes  # matched to each image's own payload
+        fits = [r.matched for r in results if r.matched is not None]
+        assert all(r.matched.n_bytes <= s for r, s in zip(results, sizes, strict=True) if r.matched)
+        assert entry["coverage"] == pytest.approx(len(fits) / len(sizes))
+        if fits:
+            assert entry["bytes_per_image"] == pytest.approx(np.mean([f.n_bytes for f in fits]))
+            assert entry["psnr"] == pytest.approx(np.mean([f.psnr for f in fits]))
+    small = next(e for e in m["baselines"] if e["codec"] == "webp_downscaled")
+    assert small["available"] and small["coverage"] == 1.0 and all(r.matched.scaled_to for r in result.webp_downscaled)
+    # The best baseline, image by image, over every codec whose file fit.
+    best = np.array([max(r.matched.psnr for r in group if r.matched is not None)
+                     for group in zip(result.jpeg, result.webp, result.webp_downscaled, strict=True)])
+    assert m["best_baseline_coverage"] == 1.0 and m["best_baseline_psnr"] == pytest.approx(best.mean())
+    assert m["psnr_gain_over_best_baseline"] == pytest.approx((result.per_image["psnr"] - best).mean())
+    assert m["psnr_gain_over_best_baseline_min"] == pytest.approx((result.per_image["psnr"] - best).min())
+
+
+def test_an_unavailable_avif_is_listed_as_such_not_a_crash(data, monkeypatch):
+    monkeypatch.setattr(comp, "avif_available", lambda: False)
+    backend, images = data
+    m = comp.roundtrip(backend, images[:3], 6).metrics
+    avif = next(e for e in m["baselines"] if e["codec"] == "avif")
+    assert avif["available"] is False and "AVIF" in avif["reason"] and avif["psnr"] is None
+    assert "avif_psnr" not in m and m["jpeg_coverage"] == 0.0
+    with pytest.raises(InputError, match="AVIF"):
+        comp.avif_baseline(_photo(), 10**6)
+
+
+def test_baseline_files_come_from_the_cache_unchanged():
+    image = _digit28(3)
+    comp.set_encode_cache(64)
+    first = comp._pil_bytes(image, "WEBP", quality=40, method=6)
+    again = comp._pil_bytes(image, "WEBP", quality=40, method=6)
+    buf = io.BytesIO()
+    image.save(buf, "WEBP", quality=40, method=6)
+    assert first == again == buf.getvalue() and comp._cached_encode.cache_info().hits == 1
+    other = comp._pil_bytes(_digit28(4), "WEBP", quality=40, method=6)
+    assert other != first  # keyed on the pixels
+    comp.set_encode_cache(comp.ENCODE_CACHE_SIZE)

@@ -174,6 +174,8 @@ def test_projection_refuses_bad_input(backend, settings):
         project(backend, "digits", "test", "isomap", 50, 0, settings)
     with pytest.raises(InputError, match="cannot encode"):
         project(DecodeOnly(backend.mean, backend.basis, backend.shape), "digits", "test", "pca", 50, 0, settings)
+    with pytest.raises(InputError, match="UMAP needs at least 4 images, got 3"):  # was a scipy TypeError
+        project(backend, "digits", "test", "umap", 3, 0, settings)
 
 
 # ----- anomalies -----

@@ -89,7 +89,13 @@ def test_plugins_lists_every_models_spaces_without_loading_it(client_env: dict[s
         assert gan["faces"]["spaces"] == [{**z, "shape": [100]}] and gan["faces"]["image_shape"] == [3, 64, 64]
     assert info["gan"]["spaces"] == gan["mnist"]["spaces"]  # the backend's own: its default model's
     vae = info["vae"]["models"][0]
-    assert vae["spaces"] == [{**z, "shape": [16]}] and vae["image_shape"] == [1, 28, 28]
+    from studio_vae.backend import SHIPPED
+    from studio_vae.config import VAEConfig
+
+    from studio.safetensors_io import read_metadata
+
+    latent = VAEConfig.from_json(read_metadata(SHIPPED)["config"]).latent_dim  # read from the header, as listing does
+    assert vae["spaces"] == [{**z, "shape": [latent]}] and vae["image_shape"] == [1, 28, 28]
     assert info["pca"]["models"][0]["spaces"] == [{**z, "shape": [16]}]
     assert "spaces" not in info["toy"]["models"][0]  # a backend that cannot tell without loading: not loaded
 

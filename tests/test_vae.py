@@ -33,6 +33,12 @@ def mnist_test(studio_home: Path):
     return load_dataset("mnist", "test", settings=load_settings({"STUDIO_HOME": str(studio_home)}))
 
 
+FASHION_PSNR_FLOOR = 20.0  # measured 21.6 dB on these 300 images (21.27 dB on the full test set)
+# Confident share of 300 prior samples (seeds 0-299), held at the measured level less a margin. The issue's goal for
+# mnist is 0.70; the shipped whitened-Gaussian prior reaches 0.43 here (see the report: a flow prior reached 0.68).
+CONFIDENT_FLOOR = {"mnist": 0.38, "fashion": 0.29}  # measured 0.430 and 0.343
+
+
 def write_tiny_vae(settings: Settings, name: str = "tiny", seed: int = 0) -> Path:
     """A randomly initialised VAE (base width 4) with coding statistics, under <model_root>/vae/."""
     torch.manual_seed(seed)
@@ -56,7 +62,7 @@ def test_shipped_model_is_listed_with_its_sha256(settings: Settings) -> None:
 
 def test_unknown_model_is_not_found_and_lists_the_available_ones(settings: Settings) -> None:
     write_tiny_vae(settings)
-    with pytest.raises(NotFound, match="available: mnist, tiny"):
+    with pytest.raises(NotFound, match="available: mnist, fashion, .*tiny"):
         VAEBackend.load("nope", settings)
 
 
@@ -152,20 +158,145 @@ def test_training_refuses_unknown_options(settings: Settings, tmp_path: Path) ->
         VAEBackend.train("cifar", 1, str(tmp_path / "x.safetensors"), 0, settings)
 
 
-def test_shipped_vae_reconstructs_mnist_above_20_db(settings: Settings, mnist_test) -> None:
+def test_shipped_vae_reconstructs_mnist_above_24_db(settings: Settings, mnist_test) -> None:
     backend = VAEBackend.load("mnist", settings)
     images = mnist_test.images[:500]
     rec = backend.decode(backend.encode(images))
     psnr = psnr_per_image(images, rec)
-    assert float(psnr.mean()) >= 20.0
+    assert float(psnr.mean()) >= 24.0
     pooled = 10 * torch.log10(1 / (((images - rec) / 2) ** 2).mean())
-    assert float(pooled) >= 20.0
+    assert float(pooled) >= 22.0
+
+
+@pytest.mark.parametrize("model", ["mnist", "fashion"])
+def test_shipped_prior_samples_are_recognised_with_confidence(settings: Settings, model: str) -> None:
+    """Prior samples recognised with confidence (classifier max prob >= 0.9) on 300 samples, at the measured
+    level less a margin (a regression guard; the issue's 70% goal for mnist is not met yet)."""
+    from studio.evaluate import confident_share, sample_images
+
+    backend = VAEBackend.load(model, settings)
+    share = confident_share(sample_images(backend, 300, seed=0), dataset=model)
+    assert share >= CONFIDENT_FLOOR[model]
+
+
+def test_shipped_fashion_model_reconstructs_fashion_better_than_the_mnist_model(settings: Settings) -> None:
+    from studio.datasets import load_dataset
+
+    images = load_dataset("fashion", "test", limit=300, settings=settings).images
+    fashion = VAEBackend.load("fashion", settings)
+    assert fashion.model.extra["dataset"] == "fashion" and fashion.model.name == "fashion"
+    psnr = {name: float(psnr_per_image(images, b.decode(b.encode(images))).mean())
+            for name, b in (("fashion", fashion), ("mnist", VAEBackend.load("mnist", settings)))}
+    assert psnr["fashion"] >= FASHION_PSNR_FLOOR and psnr["fashion"] > psnr["mnist"] + 5
+
+
+@pytest.mark.parametrize("model", ["mnist", "fashion"])
+def test_shipped_models_are_whitened_and_encode_to_a_standard_latent(settings: Settings, model: str) -> None:
+    """Encoded test images have about zero mean and unit std per dimension (what N(0, I) seeds assume), the
+    declared coding statistics match, and decode(encode(x)) equals decoding the raw posterior mean."""
+    from studio.datasets import load_dataset
+
+    backend = VAEBackend.load(model, settings)
+    assert backend.net.whitening is not None and backend.describe()["whitened"] is True
+    images = load_dataset(model, "test", limit=500, settings=settings).images
+    z = backend.encode(images)["z"]
+    assert z.mean(0).abs().max() < 0.25 and ((z.std(0) - 1).abs() < 0.25).all()
+    space = backend.spaces()["z"]
+    assert space.coding_mean == pytest.approx([0.0] * z.shape[1], abs=1e-4)
+    assert space.coding_std == pytest.approx([1.0] * z.shape[1], abs=1e-3)
+    with torch.no_grad():
+        raw = backend.net.decode(backend.net.encode_stats(images[:50])[0]).clamp(-1, 1)
+    assert torch.allclose(backend.decode({"z": z[:50]}), raw, atol=1e-4)
 
 
 def test_shipped_metadata_records_the_training(settings: Settings) -> None:
     meta = read_metadata(SHIPPED)
     assert meta["dataset"] == "mnist" and meta["seed"] == "0" and int(meta["epochs"]) >= 1
-    assert json.loads(meta["metrics"])["test_psnr"] >= 20.0
+    assert json.loads(meta["metrics"])["test_psnr"] >= 24.0
     backend = VAEBackend.load(None, settings)
     assert backend.model.name == "mnist"
-    assert len(backend.spaces()["z"].coding_std) == 16 and min(backend.spaces()["z"].coding_std) > 0
+    space = backend.spaces()["z"]
+    assert len(space.coding_std) == backend.config.latent_dim and min(space.coding_std) > 0
+
+
+def test_default_config_keeps_the_original_architecture_and_json() -> None:
+    """Weights written before `extra_convs`/`hidden` existed load unchanged: same JSON, same state-dict keys."""
+    assert VAEConfig().to_json() == '{"base_width": 32, "channels": 1, "latent_dim": 16, "size": 28}'
+    assert VAEConfig.from_json('{"base_width": 32, "channels": 1, "latent_dim": 16, "size": 28}') == VAEConfig()
+    keys = ["decoder.0.bias", "decoder.0.weight", "decoder.2.bias", "decoder.2.weight", "encoder.0.bias",
+            "encoder.0.weight", "encoder.2.bias", "encoder.2.weight", "from_latent.0.bias", "from_latent.0.weight",
+            "to_stats.bias", "to_stats.weight"]
+    assert sorted(ConvVAE(VAEConfig()).state_dict()) == keys
+    bigger = VAEConfig(extra_convs=1, hidden=8)
+    assert VAEConfig.from_json(bigger.to_json()) == bigger and '"extra_convs": 1' in bigger.to_json()
+    net = ConvVAE(bigger)
+    assert len(net.state_dict()) > len(keys) and net.decode(torch.zeros(2, 16)).shape == (2, 1, 28, 28)
+
+
+def test_whitening_makes_encode_and_decode_exact_inverses(settings: Settings) -> None:
+    """A whitened model's latent is L^-1 (mu - m); decode maps it back to mu, so decode(encode(x)) decodes the
+    posterior mean, and the whitened training means are standard."""
+    from studio_vae.model import Whitening
+
+    torch.manual_seed(0)
+    net = ConvVAE(VAEConfig(base_width=4, latent_dim=4))
+    images = torch.rand(200, 1, 28, 28) * 2 - 1
+    mixing = torch.tensor([[3.0, 0, 0, 0], [1.0, 0.5, 0, 0], [0, -2.0, 1.0, 0], [0.5, 0, 0, 2.0]])
+    data = torch.randn(1000, 4) @ mixing.T + torch.tensor([1.0, -2.0, 0.0, 3.0])  # correlated, shifted
+    whitening = Whitening.fit(data)
+    white = whitening.whiten(data)
+    assert torch.allclose(white.mean(0), torch.zeros(4), atol=1e-4)
+    assert torch.allclose(torch.cov(white.T), torch.eye(4), atol=1e-3)
+    with torch.no_grad():
+        mu = net.encode_stats(images)[0]
+        w = whitening.whiten(mu)
+        assert torch.allclose(whitening.unwhiten(w), mu, atol=1e-5)
+    path = settings.model_root_paths[0] / "vae" / "white.safetensors"
+    meta = {"config": net.config.to_json(), **whitening.to_metadata()}
+    save_weights(path, net.state_dict(), meta)
+    backend = VAEBackend.load("white", settings)
+    assert torch.equal(backend.net.whitening.chol, whitening.chol)
+    z = backend.encode(images)["z"]
+    assert torch.allclose(z, w, atol=1e-5)
+    with torch.no_grad():
+        assert torch.allclose(backend.decode({"z": z}), net.decode(mu).clamp(-1, 1), atol=1e-5)
+        seeds = backend.sample_prior("z", seeds=[1, 2])  # N(0, I) seeds decode from m + L eps
+        expected = net.decode(whitening.mean + seeds @ whitening.chol.T).clamp(-1, 1)
+    assert torch.allclose(backend.decode({"z": seeds}), expected, atol=1e-5)
+
+
+def test_malformed_whitening_is_a_clear_error(settings: Settings) -> None:
+    net = ConvVAE(VAEConfig(base_width=4, latent_dim=4))
+    path = settings.model_root_paths[0] / "vae" / "bad.safetensors"
+    meta = {"config": net.config.to_json(), "whitening_mean": json.dumps([0.0] * 4),
+            "whitening_chol": json.dumps([[1.0, 0, 0, 0]] * 3)}
+    save_weights(path, net.state_dict(), meta)
+    with pytest.raises(InputError, match="not readable.*whitening"):
+        VAEBackend.load("bad", settings)
+    eye = torch.eye(4)
+    eye[2, 2] = -1.0
+    save_weights(path, net.state_dict(), {**meta, "whitening_chol": json.dumps(eye.tolist())})
+    with pytest.raises(InputError, match="non-positive diagonal"):
+        VAEBackend.load("bad", settings)
+
+
+def test_training_with_the_new_options_writes_a_whitened_bigger_model(settings: Settings, tmp_path: Path) -> None:
+    """extra_convs, hidden and whiten reach `train_vae` through `VAEBackend.train`'s kwargs (what
+    `--train-option` passes): the file holds the bigger architecture and a whitening, its coding statistics are
+    those of what encode returns for the training images, and the recipe records `whiten`."""
+    out = tmp_path / "w.safetensors"
+    metrics = VAEBackend.train("mnist", 1, str(out), 3, settings, limit=128, batch_size=64, base_width=4,
+                               latent_dim=4, extra_convs=1, hidden=8, kl_weight=0.1, whiten=True)
+    meta = read_metadata(out)
+    assert json.loads(meta["training"])["whiten"] is True and json.loads(meta["training"])["kl_weight"] == 0.1
+    net, _ = load_vae(out)
+    assert net.config == VAEConfig(base_width=4, latent_dim=4, extra_convs=1, hidden=8)
+    assert net.whitening is not None and metrics["parameters"] > 0
+    from studio.datasets import load_dataset
+
+    z = net.encode_latent(load_dataset("mnist", "train", limit=128, settings=settings).images).detach()
+    assert json.loads(meta["coding_mean"]) == pytest.approx(z.mean(0).tolist(), abs=1e-4)
+    assert json.loads(meta["coding_std"]) == pytest.approx(z.std(0).tolist(), abs=1e-4)
+    assert max(abs(v) for v in json.loads(meta["coding_mean"])) < 1e-3  # whitened: centred
+    with pytest.raises(InputError, match="at least 0"):
+        VAEBackend.train("mnist", 1, str(out), 3, settings, limit=64, extra_convs=-1)

@@ -133,6 +133,7 @@ class GANBackend(Backend):
     version = "0.1.0"
     description = "DCGAN generators (MNIST trained here, pretrained faces); encoding by inversion"
     capabilities = frozenset({SAMPLE, ENCODE, DECODE, TRAIN})
+    encode_cost = "costly"  # inversion: an optimisation per image
     Options = GANOptions
 
     def __init__(self, model: ModelInfo, generator: Generator, encoder: Encoder | None = None,
@@ -232,6 +233,22 @@ class GANBackend(Backend):
         if not out:
             return torch.zeros(0, *self.image_shape())
         return torch.cat(out).clamp_(-1.0, 1.0)
+
+    def intermediate_features(self, point: Point, options: BaseModel | None = None) -> torch.Tensor:
+        """The generator's first block (mapping, first transposed convolution, BatchNorm, ReLU), flattened: (N, D).
+        GANSpace's layer for `studio vectors discover`."""
+        import torch
+
+        z = point.get("z") if isinstance(point, dict) else None
+        if not isinstance(z, torch.Tensor) or z.dim() != 2 or z.shape[1] != self.config.nz:
+            raise InputError(f"gan intermediate_features needs point['z'] of shape (N, {self.config.nz})")
+        gen, out = self.generator, []
+        for start in range(0, z.shape[0], DECODE_BATCH):
+            h = z[start:start + DECODE_BATCH].to(device=self.device, dtype=self.torch_dtype)
+            with torch.no_grad():
+                h = gen.mapping(h) if gen.mapping is not None else h
+                out.append(gen.main[:3](h.reshape(h.shape[0], -1, 1, 1)).flatten(1).float().cpu())
+        return torch.cat(out) if out else torch.zeros(0, 0)
 
     def encode(self, images: torch.Tensor, options: BaseModel | None = None, seed: int = 0,
                progress: Progress = no_progress) -> Point:

@@ -57,11 +57,13 @@ def _resolve_device(device: str) -> str:
 
 
 class VAEBackend(Backend):
-    """A convolutional VAE (latent 16) trained on MNIST; other models are any `<model_root>/vae/*.safetensors`."""
+    """A convolutional VAE; the shipped models are `plugins/studio_vae/weights/*.safetensors` (`mnist` the default,
+    `fashion`), other models are any `<model_root>/vae/*.safetensors`. A model with a whitening in its metadata
+    (`studio_vae.model.Whitening`) exposes the whitened posterior mean as its latent."""
 
     name: ClassVar[str] = "vae"
     version: ClassVar[str] = "0.1.0"
-    description: ClassVar[str] = "Convolutional VAE, 16-d Gaussian latent, exact encoding by the posterior mean"
+    description: ClassVar[str] = "Convolutional VAE, Gaussian latent, exact encoding by the posterior mean"
     capabilities: ClassVar[frozenset[str]] = frozenset({SAMPLE, ENCODE, DECODE, TRAIN})
 
     def __init__(self, model: ModelInfo, device: str = "cpu", dtype: str = "float32") -> None:
@@ -120,7 +122,7 @@ class VAEBackend(Backend):
     def train(cls, dataset: str, epochs: int, out: str, seed: int, settings: Settings,
               progress: Progress = no_progress, **kwargs: object) -> dict:
         """Train with `studio_vae.train.train_vae`; kwargs: batch_size, lr, latent_dim, base_width, channels,
-        kl_weight, limit, threads, device (None values mean the default)."""
+        kl_weight, limit, threads, device, extra_convs, hidden, whiten (None values mean the default)."""
         import inspect
 
         from .train import train_vae
@@ -155,9 +157,9 @@ class VAEBackend(Backend):
         out = []
         total = max(1, -(-len(z) // BATCH))
         for i, start in enumerate(range(0, len(z), BATCH)):
-            batch = z[start:start + BATCH].to(device=self.device, dtype=self._torch_dtype)
+            batch = z[start:start + BATCH].to(device=self.device, dtype=torch.float32)
             with torch.no_grad():
-                out.append(self.net.decode(batch).float().cpu())
+                out.append(self.net.decode_latent(batch).float().cpu())
             progress(i + 1, total)
         if not out:
             return torch.zeros((0, *self.image_shape()), dtype=torch.float32)
@@ -165,7 +167,8 @@ class VAEBackend(Backend):
 
     def encode(self, images: torch.Tensor, options: BaseModel | None = None, seed: int = 0,
                progress: Progress = no_progress) -> Point:
-        """The posterior mean of each image (deterministic; `seed` is unused)."""
+        """The posterior mean of each image, whitened when the model has a whitening (deterministic; `seed` is
+        unused). `decode` is its inverse map: decode(encode(x)) decodes the posterior mean."""
         import torch
         shape = self.image_shape()
         images = torch.as_tensor(images)
@@ -179,13 +182,14 @@ class VAEBackend(Backend):
         for i, start in enumerate(range(0, len(images), BATCH)):
             batch = images[start:start + BATCH].to(device=self.device, dtype=self._torch_dtype).clamp(-1, 1)
             with torch.no_grad():
-                out.append(self.net.encode_stats(batch)[0].float().cpu())
+                out.append(self.net.encode_latent(batch).float().cpu())
             progress(i + 1, total)
         z = torch.cat(out) if out else torch.zeros((0, self.config.latent_dim))
         return {SPACE: z}
 
     def describe(self) -> dict:
-        return {**super().describe(), "config": json.loads(self.config.to_json())}
+        return {**super().describe(), "config": json.loads(self.config.to_json()),
+                "whitened": self.net.whitening is not None}
 
 
 def _header_config(model: ModelInfo) -> tuple[VAEConfig, dict[str, str]] | None:

@@ -21,7 +21,7 @@ from studio.config import Settings, load_settings
 from studio.contract import Progress, no_progress
 from studio.errors import InputError
 
-from .model import ConvVAE, VAEConfig, parameter_count
+from .model import ConvVAE, VAEConfig, Whitening, parameter_count
 
 FORMAT = "studio-vae/1"
 ENCODE_BATCH = 512
@@ -78,12 +78,17 @@ def reconstruction_metrics(model: ConvVAE, images: torch.Tensor, device: str = "
 def train_vae(dataset: str, epochs: int, out: str | Path, seed: int = 0, settings: Settings | None = None,
               progress: Progress = no_progress, batch_size: int = 128, lr: float = 2e-3, latent_dim: int = 16,
               base_width: int = 32, channels: int = 1, kl_weight: float = 1.0, limit: int | None = None,
-              threads: int = 1, device: str = "cpu") -> dict:
+              threads: int = 1, device: str = "cpu", extra_convs: int = 0, hidden: int = 0,
+              whiten: bool = False) -> dict:
     """Train a `ConvVAE` on `dataset` (any name `studio.datasets.load_dataset` accepts) and write it to `out`.
 
-    Adam with a cosine learning-rate decay; the loss is the negative ELBO with a Bernoulli decoder. At the
-    end, the per-dimension mean and std of the posterior means over the training set (the coding
-    statistics) and test-set reconstruction metrics go into the file's metadata. Returns the metrics.
+    Adam with a cosine learning-rate decay; the loss is the negative ELBO with a Bernoulli decoder (the KL
+    term weighted by `kl_weight`). `extra_convs` and `hidden` enlarge the network (`VAEConfig`). With
+    `whiten`, a full-covariance Gaussian is fitted to the posterior means of the training set and stored
+    (`Whitening`): the public latent becomes the whitened mean, so N(0, I) seeds decode from where the data
+    lies even when a small KL weight leaves the aggregate posterior far from N(0, I). At the end, the
+    per-dimension mean and std of the (public) latents of the training set (the coding statistics) and
+    test-set reconstruction metrics go into the file's metadata. Returns the metrics.
     """
     from studio.datasets import load_dataset
     from studio.safetensors_io import save_weights
@@ -92,6 +97,8 @@ def train_vae(dataset: str, epochs: int, out: str | Path, seed: int = 0, setting
         raise InputError(f"epochs must be at least 1, got {epochs}")
     if batch_size < 1 or latent_dim < 1 or base_width < 1 or channels not in (1, 3):
         raise InputError("batch_size, latent_dim and base_width must be positive and channels 1 or 3")
+    if extra_convs < 0 or hidden < 0 or not kl_weight >= 0:
+        raise InputError("extra_convs, hidden and kl_weight must be at least 0")
     settings = settings or load_settings()
     shape = (channels, 28, 28)
     train_set = load_dataset(dataset, "train", limit=limit, settings=settings, shape=shape)
@@ -101,7 +108,8 @@ def train_vae(dataset: str, epochs: int, out: str | Path, seed: int = 0, setting
     started = time.perf_counter()
     with deterministic_torch(threads, device):
         torch.manual_seed(seed)
-        config = VAEConfig(channels=channels, size=28, latent_dim=latent_dim, base_width=base_width)
+        config = VAEConfig(channels=channels, size=28, latent_dim=latent_dim, base_width=base_width,
+                           extra_convs=extra_convs, hidden=hidden)
         model = ConvVAE(config).to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=lr)
         data_order = torch.Generator("cpu").manual_seed(seed)
@@ -129,6 +137,9 @@ def train_vae(dataset: str, epochs: int, out: str | Path, seed: int = 0, setting
             history.append((sums / len(images)).tolist())
         model.eval()
         means = encode_means(model, train_set.images, device)
+        if whiten:
+            model.whitening = Whitening.fit(means)
+            means = model.whitening.whiten(means)
         coding_mean = [round(v, 6) for v in means.mean(0).tolist()]
         coding_std = [round(v, 6) for v in means.std(0).tolist()]
         metrics = {"train_loss": round(history[-1][0], 4), "train_reconstruction": round(history[-1][1], 4),
@@ -138,9 +149,11 @@ def train_vae(dataset: str, epochs: int, out: str | Path, seed: int = 0, setting
         "format": FORMAT, "config": config.to_json(), "dataset": dataset, "epochs": str(epochs), "seed": str(seed),
         "torch": torch.__version__,
         "training": json.dumps({"batch_size": batch_size, "lr": lr, "kl_weight": kl_weight, "limit": limit,
-                                "threads": threads, "optimizer": "adam", "schedule": "cosine"}, sort_keys=True),
+                                "threads": threads, "optimizer": "adam", "schedule": "cosine",
+                                **({"whiten": True} if whiten else {})}, sort_keys=True),
         "coding_mean": json.dumps(coding_mean), "coding_std": json.dumps(coding_std),
         "metrics": json.dumps(metrics, sort_keys=True),
+        **(model.whitening.to_metadata() if model.whitening is not None else {}),
     }
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_weights(out, state, metadata)

@@ -1,4 +1,5 @@
-"""The compression round trip: encode, quantise, entropy-code to bytes, decode, with metrics against JPEG/WebP."""
+"""The compression round trip: encode, quantise, entropy-code to bytes, decode, with metrics against JPEG/WebP, and
+the out-of-distribution check of its input (studio.ood): `ood_share`, per-image scores and a warning."""
 
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ class RoundtripSpec(OpSpec):
 
         from studio import images as imgs
         from studio.executor import Artifact
+        from studio.ood import assess, record
         from studio.ops.compression import roundtrip, roundtrip_panel
 
         if self.image is not None:
@@ -58,7 +60,11 @@ class RoundtripSpec(OpSpec):
                 x = imgs.to_tensor(imgs.to_pil(x), shape)
         res = roundtrip(job.backend, x, self.bits, job.options, progress=job.sub_progress("round trip"))
         job.result.metrics.update(res.metrics)
-        job.result.add_json("metrics.json", res.metrics)
+        labels = ("the image",) if self.image is not None else tuple(f"{self.dataset}[{i}]" for i in range(len(x)))
+        check = assess(job.backend, x, job.settings, job.options, labels=labels,
+                       progress=job.sub_progress("checking the input"))
+        record(job.result.metrics, check)
+        job.result.add_json("metrics.json", job.result.metrics)
         if self.image is None:
             k = min(16, len(x))
             pairs = imgs.to_pil(torch.cat([x[:k], res.reconstructions[:k]]))
@@ -66,7 +72,9 @@ class RoundtripSpec(OpSpec):
             return
         orig = imgs.to_pil(x)[0]
         job.add_image("original.png", orig, {"role": "original"})
-        job.add_image("reconstruction.png", imgs.to_pil(res.reconstructions)[0], {"role": "reconstruction"})
+        flagged = {} if check.flags is None else {"ood_score": round(float(check.scores[0]), 5),
+                                                   "ood_flagged": bool(check.flags[0])}
+        job.add_image("reconstruction.png", imgs.to_pil(res.reconstructions)[0], {"role": "reconstruction", **flagged})
         for base in (res.jpeg[0], res.webp[0]):
             shown = base.matched or base.smallest  # over budget when nothing fits: said in the metrics and panel
             suffix = "jpg" if base.format.lower().startswith("jp") else "webp"

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
+from studio.builtin_ops.ood_check import SourceChecker
 from studio.errors import InputError
 from studio.spec import MAX_LIST, ImageRef, Name, OpSpec, Seed, Source, checked_name
 
@@ -87,7 +88,9 @@ class Img2ImgSpec(OpSpec):
         from studio.points import random_point
 
         seeds = [self.seed + i for i in range(self.n)]
-        start = job.point(Source(image=self.image))
+        checker = SourceChecker(job)
+        start = checker.point(Source(image=self.image), "the image")
+        checker.finish()
         point = {**random_point(job.backend, seeds, job.options),
                  **{name: z.expand(self.n, *z.shape[1:]) for name, z in start.items()}}
         frames = job.render(point)
@@ -118,7 +121,9 @@ class InterpolateSpec(OpSpec):
         from studio.ops.interpolate import steps
         from studio.points import check_compatible
 
-        a, b = job.point(self.start), job.point(self.end)
+        checker = SourceChecker(job)
+        a, b = checker.point(self.start, "the start image"), checker.point(self.end, "the end image")
+        checker.finish()
         check_compatible([a, b])
         ts = steps(self.steps)
         frames = job.render(interpolate_points(job.backend, a, b, ts, self.method, job.options))
@@ -155,7 +160,9 @@ class EditSpec(OpSpec):
 
         vector, meta = job.vector(self.vector)
         space = meta["space"]
-        point = job.point(self.source)
+        checker = SourceChecker(job)
+        point = checker.point(self.source, "the image")
+        checker.finish()
         if space not in point:
             raise InputError(f"vector {self.vector!r} lives in space {space!r}, but this source gives "
                              f"{', '.join(sorted(point))}; use a {'seed' if self.source.image else 'image'} instead")
@@ -192,7 +199,9 @@ class TraverseSpec(OpSpec):
 
         if self.low >= self.high:
             raise InputError(f"range must go from low to high, got {self.low},{self.high}")
-        point = job.point(self.source)
+        checker = SourceChecker(job)
+        point = checker.point(self.source, "the image")
+        checker.finish()
         spaces = job.backend.spaces(job.options)
         space = next((name for role in (SEED, CODEC) for name in point
                       if name in spaces and role in spaces[name].roles), None)
@@ -222,7 +231,9 @@ class AnalogySpec(OpSpec):
         from studio.ops.edit import analogy
         from studio.points import check_compatible, concat
 
-        a, b, c = job.point(self.a), job.point(self.b), job.point(self.c)
+        checker = SourceChecker(job)
+        a, b, c = (checker.point(src, f"image {name}") for src, name in ((self.a, "a"), (self.b, "b"), (self.c, "c")))
+        checker.finish()
         check_compatible([a, b, c])
         frames = job.render(concat([a, b, c, analogy(a, b, c)]))
         for name, im in zip(("a", "b", "c", "result"), frames, strict=True):
@@ -257,7 +268,9 @@ class WalkSpec(OpSpec):
         from studio.points import check_compatible
         from studio.record import make_record
 
-        keyframes = [job.point(k) for k in self.keyframes]
+        checker = SourceChecker(job)
+        keyframes = [checker.point(k, f"keyframe {i}") for i, k in enumerate(self.keyframes)]
+        checker.finish()
         check_compatible(keyframes)
         frames_dir = (job.workdir or Path(tempfile.mkdtemp(prefix="studio-walk-"))) / "frames"
         frames_dir.mkdir(parents=True, exist_ok=True)

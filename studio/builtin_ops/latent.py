@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from studio.builtin_ops.ood_check import check_folder
 from studio.errors import InputError
 from studio.spec import MAX_LIST, Name, OpSpec, Seed, checked_name
 
@@ -81,24 +82,46 @@ class FitVectorSpec(OpSpec):
         metrics = job.result.metrics
         metrics.update({k: v for k, v in meta.items() if isinstance(v, (str, int, float, bool, type(None)))})
         metrics["path"] = job.store_relative(path)  # never the store's absolute location
+        check_folder(job, self.dataset, "train", self.limit)
         job.result.add_json("vector.json", metrics)
 
 
 class EvaluateSpec(OpSpec):
-    """Sample quality against a dataset, in the features of the project's classifier for that dataset."""
+    """Sample quality against a dataset, in the features of the project's classifier for that dataset, and the
+    latent space's regularity: perceptual path length and linear separability (studio.regularity)."""
 
     op: Literal["evaluate"] = "evaluate"
     dataset: Name = "mnist"
     n: int = Field(default=2000, ge=10, le=20000)
     repeats: int = Field(default=5, ge=1, le=20)
     seed: Seed = 0
+    quality: bool = Field(default=True, description="FCD, KID and confident share (needs 1x28x28 images)")
+    ppl_pairs: int | None = Field(default=None, ge=0, le=20000,
+                                  description="pairs for the perceptual path length (default min(1000, n); 0: skip)")
+    ppl_eps: float = Field(default=1e-4, gt=0, le=0.1, description="step of the path length")
+    separability_n: int | None = Field(default=None, ge=0, le=20000,
+                                       description="latents for the linear separability (default min(4000, 2n); "
+                                                   "0: skip)")
+    separability_labels: Literal["auto", "dataset", "samples"] = Field(
+        default="auto", description="encoded test images with their labels, or prior samples labelled by the "
+                                    "classifier (auto: dataset when encoding is cheap and lands in the seed space)")
 
     @model_validator(mode="after")
     def _fits_the_training_set(self) -> EvaluateSpec:
-        if self.n * self.repeats > 60000:
+        if self.quality and self.n * self.repeats > 60000:
             raise ValueError(f"n x repeats must be at most 60000 (disjoint training subsets), "
                              f"got {self.n} x {self.repeats}")
+        if not self.quality and self.ppl_pairs == 0 and self.separability_n == 0:
+            raise ValueError("nothing to evaluate: quality is off and ppl_pairs and separability_n are 0")
         return self
+
+    def regularity_sizes(self) -> tuple[int, int]:
+        """(PPL pairs, separability latents), with the defaults that follow n."""
+        from studio.regularity import PPL_PAIRS, SEPARABILITY_N
+
+        pairs = min(PPL_PAIRS, self.n) if self.ppl_pairs is None else self.ppl_pairs
+        latents = min(SEPARABILITY_N, 2 * self.n) if self.separability_n is None else self.separability_n
+        return pairs, latents
 
     def required_capabilities(self) -> set[str]:
         from studio.contract import DECODE, SAMPLE
@@ -107,9 +130,19 @@ class EvaluateSpec(OpSpec):
 
     def run(self, job: JobContext) -> None:
         from studio.evaluate import evaluate_backend
+        from studio.regularity import regularity
 
-        metrics = evaluate_backend(job.backend, n=self.n, seed=self.seed, repeats=self.repeats, settings=job.settings,
-                                   progress=job.sub_progress("evaluating"), dataset=self.dataset)
+        metrics: dict[str, Any] = {}
+        if self.quality:
+            metrics.update(evaluate_backend(job.backend, n=self.n, seed=self.seed, repeats=self.repeats,
+                                            settings=job.settings, progress=job.sub_progress("evaluating"),
+                                            dataset=self.dataset))
+        pairs, latents = self.regularity_sizes()
+        metrics.update(regularity(job.backend, ppl_pairs=pairs, separability_n=latents,
+                                  labels=self.separability_labels, dataset=self.dataset, seed=self.seed,
+                                  eps=self.ppl_eps, settings=job.settings, options=job.options,
+                                  progress=job.sub_progress("regularity")))
+        metrics.update(dataset=self.dataset, seed=self.seed, backend=job.backend.name, model=job.backend.model.name)
         job.result.metrics.update(metrics)
         job.result.add_json("metrics.json", metrics)
 
@@ -138,6 +171,7 @@ class ProjectSpec(OpSpec):
         job.result.artifacts.append(Artifact("plot.png", res["plot_png"], "image"))
         job.result.add_json("projection.json", {k: res[k] for k in ("coords", "labels", "classes", "method")})
         job.result.metrics.update(method=self.method, n=len(res["labels"]), cached=res.get("cached", False))
+        check_folder(job, self.dataset, self.split, self.limit)
 
 
 class AnomaliesSpec(OpSpec):
@@ -171,3 +205,4 @@ class AnomaliesSpec(OpSpec):
             job.add_image("top_anomalies.png", imgs.grid(res["top_images"][: self.top]), {"top": self.top})
         job.result.metrics.update(summary)
         job.result.metrics["top"] = ranking[: self.top]
+        check_folder(job, self.dataset, self.split, self.limit)

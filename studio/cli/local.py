@@ -16,7 +16,7 @@ from studio.cli.common import Bar, check_name, print_json
 from studio.errors import InputError
 
 run_app = typer.Typer(help="Run an operation in this process and write its outputs.", no_args_is_help=True)
-vectors_app = typer.Typer(help="Attribute vectors: fit, list.", no_args_is_help=True)
+vectors_app = typer.Typer(help="Attribute vectors: fit, discover, list, share.", no_args_is_help=True)
 plugin_app = typer.Typer(help="Plugin tools for authors: conformance checks.", no_args_is_help=True)
 
 
@@ -44,11 +44,13 @@ def run_spec(spec: dict, out: Path | None = None, as_json: bool = False) -> dict
     else:
         for path in written:
             print(path)
-        shown = {k: v for k, v in result.metrics.items() if k not in ("seeds", "notes")}
+        shown = {k: v for k, v in result.metrics.items() if k not in ("seeds", "notes", "warnings")}
         if shown:
             print(json.dumps(shown, default=str))
     for note in result.metrics.get("notes", []):
         sys.stderr.write(f"note: {note}\n")
+    for warning in result.metrics.get("warnings", []):
+        sys.stderr.write(f"warning: {warning}\n")
     return result.metrics
 
 
@@ -120,6 +122,52 @@ def vectors_fit(backend: ops.Backend, model: ops.Model = None,
     del metrics
 
 
+def vectors_discover(backend: ops.Backend, model: ops.Model = None,
+                     k: Annotated[int, typer.Option("--k", "-k", help="How many directions (1-64).")] = 8,
+                     name: Annotated[str, typer.Option(help="Name prefix: directions are stored as PREFIX0 .. "
+                                                            "PREFIX{K-1}.")] = "pc",
+                     method: Annotated[str, typer.Option(help="auto, encoded (PCA of the encoded dataset) or "
+                                                              "features (GANSpace: PCA of an intermediate layer, "
+                                                              "mapped back to the seed space).")] = "auto",
+                     dataset: Annotated[str, typer.Option(help="Dataset to encode (method encoded).")] = "mnist",
+                     n: Annotated[int, typer.Option("--n", "-n", help="Images encoded or samples drawn.")] = 5000,
+                     seed: Annotated[int, typer.Option(help="Seed of the draws and the PCA.")] = 0,
+                     option: ops.OptionPairs = None,
+                     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Discover unsupervised directions (principal directions of the encoded data, or GANSpace) and store them as
+    ordinary named vectors that any edit applies (`studio run edit --vector pc0`)."""
+    from studio.cli.common import parse_option_pairs
+    from studio.config import load_settings
+    from studio.executor import Runtime
+    from studio.ops.discover import check_k, discover, save_discovery
+    from studio.users import user_from_env
+    from studio.vectorstore import check_name as check_vector_name
+
+    check_name(backend, "backend")
+    check_k(k)
+    check_vector_name(f"{name}{max(k - 1, 0)}", "vector name prefix")
+    settings = load_settings()
+    loaded = Runtime(settings).get_backend(backend, model)
+    options = loaded.parse_options(parse_option_pairs(option))
+    bar = Bar("discover")
+    try:
+        found = discover(loaded, k, method, dataset, n, seed, settings, options, progress=bar)
+    finally:
+        bar.close()
+    names = save_discovery(found, loaded, settings, name, owner=user_from_env(settings))
+    summary = {"backend": backend, "model": loaded.model.name, "space": found.space, "method": found.method,
+               "n": found.n, "source": found.source, "vectors": names,
+               "explained_variance": [round(e, 5) for e in found.explained],
+               "sigma": [round(s, 5) for s in found.sigma]}
+    if as_json:
+        print_json(summary)
+        return
+    print(f"{found.source}")
+    for vector, explained in zip(names, found.explained, strict=True):
+        print(f"{vector}  explains {explained:.1%}")
+    print(f"apply one with: studio run edit --backend {backend} --vector {names[0]} --seed 0 --strengths -3,0,3")
+
+
 def vectors_share(name: Annotated[str, typer.Argument(help="The vector's name.")], backend: ops.Backend,
                   model: ops.Model = None,
                   with_users: Annotated[str, typer.Option("--with", help="Comma-separated user names, or * for "
@@ -167,8 +215,11 @@ def train(backend: Annotated[str, typer.Argument(help="Backend to train (vae, ga
           out: Annotated[Path, typer.Option(help="Where to write the weights (sd: a pipeline folder).")] = ...,
           seed: Annotated[int, typer.Option(help="Seed: same seed, same weights.")] = 0,
           batch_size: Annotated[int | None, typer.Option(help="Batch size.")] = None,
-          limit: Annotated[int | None, typer.Option(help="Use only the first N training images.")] = None) -> None:
+          limit: Annotated[int | None, typer.Option(help="Use only the first N training images.")] = None,
+          train_option: Annotated[list[str] | None, typer.Option(
+              "--train-option", help="Recipe option KEY=VALUE (repeatable; e.g. latent_dim=32).")] = None) -> None:
     """Train a backend's weights (deterministic by seed), with a progress bar."""
+    from studio.cli.common import parse_option_pairs
     from studio.config import load_settings
     from studio.contract import TRAIN
     from studio.registry import get_trainable_class
@@ -179,6 +230,7 @@ def train(backend: Annotated[str, typer.Argument(help="Backend to train (vae, ga
     if TRAIN not in cls.capabilities:
         raise InputError(f"backend {backend!r} cannot be trained here")
     kwargs = {k: v for k, v in {"batch_size": batch_size, "limit": limit}.items() if v is not None}
+    kwargs.update(parse_option_pairs(train_option, "--train-option"))
     bar = Bar(f"train {backend}", force=True)
     try:
         metrics = cls.train(dataset, epochs, str(out), seed, load_settings(), progress=bar, **kwargs)
@@ -193,10 +245,26 @@ def evaluate(backend: ops.Backend, model: ops.Model = None,
              seed: Annotated[int, typer.Option(help="First seed.")] = 0,
              dataset: Annotated[str, typer.Option(help="Dataset to score against (one with a classifier: mnist, "
                                                        "fashion).")] = "mnist",
+             quality: Annotated[bool, typer.Option("--quality/--no-quality", help="FCD, KID and confident share "
+                                                    "(needs 1x28x28 images).")] = True,
+             ppl_pairs: Annotated[int | None, typer.Option(help="Pairs for the perceptual path length (default "
+                                                               "min(1000, n); 0 skips it).")] = None,
+             ppl_eps: Annotated[float, typer.Option(help="Step of the path length.")] = 1e-4,
+             separability_n: Annotated[int | None, typer.Option(help="Latents for the linear separability "
+                                                                     "(default min(4000, 2n); 0 skips it).")] = None,
+             separability_labels: Annotated[str, typer.Option(help="auto, dataset (encoded test images) or samples "
+                                                                   "(prior samples labelled by the classifier).")]
+             = "auto",
+             option: ops.OptionPairs = None,
              as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """Sample quality against a dataset: FCD and KID with their floors, in the project's classifier features."""
-    run_spec({"op": "evaluate", "backend": backend, "model": model, "n": n, "repeats": repeats, "seed": seed,
-              "dataset": dataset}, None, as_json)
+    """Sample quality against a dataset (FCD and KID with their floors, in the project's classifier features) and the
+    latent space's regularity (perceptual path length along slerp and lerp, linear separability of the classes)."""
+    spec = ops.evaluate(backend, model, dataset, n, repeats, seed, quality, ppl_pairs, ppl_eps, separability_n,
+                        separability_labels)
+    from studio.cli.common import parse_option_pairs
+
+    spec["options"] = parse_option_pairs(option)
+    run_spec({k: v for k, v in spec.items() if v is not None}, None, as_json)
 
 
 def plugin_check(name: Annotated[str, typer.Argument(help="Backend to check.")],
@@ -231,6 +299,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(run_app, name="run")
     app.command("plugins")(plugins)
     vectors_app.command("fit")(vectors_fit)
+    vectors_app.command("discover")(vectors_discover)
     vectors_app.command("list")(vectors_list)
     vectors_app.command("share")(vectors_share)
     app.add_typer(vectors_app, name="vectors")

@@ -128,11 +128,23 @@ def evaluate(backend: Backend, model: Model = None,
              dataset: Annotated[str, typer.Option(help="Dataset to score against (one with a classifier).")] = "mnist",
              n: Annotated[int, typer.Option("--n", "-n", help="Number of samples per draw.")] = 2000,
              repeats: Annotated[int, typer.Option(help="Draws of n averaged (samples and floor).")] = 5,
-             seed: Annotated[int, typer.Option(help="First seed.")] = 0) -> dict:
+             seed: Annotated[int, typer.Option(help="First seed.")] = 0,
+             quality: Annotated[bool, typer.Option("--quality/--no-quality", help="FCD, KID and confident share "
+                                                    "(needs 1x28x28 images).")] = True,
+             ppl_pairs: Annotated[int | None, typer.Option(help="Pairs for the perceptual path length (default "
+                                                               "min(1000, n); 0 skips it).")] = None,
+             ppl_eps: Annotated[float, typer.Option(help="Step of the path length.")] = 1e-4,
+             separability_n: Annotated[int | None, typer.Option(help="Latents for the linear separability "
+                                                                     "(default min(4000, 2n); 0 skips it).")] = None,
+             separability_labels: Annotated[str, typer.Option(help="auto, dataset (encoded test images) or samples "
+                                                                   "(prior samples labelled by the classifier).")]
+             = "auto") -> dict:
     """Sample quality against a dataset: FCD and KID (Fréchet and kernel distances in the features of the project's
-    classifier for that dataset) with their floors (real training images), and the confident share."""
+    classifier for that dataset) with their floors (real training images), and the confident share; and the latent
+    space's regularity: perceptual path length (slerp and lerp) and linear separability of the classes."""
     return {"op": "evaluate", "backend": backend, "model": model, "dataset": dataset, "n": n, "repeats": repeats,
-            "seed": seed}
+            "seed": seed, "quality": quality, "ppl_pairs": ppl_pairs, "ppl_eps": ppl_eps,
+            "separability_n": separability_n, "separability_labels": separability_labels}
 
 
 def project(backend: Backend, model: Model = None,

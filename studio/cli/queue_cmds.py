@@ -60,6 +60,7 @@ def describe(job: dict) -> str:
         lines.append(f"message: {job['message']}")
     if job.get("error"):
         lines.append(f"error: {job['error']}")
+    lines += [f"warning: {w}" for w in (job.get("metrics") or {}).get("warnings") or []]
     queued = (job["started"] or time.time()) - job["created"] if job["state"] != "CANCELLED" or job["started"] else 0
     lines.append(f"created {_when(job['created'])}  started {_when(job['started'])}  finished {_when(job['finished'])}"
                  f"  (waited {queued:.2f}s, ran {_duration(job)})")
@@ -184,6 +185,8 @@ def result(job_id: JobId,
     if as_json:
         print_json(res)
         return
+    for warning in (res.get("metrics") or {}).get("warnings") or []:
+        sys.stderr.write(f"warning: {warning}\n")
     if res.get("copied"):
         for p in res["copied"]:
             print(p)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,9 +25,11 @@ if TYPE_CHECKING:
     from studio.config import Settings
     from studio.datasets import Dataset
 
+log = logging.getLogger("studio.explore")
 METHODS = ("pca", "tsne", "umap")
+UMAP_MIN_IMAGES = 4
 ENCODE_BATCH = 256
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: UMAP on exact neighbours (studio.ops.umap_cache)
 
 
 def _require(backend: Backend, caps: set[str], what: str) -> None:
@@ -79,7 +82,7 @@ def encode_flat(backend: Backend, images: torch.Tensor, progress: Progress = no_
 
 # ----- projections -----
 
-def _reduce(features: np.ndarray, method: str, seed: int) -> np.ndarray:
+def _reduce(features: np.ndarray, method: str, seed: int, settings: Settings) -> np.ndarray:
     n, d = features.shape
     if method == "pca":
         from sklearn.decomposition import PCA
@@ -93,10 +96,11 @@ def _reduce(features: np.ndarray, method: str, seed: int) -> np.ndarray:
         coords = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed,
                       max_iter=500).fit_transform(features)
     elif method == "umap":
-        import umap  # lazily: the first import compiles with numba (~19 s)
+        if n < UMAP_MIN_IMAGES:  # umap itself fails on fewer with an unhelpful scipy or numba error
+            raise InputError(f"UMAP needs at least {UMAP_MIN_IMAGES} images, got {n} (use pca for fewer)")
+        from studio.ops.umap_cache import fit_transform  # lazily: umap loads (or compiles) its numba code
 
-        coords = umap.UMAP(n_components=2, n_neighbors=min(15, n - 1), random_state=seed,
-                           n_jobs=1).fit_transform(features)
+        coords = fit_transform(features, seed, settings)
     else:
         raise InputError(f"unknown projection method {method!r} (use one of {', '.join(METHODS)})")
     coords = np.asarray(coords, dtype=np.float32)
@@ -147,6 +151,17 @@ def _cache_file(settings: Settings, backend: Backend, dataset: str, split: str, 
     return Path(settings.cache_path) / "projections" / f"{backend.name}-{method}-{digest}.npz"
 
 
+def _save_coords(path: Path, coords: np.ndarray, labels: np.ndarray) -> None:
+    """Keep projected coordinates for the next identical request; a cache that cannot be written only costs time."""
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(tmp, coords=coords, labels=labels.astype(np.int64))
+        tmp.replace(path)
+    except OSError as exc:
+        log.info("projection cache not written (%s): %s", path.parent, exc)
+
+
 def _digest(images: torch.Tensor) -> str:
     return hashlib.sha256(images.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
 
@@ -181,11 +196,8 @@ def project(backend: Backend, dataset: str, split: str, method: str, limit: int,
 
         features = encode_flat(backend, ds.images, encoding, options=options)
         progress(2, 4, f"projecting {len(features)} latents with {method}")
-        coords = _reduce(features, method, seed)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.stem + ".tmp.npz")
-        np.savez(tmp, coords=coords, labels=ds.labels.astype(np.int64))
-        tmp.replace(path)
+        coords = _reduce(features, method, seed, settings)
+        _save_coords(path, coords, ds.labels)
     progress(3, 4, "plotting")
     title = f"{backend.name} · {dataset} {split} · {method} ({len(ds)} images)"
     plot = plot_projection(coords, ds.labels, ds.classes, title)

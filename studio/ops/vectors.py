@@ -222,7 +222,7 @@ def pca_directions(latents: torch.Tensor, k: int) -> torch.Tensor:
 
 # ----- fits over a loaded backend -----
 
-def _images_for(images: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+def images_for(images: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
     """Dataset images converted to the backend's (C, H, W): channels averaged or repeated, then resized."""
     c, h, w = shape
     if images.shape[1] != c:
@@ -277,7 +277,7 @@ def fit_attribute_vector(backend: Backend, dataset: str, attribute: str, method:
     data = load_dataset(dataset, "train", limit=limit, settings=settings, shape=backend.image_shape(options))
     index_pos, index_neg, description = attribute_split(data, attribute, quantile=quantile,
                                                         within_class=method in CLASS_BALANCED_SPLIT)
-    images = _images_for(data.images, backend.image_shape(options))
+    images = images_for(data.images, backend.image_shape(options))
     latents = encode_batched(backend, images, space, options, seed=seed, progress=progress)
     pos, neg = latents[torch.from_numpy(index_pos)], latents[torch.from_numpy(index_neg)]
     groups = (confounders(data, index_pos), confounders(data, index_neg)) if method == "balanced" else (None, None)

@@ -9,12 +9,14 @@ Frames are written as `frame_00000.png`, ... into `out_dir`, each atomically (a 
 into place), next to `walk.json`, a manifest with the walk's fingerprint. Run the same walk again into
 the same folder and every complete frame is kept, so an interrupted walk continues where it stopped; a
 folder that holds another walk's frames is refused rather than mixed.
+
+`write_gif` turns the frames into a looping GIF (the default: Pillow only); `write_mp4` into an H.264 MP4 through
+PyAV (the `video` extra), with a one-line error naming the extra when PyAV is not installed.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -27,6 +29,7 @@ from studio.ops.interpolate import interpolate
 
 if TYPE_CHECKING:
     import torch
+    from PIL import Image
     from pydantic import BaseModel
 
 FRAME_NAME = "frame_{:05d}.png"
@@ -209,22 +212,78 @@ def write_gif(paths: Sequence[str | Path], out: str | Path, ms_per_frame: int = 
     return out
 
 
+MP4_MISSING = 'MP4 needs PyAV, which is not installed: pip install "latent-studio[video]" (GIF needs nothing)'
+
+
 def mp4_available() -> bool:
-    """True when an MP4 encoder (imageio with imageio-ffmpeg) is installed; the studio does not require one."""
-    return importlib.util.find_spec("imageio") is not None and importlib.util.find_spec("imageio_ffmpeg") is not None
+    """True when PyAV (`av`, the `video` extra) can be imported; GIF walks never need it."""
+    try:
+        import av  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
-def write_mp4(paths: Sequence[str | Path], out: str | Path, fps: int = 12) -> Path | None:
-    """An H.264 MP4 of the frames, or None when no MP4 encoder is installed (see mp4_available)."""
+def _even(image: Image.Image) -> Image.Image:
+    """`image` padded by its edge pixels to even sides, as H.264's 4:2:0 chroma needs."""
+    from PIL import Image
+
+    w, h = image.size
+    if w % 2 == 0 and h % 2 == 0:
+        return image
+    out = Image.new(image.mode, (w + w % 2, h + h % 2))
+    out.paste(image, (0, 0))
+    if w % 2:
+        out.paste(image.crop((w - 1, 0, w, h)), (w, 0))
+    if h % 2:
+        out.paste(out.crop((0, h - 1, w + w % 2, h)), (0, h))
+    return out
+
+
+def write_mp4(paths: Sequence[str | Path], out: str | Path, fps: int = 12, scale: int = 1, crf: int = 18) -> Path:
+    """An H.264 MP4 (yuv420p, plays everywhere) of the frames at `paths`, through PyAV; `scale` enlarges each frame
+    by pixel repetition (tiny 28x28 frames play badly otherwise), `crf` is x264's quality (0 lossless .. 51).
+
+    Raises InputError (one line) when PyAV is not installed (see mp4_available), or for no frames or bad values.
+    """
+    if not paths:
+        raise InputError("an MP4 needs at least one frame")
+    if not 1 <= fps <= 120 or not 1 <= scale <= 16 or not 0 <= crf <= 51:
+        raise InputError(f"MP4 settings out of range: fps {fps} (1-120), scale {scale} (1-16), crf {crf} (0-51)")
     if not mp4_available():
-        return None
-    import imageio.v2 as imageio
+        raise InputError(MP4_MISSING)
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    try:
+        _encode_mp4(paths, tmp, fps, scale, crf)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def _encode_mp4(paths: Sequence[str | Path], out: Path, fps: int, scale: int, crf: int) -> None:
+    import av
     import numpy as np
     from PIL import Image
 
-    out = Path(out)
-    with imageio.get_writer(out, fps=fps, codec="libx264", macro_block_size=1) as writer:
+    with av.open(str(out), mode="w", format="mp4") as container:
+        stream = None
         for p in paths:
             with Image.open(p, formats=("PNG",)) as im:
-                writer.append_data(np.asarray(im.convert("RGB")))
-    return out
+                frame = im.convert("RGB")
+            if scale > 1:
+                frame = frame.resize((frame.width * scale, frame.height * scale), Image.Resampling.NEAREST)
+            frame = _even(frame)
+            if stream is None:
+                stream = container.add_stream("libx264", rate=fps)
+                stream.width, stream.height = frame.size
+                stream.pix_fmt = "yuv420p"
+                stream.options = {"crf": str(crf), "preset": "medium"}
+            elif frame.size != (stream.width, stream.height):
+                raise InputError(f"frame {p} is {frame.size[0]}x{frame.size[1]}; the first was "
+                                 f"{stream.width}x{stream.height}")
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.asarray(frame), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():  # flush the encoder
+            container.mux(packet)

@@ -1,18 +1,24 @@
-"""The worker's runtime: device and dtype choice, and an LRU cache of loaded models under a memory budget."""
+"""The worker's runtime: device and dtype choice, an LRU cache of loaded models under a memory budget, and the
+warm-up a worker does at start (its preloaded models: see studio.queue.warmup)."""
 
 from __future__ import annotations
 
 import gc
+import logging
 import threading
+import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 from studio.config import Settings
 from studio.errors import InputError
 from studio.executor import Runtime
+from studio.queue.warmup import Warmup, inherited_plan
 
 if TYPE_CHECKING:
     from studio.contract import Backend
+
+log = logging.getLogger("studio.worker")
 
 
 def worker_device(settings: Settings) -> str:
@@ -71,9 +77,16 @@ class WorkerRuntime(Runtime):
         self.budget_bytes = max(0, settings.model_cache_mb) * 2**20
         self._cache: OrderedDict[tuple[str, str | None, str | None], tuple[Backend, int]] = OrderedDict()
         self._lock = threading.RLock()
+        self._loading: dict[tuple[str, str | None, str | None], threading.Event] = {}
+        self._defaults: dict[str, str] = {}  # backend -> the default model preloaded for it (jobs naming none)
         self._device: str | None = None
         self.loads = 0
         self.evictions = 0
+        self.warmup: dict = {"plan": None, "done": False, "preloaded": [], "errors": []}
+        self._warmup_thread: threading.Thread | None = None
+        plan = inherited_plan()  # a job process (or prefork child) of a worker that preloads: do it here
+        if plan is not None:
+            self.start_warmup(plan)
 
     @property
     def worker_device(self) -> str:
@@ -99,23 +112,76 @@ class WorkerRuntime(Runtime):
             return "cpu", dtype
         raise InputError(f"backend {name!r} runs only on {', '.join(sorted(devices))}; this worker has {device}")
 
-    def get_backend(self, name: str, model: str | None) -> Backend:
+    def get_backend(self, name: str, model: str | None, why: str = "a job") -> Backend:
+        """The loaded backend for (name, model), loading it on a miss. A job that names no model gets the default
+        model preloaded for the backend. One load per model at a time: a second caller waits for it, while loads
+        of other models go ahead (a preload never holds up a job on another backend)."""
+        if model is None and name in self._defaults:
+            model = self._defaults[name]
         key = self.cache_key(name, model)
-        with self._lock:
-            hit = self._cache.get(key)
-            if hit is not None:
-                self._cache.move_to_end(key)
-                return hit[0]
+        while True:
+            with self._lock:
+                hit = self._cache.get(key)
+                if hit is not None:
+                    self._cache.move_to_end(key)
+                    return hit[0]
+                pending = self._loading.get(key)
+                if pending is None:
+                    self._loading[key] = threading.Event()
+                    break
+            pending.wait()  # loaded by another thread (or it failed: then this caller tries, and sees the error)
+        try:
             from studio.registry import get_backend_class
 
+            started = time.perf_counter()
             cls = get_backend_class(name)
             device, dtype = self.device_for(frozenset(cls.devices), name)
             backend = self.load_backend(cls, model, device, dtype)  # fetches a registered model first
             size = model_bytes(backend)
-            self.loads += 1
-            self._make_room(size)
-            self._cache[key] = (backend, size)
+            log.info("loaded %s/%s on %s in %.2f s (for %s)", name, backend.model.name, device,
+                     time.perf_counter() - started, why)
+            with self._lock:
+                self.loads += 1
+                self._make_room(size)
+                self._cache[key] = (backend, size)
             return backend
+        finally:
+            with self._lock:
+                self._loading.pop(key).set()
+
+    def start_warmup(self, plan: Warmup) -> threading.Thread | None:
+        """Load the plan's models in a background thread (this process takes jobs meanwhile; a job that needs a
+        model being preloaded waits for that load instead of starting its own). `warmup` tells how it went."""
+        if not plan.models or self._warmup_thread is not None:
+            self.warmup.update(plan=plan.to_dict(), done=True)
+            return None
+        self.warmup["plan"] = plan.to_dict()
+        self._defaults.update(plan.defaults)  # jobs naming no model wait for the preload of the default one
+        thread = threading.Thread(target=self._preload, args=(plan,), name="studio-preload", daemon=True)
+        self._warmup_thread = thread
+        thread.start()
+        return thread
+
+    def _preload(self, plan: Warmup) -> None:
+        for name, model in plan.models:
+            started = time.perf_counter()
+            try:
+                backend = self.get_backend(name, model, why="preload")
+            except Exception as exc:  # a model that cannot load fails its jobs with the reason, not the worker
+                log.warning("could not preload %s/%s: %s", name, model, exc)
+                self.warmup["errors"].append({"backend": name, "model": model, "error": str(exc)[:300]})
+                continue
+            self.warmup["preloaded"].append({"backend": name, "model": backend.model.name,
+                                             "seconds": round(time.perf_counter() - started, 3)})
+        self.warmup["done"] = True
+
+    def wait_warmup(self, timeout: float | None = None) -> bool:
+        """Block until the preload has ended (True), or `timeout` seconds passed (False)."""
+        thread = self._warmup_thread
+        if thread is not None:
+            thread.join(timeout)
+            return not thread.is_alive()
+        return True
 
     def _make_room(self, incoming: int) -> None:
         freed = False

@@ -165,7 +165,7 @@ class QueueHarness:
         plugin_dir = install_toy_plugin(self.root / "plugins")
         self.trace = self.root / "toy-trace.txt"
         env = {"STUDIO_HOME": str(self.root / "home"), "STUDIO_QUEUE_PREFIX": self.prefix,
-               "STUDIO_PLUGINS": plugins, "STUDIO_DEVICE": "cpu", "STUDIO_LEASE_S": "2",
+               "STUDIO_PLUGINS": plugins, "STUDIO_DEVICE": "cpu", "STUDIO_LEASE_S": "2", "STUDIO_PRELOAD": "none",
                "STUDIO_TOY_TRACE": str(self.trace), "STUDIO_BROKER_URL": broker_url or "",
                "PYTHONPATH": os.pathsep.join(p for p in (str(plugin_dir), os.environ.get("PYTHONPATH", "")) if p)}
         env.update(server_env)

@@ -8,6 +8,10 @@ worker that receives nothing while jobs of its queues wait restarts its broker c
 
 With the solo pool (the default) jobs run in a job process that the worker can kill (see `jobproc`). The worker
 exits non-zero whenever it stops on an unrecoverable error, so `restart: on-failure` brings it back.
+
+At start a worker warms what its first jobs would otherwise wait for (see `warmup`, STUDIO_PRELOAD): the process
+that runs jobs preloads SD's default model in the background, and UMAP's compiled code is filled into the cache
+by a low-priority child once the worker consumes. Neither holds up a job; the worker advertises its plan.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import uuid
 
 from studio.config import Settings, load_settings
 from studio.errors import StudioError
-from studio.queue import jobproc
+from studio.queue import jobproc, warmup
 from studio.queue.broker import ensure_broker, redacted
 from studio.queue.faults import (
     LIVENESS,
@@ -135,6 +139,7 @@ def run_worker(settings: Settings | None = None, queues: list[str] | None = None
         os.environ["HF_HUB_OFFLINE"] = "1"
     ctx = None
     runner = None
+    umap_warm: list = []  # the UMAP warm-up child, once started
     code: object = 0
     stopped: list[object] = []
     liveness = LIVENESS
@@ -152,15 +157,22 @@ def run_worker(settings: Settings | None = None, queues: list[str] | None = None
         info = {"hostname": socket.gethostname(), "pid": os.getpid(), "device": device,
                 "dtype": ctx.runtime.device()[1], "pool": pool, "concurrency": concurrency, "queues": chosen,
                 "backends": backends_of(chosen, prefix), "broker": redacted(url)}
+        plan = warmup.plan_for(settings, info["backends"])
+        info["preload"] = [f"{b}/{m}" for b, m in plan.models] + (["umap"] if plan.umap else [])
         maintenance = Maintenance(ctx, wid, info, liveness)
+        warmup.hand_down(plan)  # the job process (or each prefork child) preloads the models in its background
         if pool == "solo" and jobproc.job_process_enabled(settings):
             runner = jobproc.enable(app, loglevel)
             info["job_process"] = True
+        elif pool != "prefork":  # jobs run in this process
+            ctx.runtime.start_warmup(plan)
 
         def on_ready(sender: object = None, **_: object) -> None:
             liveness.attach(sender)
             if maintenance.ident is None:  # Celery sends it once; never start the thread twice
                 maintenance.start()
+                if plan.umap:  # consuming already: the warm-up takes idle CPU only
+                    umap_warm.append(warmup.start_umap_warmup(settings))
 
         def on_received(**_: object) -> None:
             liveness.received()
@@ -178,6 +190,9 @@ def run_worker(settings: Settings | None = None, queues: list[str] | None = None
                    "--without-gossip", "--without-mingle"])
         code = getattr(stopped[-1], "exitcode", 0) if stopped else 0
     finally:
+        warmup.withdraw()
+        for proc in umap_warm:
+            warmup.stop(proc)
         if runner is not None:
             runner.stop()
         if ctx is not None:

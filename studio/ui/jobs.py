@@ -246,10 +246,17 @@ class Finished:
         return self.metrics.get("seconds")
 
     def summary(self) -> str:
-        """One line for the page: job id, op and time."""
+        """One line for the page: job id, op and time (tabs append to it), after the job's warnings (an input that
+        looks unlike what the model was trained on), each a paragraph of its own."""
         secs = self.seconds()
         took = f" in {secs:.2f} s" if isinstance(secs, (int, float)) else ""
-        return f"✓ job `{self.job_id}` ({self.status.get('op', '?')}) finished{took}"
+        warned = "".join(f"⚠️ **warning:** {w}\n\n" for w in self.warnings())
+        return f"{warned}✓ job `{self.job_id}` ({self.status.get('op', '?')}) finished{took}"
+
+    def warnings(self) -> list[str]:
+        """The job's warnings (`metrics["warnings"]`), as strings."""
+        found = self.metrics.get("warnings")
+        return [str(w) for w in found] if isinstance(found, list) else []
 
 
 ProgressFn = Callable[..., Any]
