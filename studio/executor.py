@@ -31,7 +31,7 @@ from studio.spec import ImageRef, OpSpec, Source, check_backend_options, check_c
 class Artifact:
     name: str
     data: bytes
-    kind: str  # image | gif | json | binary
+    kind: str  # image | gif | video | json | binary
 
     def write(self, directory: Path) -> Path:
         path = directory / self.name
@@ -159,11 +159,17 @@ class JobContext:
         return x
 
     def point(self, src: Source) -> Point:
+        """`src` as a latent point: a seed's random point, or an image loaded and encoded."""
+        return self.point_with_images(src)[0]
+
+    def point_with_images(self, src: Source) -> tuple[Point, torch.Tensor | None, BaseModel]:
+        """`point(src)`, with the images it encoded (None for a seed) and the options it used: for a caller that
+        also looks at the images (the out-of-distribution check) without loading or encoding them again."""
         opts = self.options_for(src)
         if src.seed is not None:
-            return random_point(self.backend, [src.seed], opts)
+            return random_point(self.backend, [src.seed], opts), None, opts
         x = self.load_image(src.image)
-        return encode_images(self.backend, x, opts, seed=0, progress=self.sub_progress("encoding"))
+        return encode_images(self.backend, x, opts, seed=0, progress=self.sub_progress("encoding")), x, opts
 
     # ----- outputs -----
     def sub_progress(self, message: str) -> Progress:

@@ -206,10 +206,19 @@ def residuals(backend: Backend, images: torch.Tensor, options: BaseModel | None 
         x = images[start:start + BATCH].float()
         with torch.no_grad():
             z = point[space][start:start + BATCH] if point is not None else backend.encode(x, options)[space]
-            r = backend.decode({space: z}, options).float().clamp(-1, 1)
-        out.append((r - x.clamp(-1, 1)).abs().reshape(len(x), -1).numpy())
+            out.append(reconstruction_residuals(x, backend.decode({space: z}, options)))
         progress(min(start + BATCH, n), n)
-    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, math.prod(images.shape[1:])), np.float32)
+    return np.concatenate(out) if out else np.zeros((0, math.prod(images.shape[1:])), np.float32)
+
+
+def reconstruction_residuals(images: torch.Tensor, reconstructions: torch.Tensor) -> np.ndarray:
+    """|r - x| per element, (N, C*H*W) float32, both clamped to [-1, 1]: `reconstructions` must be the exact
+    (unquantised) decode(encode(images)), e.g. a round trip's `RoundtripResult.unquantised`."""
+    if tuple(reconstructions.shape) != tuple(images.shape):
+        raise ValueError(f"reconstructions of shape {list(reconstructions.shape)} do not match images of shape "
+                         f"{list(images.shape)}")
+    r = reconstructions.detach().float().clamp(-1, 1)
+    return (r - images.float().clamp(-1, 1)).abs().reshape(len(images), -1).numpy().astype(np.float32)
 
 
 def scale_from(fit_residuals: np.ndarray) -> np.ndarray:
@@ -342,10 +351,11 @@ def _compute(backend: Backend, settings: Settings, datasets: tuple[str, ...], sh
 
 def assess(backend: Backend, images: torch.Tensor, settings: Settings, options: BaseModel | None = None,
            point: Point | None = None, labels: tuple[str, ...] = (), progress: Progress = no_progress,
-           budget_s: float | None = BUDGET_S) -> Assessment:
+           budget_s: float | None = BUDGET_S, reconstructions: torch.Tensor | None = None) -> Assessment:
     """Score `images` (NCHW in [-1, 1], the backend's shape) against the model's calibration. `point`: their codec
-    latents when already encoded. Without a calibration (or when `options` change the image shape it was made at),
-    the Assessment carries the reason and nothing is encoded."""
+    latents when already encoded; `reconstructions`: their exact (unquantised) reconstructions when already decoded
+    (nothing is encoded or decoded then). Without a calibration (or when `options` change the image shape it was
+    made at), the Assessment carries the reason and nothing is encoded."""
     label = f"{backend.name}/{backend.model.name}"
     cal = calibrate(backend, settings, progress, budget_s)
     if isinstance(cal, str):
@@ -354,7 +364,10 @@ def assess(backend: Backend, images: torch.Tensor, settings: Settings, options: 
     if shape != cal.shape:
         return Assessment(label, None, f"the check is calibrated at image shape {'x'.join(map(str, cal.shape))}, "
                                        f"these options give {'x'.join(map(str, shape))}")
-    res = residuals(backend, images, options, point, progress)
+    if reconstructions is not None:
+        res = reconstruction_residuals(images, reconstructions)
+    else:
+        res = residuals(backend, images, options, point, progress)
     return Assessment(label, cal, "", scores_from(res, cal.scale), tuple(labels))
 
 
@@ -382,5 +395,5 @@ def merge(assessments: list[Assessment]) -> Assessment:
     return Assessment(first.model, first.calibration, "", scores, labels)
 
 
-__all__ = ["Assessment", "Calibration", "assess", "calibrate", "dataset_parts", "merge", "record", "residuals",
-           "scale_from", "scores_from", "training_dataset"]
+__all__ = ["Assessment", "Calibration", "assess", "calibrate", "dataset_parts", "merge", "reconstruction_residuals",
+           "record", "residuals", "scale_from", "scores_from", "training_dataset"]

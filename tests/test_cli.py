@@ -95,6 +95,7 @@ def test_plugins_lists_backends_with_spaces_and_hashes(studio_cli):
     (["run", "roundtrip", "--backend", "pca", "--dataset", "nosuchdata", "--bits", "4"], "unknown dataset"),
     (["run", "edit", "--backend", "pca", "--seed", "1", "--colour", "red"], "No such option: --colour"),
     (["run", "sample"], "Missing option '--backend'"),
+    (["run", "walk", "--backend", "pca", "--seeds", "1,2", "--video", "webm"], "video: Input should be 'gif' or 'mp4'"),
 ])
 def test_bad_input_gets_one_line_and_no_traceback(studio_cli, tmp_path, args, message):
     (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
@@ -103,6 +104,36 @@ def test_bad_input_gets_one_line_and_no_traceback(studio_cli, tmp_path, args, me
     assert "Traceback" not in r.stderr
     assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr
     assert message in r.stderr
+
+
+def test_walk_writes_an_mp4_with_video_mp4_and_only_a_gif_by_default(studio_cli, tmp_path):
+    import av
+
+    for video, out in ((None, "gif"), ("mp4", "mp4")):
+        more = [] if video is None else ["--video", video]
+        r = studio_cli("run", "walk", "--backend", "pca", "--seeds", "1,2,3", "--frames", "3", *more,
+                       "--out", str(tmp_path / out))
+        assert r.returncode == 0, r.stderr
+    assert not list((tmp_path / "gif").glob("*.mp4")) and (tmp_path / "gif" / "walk.gif").is_file()
+    files = {p.name for p in (tmp_path / "mp4").iterdir()}
+    assert {"walk.gif", "walk.mp4", "frame_00000.png", "frame_00006.png"} <= files and "frame_00007.png" not in files
+    with av.open(str(tmp_path / "mp4" / "walk.mp4")) as container:
+        frames = list(container.decode(video=0))
+    assert len(frames) == 7 and (frames[0].width, frames[0].height) == (112, 112)  # 28x28 frames, enlarged 4x
+    assert read_record(tmp_path / "mp4" / "frame_00003.png")["spec"]["video"] == "mp4"
+
+
+def test_an_mp4_walk_without_pyav_is_one_line_before_any_frame(tmp_path):
+    import subprocess
+    import sys
+
+    from studio.ops.walk import MP4_MISSING
+
+    main = "import sys; sys.modules['av'] = None\nfrom studio.cli import main\nmain()"  # as without the video extra
+    r = subprocess.run([sys.executable, "-c", main, "run", "walk", "--backend", "pca", "--seeds", "1,2", "--video",
+                        "mp4", "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and r.stderr == f"error: {MP4_MISSING}\n", r.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_roundtrip_json_reports_real_bytes_and_honest_baselines(studio_cli):

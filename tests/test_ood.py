@@ -153,6 +153,65 @@ def test_an_mnist_digit_round_trips_without_a_warning(calibration) -> None:
                                                 "percentile": result.metrics["ood"]["images"][0]["percentile"]}]
 
 
+def _counting_vae(settings):
+    """The shipped MNIST VAE through a thin subclass that records the batch size of each encode call (the encoding
+    itself is the real one)."""
+    from studio.contract import no_progress
+    from studio.registry import get_backend_class
+
+    class CountingVAE(get_backend_class("vae")):
+        def encode(self, images, options=None, seed=0, progress=no_progress):
+            self.encoded.append(len(images))
+            return super().encode(images, options, seed, progress)
+
+    backend = CountingVAE.load("mnist", settings)
+    backend.encoded = []
+    return backend
+
+
+def _mixed_images(settings, n: int = 5):
+    import torch
+
+    return torch.cat([_test_images("mnist", settings, last=n), _test_images("fashion", settings, first=n)])
+
+
+def test_a_roundtrips_unquantised_reconstructions_give_the_direct_scores(calibration, settings) -> None:
+    from studio.ops.compression import roundtrip
+
+    vae = _counting_vae(settings)
+    x = _mixed_images(settings)
+    res = roundtrip(vae, x, 6, batch_size=4, baselines=False)
+    assert vae.encoded == [4, 4, 2]  # once per chunk
+    reused = ood.assess(vae, x, settings, reconstructions=res.unquantised)
+    assert vae.encoded == [4, 4, 2]  # the scores came from the round trip's own reconstructions
+    direct = ood.assess(vae, x, settings)
+    np.testing.assert_allclose(reused.scores, direct.scores, rtol=1e-6)
+    assert np.array_equal(reused.flags, direct.flags) and direct.flags[5:].any()
+    with pytest.raises(ValueError, match="do not match images"):
+        ood.assess(vae, x, settings, reconstructions=res.unquantised[:3])
+
+
+def test_the_roundtrip_op_encodes_its_images_once_and_scores_them_as_assess_does(calibration, settings) -> None:
+    from studio.datasets import load_dataset
+    from studio.executor import Runtime, execute
+
+    vae = _counting_vae(settings)
+
+    class OneBackend(Runtime):
+        def get_backend(self, name, model):
+            return vae
+
+    result = execute({"op": "roundtrip", "backend": "vae", "model": "mnist", "dataset": "fashion", "limit": 6,
+                      "bits": 6}, runtime=OneBackend(settings))
+    assert vae.encoded == [6]  # the round trip's one chunk; the check encoded nothing again
+    direct = ood.assess(vae, load_dataset("fashion", "test", limit=6, settings=settings).images, settings)
+    listed = result.metrics["ood"]["images"]
+    assert [e["image"] for e in listed] == [f"fashion[{i}]" for i in range(6)]
+    assert [e["score"] for e in listed] == [round(float(s), 5) for s in direct.scores]
+    assert [e["flagged"] for e in listed] == direct.flags.tolist()
+    assert result.metrics["ood_share"] == direct.share
+
+
 def test_image_sources_of_generating_ops_are_scored(calibration) -> None:
     from studio.executor import execute
 

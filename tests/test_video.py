@@ -108,3 +108,55 @@ def test_without_pyav_mp4_says_how_to_get_it(vae_walk, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == MP4_MISSING and "\n" not in MP4_MISSING
     assert (tmp_path / "walk.gif").is_file() and not (tmp_path / "walk.mp4").exists()
+
+
+# ----- the walk op: `video="mp4"` (studio run walk --video mp4) -----
+def _walk_job(video: str | None) -> dict:
+    spec = {"op": "walk", "backend": "vae", "keyframes": [{"seed": 1}, {"seed": 2}, {"seed": 3}],
+            "frames_per_segment": FRAMES_PER_SEGMENT}
+    return spec if video is None else {**spec, "video": video}
+
+
+def test_a_walk_job_with_video_mp4_writes_an_mp4_of_its_frames(tmp_path):
+    from studio.executor import execute
+    from studio.spec import parse_spec
+
+    result = execute(_walk_job("mp4"))
+    kinds = {a.name: a.kind for a in result.artifacts}
+    assert kinds["walk.mp4"] == "video" and kinds["walk.gif"] == "gif"  # the GIF stays, the MP4 comes with it
+    result.write(tmp_path)
+    video, (codec, width, height, _) = _mp4_frames(tmp_path / "walk.mp4")
+    count = parse_spec(_walk_job("mp4")).output_count()
+    assert codec == "h264" and (width, height) == (28 * SCALE, 28 * SCALE)  # tiny frames enlarged as in the GIF
+    assert len(video) == count == 2 * FRAMES_PER_SEGMENT + 1 == result.metrics["frames"]
+    stills = []
+    for i in range(count):
+        with Image.open(tmp_path / f"frame_{i:05d}.png") as im:
+            big = im.convert("RGB").resize((width, height), Image.Resampling.NEAREST)
+            stills.append(np.asarray(big))
+    scores = [_psnr(v, s) for v, s in zip(video, stills, strict=True)]
+    assert min(scores) > 30, scores  # the walk's own PNG frames, in order, up to H.264's loss
+    assert all(int(np.argmax([_psnr(v, s) for s in stills])) == i for i, v in enumerate(video))
+
+
+def test_a_walk_job_stays_gif_only_by_default(tmp_path):
+    from studio.executor import execute
+    from studio.spec import parse_spec
+
+    assert parse_spec(_walk_job(None)).video == "gif"
+    names = [a.name for a in execute(_walk_job(None), workdir=tmp_path).artifacts]
+    assert "walk.gif" in names and not [n for n in names if n.endswith(".mp4")]
+    assert not list(tmp_path.rglob("*.mp4"))
+
+
+def test_without_pyav_an_mp4_walk_job_fails_at_once_in_one_line(tmp_path, monkeypatch):
+    from studio.executor import execute
+
+    monkeypatch.setitem(sys.modules, "av", None)  # `import av` fails, as without the video extra
+    assert not mp4_available()
+    calls = []
+    with pytest.raises(InputError) as caught:
+        execute(_walk_job("mp4"), workdir=tmp_path, progress=lambda *a, **k: calls.append(a))
+    assert str(caught.value) == MP4_MISSING
+    assert calls == [] and not list(tmp_path.iterdir())  # refused before any frame was rendered
+    assert "walk.gif" in [a.name for a in execute(_walk_job("gif")).artifacts]  # a GIF walk needs no PyAV

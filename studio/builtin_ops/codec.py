@@ -62,7 +62,7 @@ class RoundtripSpec(OpSpec):
         job.result.metrics.update(res.metrics)
         labels = ("the image",) if self.image is not None else tuple(f"{self.dataset}[{i}]" for i in range(len(x)))
         check = assess(job.backend, x, job.settings, job.options, labels=labels,
-                       progress=job.sub_progress("checking the input"))
+                       progress=job.sub_progress("checking the input"), reconstructions=res.unquantised)
         record(job.result.metrics, check)
         job.result.add_json("metrics.json", job.result.metrics)
         if self.image is None:

@@ -25,16 +25,11 @@ class SourceChecker:
         self.assessments: list[Assessment] = []
 
     def point(self, src: Source, label: str) -> Point:
-        """`job.point(src)`; an image source is encoded here and scored (the latent is not computed twice)."""
-        if src.image is None:
-            return self.job.point(src)
-        from studio.points import encode_images
-
-        job = self.job
-        opts = job.options_for(src)
-        x = job.load_image(src.image)
-        point = encode_images(job.backend, x, opts, seed=0, progress=job.sub_progress("encoding"))
-        self.check(x, point, label, opts)
+        """`job.point(src)`; an image source is scored from the images and latent that made its point (the latent
+        is not computed twice)."""
+        point, images, opts = self.job.point_with_images(src)
+        if images is not None:
+            self.check(images, point, label, opts)
         return point
 
     def check(self, images: torch.Tensor, point: Point | None, label: str, options: object = None) -> None:

@@ -239,22 +239,10 @@ def train(backend: Annotated[str, typer.Argument(help="Backend to train (vae, ga
     print_json(metrics)
 
 
-def evaluate(backend: ops.Backend, model: ops.Model = None,
-             n: Annotated[int, typer.Option("--n", "-n", help="Number of samples per draw.")] = 2000,
-             repeats: Annotated[int, typer.Option(help="Draws of n averaged (samples and floor).")] = 5,
-             seed: Annotated[int, typer.Option(help="First seed.")] = 0,
-             dataset: Annotated[str, typer.Option(help="Dataset to score against (one with a classifier: mnist, "
-                                                       "fashion).")] = "mnist",
-             quality: Annotated[bool, typer.Option("--quality/--no-quality", help="FCD, KID and confident share "
-                                                    "(needs 1x28x28 images).")] = True,
-             ppl_pairs: Annotated[int | None, typer.Option(help="Pairs for the perceptual path length (default "
-                                                               "min(1000, n); 0 skips it).")] = None,
-             ppl_eps: Annotated[float, typer.Option(help="Step of the path length.")] = 1e-4,
-             separability_n: Annotated[int | None, typer.Option(help="Latents for the linear separability "
-                                                                     "(default min(4000, 2n); 0 skips it).")] = None,
-             separability_labels: Annotated[str, typer.Option(help="auto, dataset (encoded test images) or samples "
-                                                                   "(prior samples labelled by the classifier).")]
-             = "auto",
+def evaluate(backend: ops.Backend, model: ops.Model = None, n: ops.EvalN = 2000, repeats: ops.EvalRepeats = 5,
+             seed: ops.EvalSeed = 0, dataset: ops.EvalDataset = "mnist", quality: ops.EvalQuality = True,
+             ppl_pairs: ops.PplPairs = None, ppl_eps: ops.PplEps = 1e-4, separability_n: ops.SeparabilityN = None,
+             separability_labels: ops.SeparabilityLabels = "auto",
              option: ops.OptionPairs = None,
              as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """Sample quality against a dataset (FCD and KID with their floors, in the project's classifier features) and the

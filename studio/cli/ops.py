@@ -112,8 +112,10 @@ def walk(backend: Backend, model: Model = None,
          prompts: Annotated[str | None, typer.Option(help="Keyframe prompts separated by '|' (with --seed).")] = None,
          seed: Annotated[int, typer.Option(help="Seed for a prompt walk.")] = 0,
          frames: Annotated[int, typer.Option(help="Frames per segment.")] = 8,
-         method: Annotated[str, typer.Option(help="slerp or lerp.")] = "slerp") -> dict:
-    """A multi-keyframe walk as one job (resumable): frames and a GIF."""
+         method: Annotated[str, typer.Option(help="slerp or lerp.")] = "slerp",
+         video: Annotated[str, typer.Option(help="gif (walk.gif) or mp4 (walk.mp4 too; needs the video extra, "
+                                                 "PyAV).")] = "gif") -> dict:
+    """A multi-keyframe walk as one job (resumable): frames and a GIF (and an MP4 with --video mp4)."""
     if (seeds is None) == (prompts is None):
         raise InputError("give --seeds or --prompts (one of them)")
     if seeds is not None:
@@ -121,24 +123,29 @@ def walk(backend: Backend, model: Model = None,
     else:
         keyframes = [{"seed": seed, "options": {"prompt": p.strip()}} for p in prompts.split("|")]
     return {"op": "walk", "backend": backend, "model": model, "keyframes": keyframes, "frames_per_segment": frames,
-            "method": method}
+            "method": method, "video": video}
 
 
-def evaluate(backend: Backend, model: Model = None,
-             dataset: Annotated[str, typer.Option(help="Dataset to score against (one with a classifier).")] = "mnist",
-             n: Annotated[int, typer.Option("--n", "-n", help="Number of samples per draw.")] = 2000,
-             repeats: Annotated[int, typer.Option(help="Draws of n averaged (samples and floor).")] = 5,
-             seed: Annotated[int, typer.Option(help="First seed.")] = 0,
-             quality: Annotated[bool, typer.Option("--quality/--no-quality", help="FCD, KID and confident share "
-                                                    "(needs 1x28x28 images).")] = True,
-             ppl_pairs: Annotated[int | None, typer.Option(help="Pairs for the perceptual path length (default "
-                                                               "min(1000, n); 0 skips it).")] = None,
-             ppl_eps: Annotated[float, typer.Option(help="Step of the path length.")] = 1e-4,
-             separability_n: Annotated[int | None, typer.Option(help="Latents for the linear separability "
-                                                                     "(default min(4000, 2n); 0 skips it).")] = None,
-             separability_labels: Annotated[str, typer.Option(help="auto, dataset (encoded test images) or samples "
-                                                                   "(prior samples labelled by the classifier).")]
-             = "auto") -> dict:
+# The evaluate op's flags, shared by `studio run/submit evaluate` (below) and `studio evaluate` (studio.cli.local).
+EvalDataset = Annotated[str, typer.Option(help="Dataset to score against (one with a classifier: mnist, fashion).")]
+EvalN = Annotated[int, typer.Option("--n", "-n", help="Number of samples per draw.")]
+EvalRepeats = Annotated[int, typer.Option(help="Draws of n averaged (samples and floor).")]
+EvalSeed = Annotated[int, typer.Option(help="First seed.")]
+EvalQuality = Annotated[bool, typer.Option("--quality/--no-quality", help="FCD, KID and confident share (needs "
+                                                                          "1x28x28 images).")]
+PplPairs = Annotated[int | None, typer.Option(help="Pairs for the perceptual path length (default min(1000, n); "
+                                                   "0 skips it).")]
+PplEps = Annotated[float, typer.Option(help="Step of the path length.")]
+SeparabilityN = Annotated[int | None, typer.Option(help="Latents for the linear separability (default "
+                                                        "min(4000, 2n); 0 skips it).")]
+SeparabilityLabels = Annotated[str, typer.Option(help="auto, dataset (encoded test images) or samples (prior samples "
+                                                      "labelled by the classifier).")]
+
+
+def evaluate(backend: Backend, model: Model = None, dataset: EvalDataset = "mnist", n: EvalN = 2000,
+             repeats: EvalRepeats = 5, seed: EvalSeed = 0, quality: EvalQuality = True, ppl_pairs: PplPairs = None,
+             ppl_eps: PplEps = 1e-4, separability_n: SeparabilityN = None,
+             separability_labels: SeparabilityLabels = "auto") -> dict:
     """Sample quality against a dataset: FCD and KID (Fréchet and kernel distances in the features of the project's
     classifier for that dataset) with their floors (real training images), and the confident share; and the latent
     space's regularity: perceptual path length (slerp and lerp) and linear separability of the classes."""

@@ -373,7 +373,10 @@ def downscaled_webp_baseline(image: Image.Image, max_bytes: int, reference: np.n
 
 @dataclass
 class RoundtripResult:
-    """Everything a round trip produced. `metrics` is JSON-ready (None where a baseline never fit)."""
+    """Everything a round trip produced. `metrics` is JSON-ready (None where a baseline never fit).
+    `unquantised`: the decoded exact latents, decode(encode(x)) with no quantisation, clamped to [-1, 1] (what
+    `psnr_unquantised` measures, and what the out-of-distribution score needs: `studio.ood.assess(...,
+    reconstructions=result.unquantised)` encodes nothing again)."""
 
     reconstructions: torch.Tensor
     payloads: list[bytes]
@@ -383,6 +386,7 @@ class RoundtripResult:
     per_image: dict[str, np.ndarray] = field(default_factory=dict)
     avif: list[BaselineResult] = field(default_factory=list)
     webp_downscaled: list[BaselineResult] = field(default_factory=list)
+    unquantised: torch.Tensor | None = None
 
     @property
     def jpeg_images(self) -> list[Image.Image | None]:
@@ -505,7 +509,7 @@ def roundtrip(backend: Backend, images: torch.Tensor, bits: int, options: BaseMo
         best = _best_baseline([results for name, results in found.items() if name not in unavailable], n)
         metrics |= _best_metrics(best, ours_psnr, ours_ssim)
         per_image["best_baseline_psnr"] = best[0]
-    return RoundtripResult(reconstructions, payloads, jpeg, webp, metrics, per_image, avif, small)
+    return RoundtripResult(reconstructions, payloads, jpeg, webp, metrics, per_image, avif, small, unquantised)
 
 
 def _unavailable_baselines(shape: tuple[int, ...]) -> dict[str, str]:
