@@ -34,9 +34,9 @@ def mnist_test(studio_home: Path):
 
 
 FASHION_PSNR_FLOOR = 20.0  # measured 21.6 dB on these 300 images (21.27 dB on the full test set)
-# Confident share of 300 prior samples (seeds 0-299), held at the measured level less a margin. The issue's goal for
-# mnist is 0.70; the shipped whitened-Gaussian prior reaches 0.43 here (see the report: a flow prior reached 0.68).
-CONFIDENT_FLOOR = {"mnist": 0.38, "fashion": 0.29}  # measured 0.430 and 0.343
+# Confident share of 300 prior samples (seeds 0-299) from the shipped mixture priors. mnist: the issue's goal, 0.70;
+# fashion (whose real test images score 0.75): the measured level less a margin.
+CONFIDENT_FLOOR = {"mnist": 0.70, "fashion": 0.62}  # measured 0.900 and 0.707
 
 
 def write_tiny_vae(settings: Settings, name: str = "tiny", seed: int = 0) -> Path:
@@ -170,8 +170,9 @@ def test_shipped_vae_reconstructs_mnist_above_24_db(settings: Settings, mnist_te
 
 @pytest.mark.parametrize("model", ["mnist", "fashion"])
 def test_shipped_prior_samples_are_recognised_with_confidence(settings: Settings, model: str) -> None:
-    """Prior samples recognised with confidence (classifier max prob >= 0.9) on 300 samples, at the measured
-    level less a margin (a regression guard; the issue's 70% goal for mnist is not met yet)."""
+    """Prior samples recognised with confidence (classifier max prob >= 0.9) on 300 samples: at least the
+    issue's 70% for mnist (a single whitened Gaussian gave 0.43 here), the measured level less a margin for
+    fashion (0.34 before the mixture prior)."""
     from studio.evaluate import confident_share, sample_images
 
     backend = VAEBackend.load(model, settings)
@@ -300,3 +301,97 @@ def test_training_with_the_new_options_writes_a_whitened_bigger_model(settings: 
     assert max(abs(v) for v in json.loads(meta["coding_mean"])) < 1e-3  # whitened: centred
     with pytest.raises(InputError, match="at least 0"):
         VAEBackend.train("mnist", 1, str(out), 3, settings, limit=64, extra_convs=-1)
+
+
+def _clustered_latents(n: int = 600, seed: int = 0) -> torch.Tensor:
+    """Three well separated clusters in 4-d: what a single Gaussian fits badly and a mixture well."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.tensor([[6.0, 0, 0, 0], [-6.0, 0, 0, 0], [0, 6.0, 0, 0]])
+    return centres[torch.arange(n) % 3] + 0.3 * torch.randn(n, 4, generator=g)
+
+
+def test_mixture_prior_draws_each_seed_on_its_own_and_near_the_data() -> None:
+    """A seed's latent is mean[k] + chol[k] @ eps, with eps the seed's standard-normal draw: deterministic,
+    independent of its batch, and (unlike N(0, I) after whitening) on the clusters, not between them."""
+    from studio_vae.prior import MixturePrior
+
+    prior = MixturePrior.fit(_clustered_latents(), components=3, seed=0)
+    z = prior.sample(range(200))
+    assert z.shape == (200, 4) and torch.equal(z, prior.sample(range(200)))
+    assert torch.equal(prior.sample([7])[0], z[7])
+    eps = torch.randn(4, generator=torch.Generator().manual_seed(7))
+    assert any(torch.allclose(z[7], prior.means[k] + prior.chols[k] @ eps, atol=1e-5) for k in range(3))
+    nearest = torch.cdist(z, prior.means).min(1).values
+    assert float(nearest.max()) < 3.0  # every draw lies on a cluster (std 0.3 per axis); origin is 6 away
+    centres = torch.tensor([[6.0, 0, 0, 0], [-6.0, 0, 0, 0], [0, 6.0, 0, 0]])
+    assert torch.cdist(prior.means, centres).min(1).values.max() < 0.2
+    counts = torch.bincount(torch.cdist(z, centres).argmin(1), minlength=3)
+    assert counts.min() > 40  # all three components are drawn, about equally (weights 1/3)
+
+
+def test_a_model_with_a_prior_samples_from_it_and_encodes_as_before(settings: Settings, tmp_path: Path) -> None:
+    """`add_prior` (what `python -m studio_vae.prior` runs) fits the mixture to the encoded training set and
+    stores it in the weights; loading gives a backend whose seeds come from it, while encode, decode and every
+    other tensor and metadata entry stay as they were."""
+    from studio_vae.prior import PRIOR_KEY, add_prior, main
+
+    path = write_tiny_vae(settings, "plain")
+    before = VAEBackend.load("plain", settings)
+    images = torch.rand(8, 1, 28, 28) * 2 - 1
+    z_before = before.encode(images)["z"]
+    out = path.with_name("mixed.safetensors")
+    info = add_prior(path, "mnist", components=4, seed=1, out=out)
+    assert info == {"kind": "gaussian_mixture", "components": 4, "seed": 1, "dataset": "mnist",
+                    "train_images": 60000}
+    after = VAEBackend.load("mixed", settings)
+    assert after.net.prior is not None and after.net.prior.components == 4
+    assert after.describe()["prior"] == "gaussian mixture of 4"
+    assert torch.equal(after.encode(images)["z"], z_before)
+    seeds = after.sample_prior("z", [3, 4])
+    assert torch.equal(seeds, after.net.prior.sample([3, 4]))
+    assert not torch.allclose(seeds, before.sample_prior("z", [3, 4]))
+    meta_before, meta_after = read_metadata(path), read_metadata(out)
+    assert json.loads(meta_after.pop(PRIOR_KEY)) == info and meta_after == meta_before
+    main([str(out), "--dataset", "mnist", "--components", "2"])  # in place, replacing the old prior
+    assert load_vae(out)[0].prior.components == 2
+    with pytest.raises(InputError, match="no latent space 'w'"):
+        after.sample_prior("w", [1])
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"prior.chols": None}, "incomplete"),
+    ({"prior.weights": torch.tensor([0.5, 0.6])}, "sum to 1"),
+    ({"prior.means": torch.zeros(2, 3)}, r"means \(K, 4\)"),
+    ({"prior.chols": -torch.eye(4).repeat(2, 1, 1)}, "positive diagonal"),
+    ({"prior.means": torch.full((2, 4), float("nan"))}, "non-finite"),
+])
+def test_malformed_prior_is_a_clear_error(settings: Settings, change: dict, message: str) -> None:
+    net = ConvVAE(VAEConfig(base_width=4, latent_dim=4))
+    prior = {"prior.weights": torch.tensor([0.5, 0.5]), "prior.means": torch.zeros(2, 4),
+             "prior.chols": torch.eye(4).repeat(2, 1, 1)}
+    for key, value in change.items():
+        prior.pop(key) if value is None else prior.__setitem__(key, value)
+    path = settings.model_root_paths[0] / "vae" / "bad.safetensors"
+    save_weights(path, {**net.state_dict(), **prior}, {"config": net.config.to_json()})
+    with pytest.raises(InputError, match=f"not readable.*{message}"):
+        VAEBackend.load("bad", settings)
+
+
+def test_training_with_prior_components_stores_a_fitted_prior(settings: Settings, tmp_path: Path) -> None:
+    """`--train-option prior_components=K` fits the mixture to the public (whitened) training latents at the end
+    of training and stores it with its settings in the metadata."""
+    from studio_vae.prior import MixturePrior
+
+    out = tmp_path / "p.safetensors"
+    VAEBackend.train("mnist", 1, str(out), 3, settings, limit=128, batch_size=64, base_width=4, latent_dim=4,
+                     whiten=True, prior_components=3)
+    net, meta = load_vae(out)
+    assert json.loads(meta["prior"]) == {"kind": "gaussian_mixture", "components": 3, "seed": 3,
+                                         "dataset": "mnist", "train_images": 128}
+    from studio.datasets import load_dataset
+
+    z = net.encode_latent(load_dataset("mnist", "train", limit=128, settings=settings).images).detach()
+    refit = MixturePrior.fit(z, 3, seed=3)
+    assert torch.allclose(net.prior.means, refit.means, atol=1e-4)
+    with pytest.raises(InputError, match="at least 0"):
+        VAEBackend.train("mnist", 1, str(out), 3, settings, limit=64, prior_components=-1)

@@ -28,6 +28,8 @@ from studio.errors import InputError, NotFound
 from .config import VAEConfig
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import torch
 
     from studio.config import Settings
@@ -143,6 +145,15 @@ class VAEBackend(Backend):
     def image_shape(self, options: BaseModel | None = None) -> tuple[int, int, int]:
         return (self.config.channels, self.config.size, self.config.size)
 
+    def sample_prior(self, space: str, seeds: Sequence[int], options: BaseModel | None = None) -> torch.Tensor:
+        """Standard-normal seeds, or draws from the model's learned prior when it has one
+        (`studio_vae.prior.MixturePrior`)."""
+        if self.net.prior is None:
+            return super().sample_prior(space, seeds, options)
+        if space not in self.spaces(options):
+            raise InputError(f"the VAE has no latent space {space!r} (it has {SPACE!r})")
+        return self.net.prior.sample(seeds)
+
     def decode(self, point: Point, options: BaseModel | None = None, progress: Progress = no_progress) -> torch.Tensor:
         import torch
 
@@ -189,7 +200,8 @@ class VAEBackend(Backend):
 
     def describe(self) -> dict:
         return {**super().describe(), "config": json.loads(self.config.to_json()),
-                "whitened": self.net.whitening is not None}
+                "whitened": self.net.whitening is not None,
+                "prior": f"gaussian mixture of {self.net.prior.components}" if self.net.prior else "standard normal"}
 
 
 def _header_config(model: ModelInfo) -> tuple[VAEConfig, dict[str, str]] | None:

@@ -7,6 +7,9 @@ A model may carry a whitening of its latent (`Whitening`, stored in the weights'
 Gaussian N(m, L L^T) fitted after training to the posterior means of the training set. The latent that crosses
 the contract is then w = L^-1 (mu - m): `encode_latent` returns it and `decode_latent` decodes m + L w, so
 N(0, I) seeds land where the encoded data lies and the two stay exact inverses of each other.
+
+A model may also carry a learned prior over that public latent (`studio_vae.prior.MixturePrior`, stored as
+`prior.*` tensors): seeds are then drawn from it instead of N(0, I); encoding and decoding do not change.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from torch import nn
 from studio.errors import InputError
 
 from .config import VAEConfig
+from .prior import PRIOR_PREFIX, MixturePrior
 
 __all__ = ["ConvVAE", "VAEConfig", "Whitening", "load_vae", "parameter_count"]
 
@@ -93,6 +97,7 @@ class ConvVAE(nn.Module):
             raise ValueError("extra_convs and hidden must be at least 0")
         self.config = config
         self.whitening: Whitening | None = None
+        self.prior: MixturePrior | None = None  # not a module: kept out of state_dict, stored as prior.* tensors
         w, c, d, k, h = config.base_width, config.channels, config.latent_dim, config.extra_convs, config.hidden
         flat = 2 * w * 7 * 7
         self.encoder = nn.Sequential(
@@ -154,7 +159,8 @@ def parameter_count(model: nn.Module) -> int:
 
 
 def load_vae(path: str | Path) -> tuple[ConvVAE, dict[str, str]]:
-    """Rebuild a `ConvVAE` (with its whitening, if any) from a safetensors file whose metadata holds its config."""
+    """Rebuild a `ConvVAE` (with its whitening and prior, if any) from a safetensors file whose metadata holds its
+    config."""
     from studio.safetensors_io import CorruptWeights, load_tensors, read_metadata
 
     try:
@@ -162,8 +168,9 @@ def load_vae(path: str | Path) -> tuple[ConvVAE, dict[str, str]]:
         config = VAEConfig.from_json(metadata["config"])
         state = load_tensors(path)
         model = ConvVAE(config)
-        model.load_state_dict(state)
+        model.load_state_dict({k: v for k, v in state.items() if not k.startswith(PRIOR_PREFIX)})
         model.whitening = Whitening.from_metadata(metadata, config.latent_dim)
+        model.prior = MixturePrior.from_tensors(state, config.latent_dim)
     except CorruptWeights:
         raise
     except (KeyError, ValueError, TypeError, RuntimeError, OSError) as exc:

@@ -22,6 +22,7 @@ from studio.contract import Progress, no_progress
 from studio.errors import InputError
 
 from .model import ConvVAE, VAEConfig, Whitening, parameter_count
+from .prior import PRIOR_KEY, MixturePrior, prior_info
 
 FORMAT = "studio-vae/1"
 ENCODE_BATCH = 512
@@ -79,14 +80,16 @@ def train_vae(dataset: str, epochs: int, out: str | Path, seed: int = 0, setting
               progress: Progress = no_progress, batch_size: int = 128, lr: float = 2e-3, latent_dim: int = 16,
               base_width: int = 32, channels: int = 1, kl_weight: float = 1.0, limit: int | None = None,
               threads: int = 1, device: str = "cpu", extra_convs: int = 0, hidden: int = 0,
-              whiten: bool = False) -> dict:
+              whiten: bool = False, prior_components: int = 0) -> dict:
     """Train a `ConvVAE` on `dataset` (any name `studio.datasets.load_dataset` accepts) and write it to `out`.
 
     Adam with a cosine learning-rate decay; the loss is the negative ELBO with a Bernoulli decoder (the KL
     term weighted by `kl_weight`). `extra_convs` and `hidden` enlarge the network (`VAEConfig`). With
     `whiten`, a full-covariance Gaussian is fitted to the posterior means of the training set and stored
     (`Whitening`): the public latent becomes the whitened mean, so N(0, I) seeds decode from where the data
-    lies even when a small KL weight leaves the aggregate posterior far from N(0, I). At the end, the
+    lies even when a small KL weight leaves the aggregate posterior far from N(0, I). With `prior_components`
+    K > 0, a mixture of K Gaussians is fitted to the public latents of the training set and stored as the
+    model's prior (`studio_vae.prior.MixturePrior`, seed `seed`): seeds are drawn from it. At the end, the
     per-dimension mean and std of the (public) latents of the training set (the coding statistics) and
     test-set reconstruction metrics go into the file's metadata. Returns the metrics.
     """
@@ -97,8 +100,8 @@ def train_vae(dataset: str, epochs: int, out: str | Path, seed: int = 0, setting
         raise InputError(f"epochs must be at least 1, got {epochs}")
     if batch_size < 1 or latent_dim < 1 or base_width < 1 or channels not in (1, 3):
         raise InputError("batch_size, latent_dim and base_width must be positive and channels 1 or 3")
-    if extra_convs < 0 or hidden < 0 or not kl_weight >= 0:
-        raise InputError("extra_convs, hidden and kl_weight must be at least 0")
+    if extra_convs < 0 or hidden < 0 or prior_components < 0 or not kl_weight >= 0:
+        raise InputError("extra_convs, hidden, prior_components and kl_weight must be at least 0")
     settings = settings or load_settings()
     shape = (channels, 28, 28)
     train_set = load_dataset(dataset, "train", limit=limit, settings=settings, shape=shape)
@@ -140,6 +143,8 @@ def train_vae(dataset: str, epochs: int, out: str | Path, seed: int = 0, setting
         if whiten:
             model.whitening = Whitening.fit(means)
             means = model.whitening.whiten(means)
+        if prior_components:
+            model.prior = MixturePrior.fit(means, prior_components, seed)
         coding_mean = [round(v, 6) for v in means.mean(0).tolist()]
         coding_std = [round(v, 6) for v in means.std(0).tolist()]
         metrics = {"train_loss": round(history[-1][0], 4), "train_reconstruction": round(history[-1][1], 4),
@@ -154,7 +159,11 @@ def train_vae(dataset: str, epochs: int, out: str | Path, seed: int = 0, setting
         "coding_mean": json.dumps(coding_mean), "coding_std": json.dumps(coding_std),
         "metrics": json.dumps(metrics, sort_keys=True),
         **(model.whitening.to_metadata() if model.whitening is not None else {}),
+        **({PRIOR_KEY: json.dumps(prior_info(prior_components, seed, dataset, len(train_set)), sort_keys=True)}
+           if model.prior is not None else {}),
     }
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if model.prior is not None:
+        state.update(model.prior.tensors())
     save_weights(out, state, metadata)
     return {**metrics, "seconds": round(time.perf_counter() - started, 1), "out": str(out)}
