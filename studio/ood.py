@@ -53,7 +53,8 @@ PERCENTILE = 99.9
 FLOOR = 0.1  # the per-pixel scale's floor, relative to its mean: no pixel weighs more than 1/FLOOR times the mean
 FIT_IMAGES = 2000  # training-split images that set the per-pixel scale b
 CALIBRATION_IMAGES = 5000  # test-split images whose score distribution sets the threshold
-PROBE_IMAGES = 8  # images timed first, to decide whether the whole calibration fits the budget
+PROBE_IMAGES = 8  # images timed first, to decide whether the whole calibration fits the budget; while a probe
+PROBE_SECONDS = 1.0  # takes less than this, the next is 4x larger (up to BATCH): small calls are overhead-bound
 BUDGET_S = 180.0  # a calibration projected to take longer is skipped (GAN inversion), unless asked for
 BATCH = 256
 MAX_LISTED = 64  # per-image entries kept in a job's metrics
@@ -321,6 +322,23 @@ def calibrate(backend: Backend, settings: Settings, progress: Progress = no_prog
     return cal
 
 
+def _probe(backend: Backend, fit: torch.Tensor, options: BaseModel) -> tuple[np.ndarray, float]:
+    """Residuals of the first images of `fit` and the seconds per image of the last, largest call: PROBE_IMAGES
+    first, then 4x more per call until a call takes PROBE_SECONDS or holds BATCH images. A call's fixed cost
+    (a busy machine, a first call) dominates a few images; a full batch shows the per-image cost the
+    calibration will pay (a fast VAE measured 40x dearer per image on 8 images than on 256)."""
+    parts, done, size = [], 0, PROBE_IMAGES
+    while True:
+        started = time.perf_counter()
+        part = residuals(backend, fit[done:done + size], options)
+        seconds = time.perf_counter() - started
+        parts.append(part)
+        done += len(part)
+        if seconds >= PROBE_SECONDS or size >= BATCH or done >= len(fit):
+            return np.concatenate(parts), seconds / max(len(part), 1)
+        size = min(4 * size, BATCH)
+
+
 def _compute(backend: Backend, settings: Settings, datasets: tuple[str, ...], shape: tuple[int, int, int],
              options: BaseModel, progress: Progress, budget_s: float | None) -> Calibration | str:
     started = time.perf_counter()
@@ -328,16 +346,14 @@ def _compute(backend: Backend, settings: Settings, datasets: tuple[str, ...], sh
     progress(0, 3, message)
     fit = _split_images(backend, datasets, "train", FIT_IMAGES, settings, options)
     test = _split_images(backend, datasets, "test", CALIBRATION_IMAGES, settings, options)
-    probe_started = time.perf_counter()
-    probe = residuals(backend, fit[:PROBE_IMAGES], options)
-    per_image = (time.perf_counter() - probe_started) / max(len(probe), 1)
-    projected = per_image * (len(fit) + len(test))
+    probe, per_image = _probe(backend, fit, options)
+    projected = per_image * (len(fit) + len(test) - len(probe))
     if budget_s is not None and projected > budget_s:
         return (f"no calibration for {backend.name}/{backend.model.name}: encoding and decoding take "
                 f"{per_image:.2g} s per image here, so its {len(fit) + len(test)} calibration images would take "
                 f"about {projected:.0f} s (budget {budget_s:.0f} s)")
     progress(1, 3, message)
-    rest = residuals(backend, fit[PROBE_IMAGES:], options)
+    rest = residuals(backend, fit[len(probe):], options)
     scale = scale_from(np.concatenate([probe, rest]) if len(rest) else probe)
     progress(2, 3, message)
     scores = np.sort(scores_from(residuals(backend, test, options), scale))

@@ -41,6 +41,26 @@ def studio_cli():
     return run
 
 
+@pytest.fixture
+def settings(studio_home: Path, monkeypatch: pytest.MonkeyPatch):
+    """Settings over the session's tmp STUDIO_HOME (where datasets are cached once), also set in the environment
+    for code that loads its own. A module that needs more (its own model root) defines its own `settings`."""
+    from studio.config import load_settings
+
+    monkeypatch.setenv("STUDIO_HOME", str(studio_home))
+    return load_settings()
+
+
+@pytest.fixture(scope="module")
+def runtime(studio_home: Path):
+    """One in-process Runtime per module (backends load once) over the session's STUDIO_HOME, on the CPU. A module
+    that needs other model roots defines its own `runtime`."""
+    from studio.config import load_settings
+    from studio.executor import Runtime
+
+    return Runtime(load_settings(env={"STUDIO_HOME": str(studio_home), "STUDIO_DEVICE": "cpu"}))
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Torch on one thread for a module: two threads on a shared two-core machine spin against each other, and one

@@ -19,12 +19,6 @@ from studio.evaluate import confident_share, evaluate_backend, frechet_distance,
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # two torch threads spin against each other on 2 cores
 
 
-@pytest.fixture
-def settings(studio_home: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    """The session's tmp STUDIO_HOME (from conftest), where datasets are cached once."""
-    monkeypatch.setenv("STUDIO_HOME", str(studio_home))
-    return load_settings()
-
 
 @pytest.fixture(scope="module")
 def mnist_test(studio_home: Path):

@@ -3,13 +3,11 @@ change the image, stored as ordinary vectors that the edit op applies."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
-from studio.config import Settings, load_settings
+from studio.config import Settings
 from studio.errors import InputError
 from studio.ops.discover import choose_method, discover, orthonormal_rows, save_discovery
 from studio.ops.edit import apply_vector
@@ -18,17 +16,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 K = 8
 
 
-@pytest.fixture
-def settings(studio_home: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    monkeypatch.setenv("STUDIO_HOME", str(studio_home))
-    return load_settings()
-
-
-@pytest.fixture(scope="module")
-def runtime(studio_home: Path):
-    from studio.executor import Runtime
-
-    return Runtime(load_settings({"STUDIO_HOME": str(studio_home)}))
 
 
 def test_orthonormal_rows_keep_the_first_direction_and_refuse_dependent_rows() -> None:

@@ -17,7 +17,7 @@ from PIL import Image
 
 from studio.classifier import load_classifier
 from studio.config import load_settings
-from studio.executor import Runtime, execute
+from studio.executor import execute
 from studio.record import read_record
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -25,11 +25,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 MODEL = "mnist-fashion"
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_SHA256 = "31ac66378bcfd69c3d43d02a455884d06c3863541350226de65c44a355e3c793"  # docs/TRAINING.md
-
-
-@pytest.fixture(scope="module")
-def runtime(studio_home) -> Runtime:
-    return Runtime(load_settings(env={"STUDIO_HOME": str(studio_home), "STUDIO_DEVICE": "cpu"}))
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ import torch
 from PIL import Image
 
 from studio import images as imgs
-from studio.config import load_settings
 from studio.contract import CODEC, DECODE, SAMPLE, SEED, LatentSpace
 from studio.datasets import load_dataset
 from studio.errors import InputError, StudioError
@@ -55,11 +54,6 @@ class SeedNotCodecToy(ToyBackend):
 
     def encode(self, images, options=None, seed=0, progress=None) -> dict:
         return {"z": torch.as_tensor(images).float().reshape(len(images), -1)}
-
-
-@pytest.fixture(scope="module")
-def runtime(studio_home: Path) -> Runtime:
-    return Runtime(load_settings(env={"STUDIO_HOME": str(studio_home), "STUDIO_DEVICE": "cpu"}))
 
 
 @pytest.fixture

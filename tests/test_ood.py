@@ -285,3 +285,36 @@ def test_img2img_scores_its_image_against_a_pipeline_folders_training_json(tiny_
     assert m["n"] == 1 and m["calibration_images"] == 64 and m["images"][0]["image"] == "the image"
     assert result.metrics["ood_share"] == float(m["images"][0]["flagged"])
     assert list((load_settings().cache_path / "ood").glob("sd-*.npz"))
+
+
+def _vae_with_costs(settings, per_call: float, per_image: float):
+    """The shipped MNIST VAE through a thin subclass whose encode pays a fixed cost per call plus a cost per image
+    (what a busy machine or a slow encoder adds); the encoding itself is the real one."""
+    import time
+
+    from studio.contract import no_progress
+    from studio.registry import get_backend_class
+
+    class CostlyVAE(get_backend_class("vae")):
+        def encode(self, images, options=None, seed=0, progress=no_progress):
+            time.sleep(per_call + per_image * len(images))
+            return super().encode(images, options, seed, progress)
+
+    return CostlyVAE.load("mnist", settings)
+
+
+def test_the_budget_probe_is_not_fooled_by_a_fixed_cost_per_call(settings, monkeypatch, tmp_path) -> None:
+    """A fast model whose calls carry a fixed cost is calibrated (timing 8 images alone projected 40x too much and
+    skipped the shipped VAE on a busy machine), while a model slow per image is still skipped, with the reason."""
+    import dataclasses
+
+    small = dataclasses.replace(settings, home=tmp_path)
+    monkeypatch.setattr(ood, "FIT_IMAGES", 1024)
+    monkeypatch.setattr(ood, "CALIBRATION_IMAGES", 1024)
+    monkeypatch.setattr(ood, "_memory", {})
+    monkeypatch.setattr(ood, "_skipped", {})
+    fast = ood.calibrate(_vae_with_costs(small, per_call=0.06, per_image=0.0), small, budget_s=8.0)
+    assert isinstance(fast, ood.Calibration), fast  # 8 images alone: 0.0075 s per image, 15 s projected
+    other = dataclasses.replace(settings, home=tmp_path / "other")  # no cached calibration there
+    slow = ood.calibrate(_vae_with_costs(other, per_call=0.0, per_image=0.01), other, budget_s=8.0)
+    assert isinstance(slow, str) and "per image" in slow and "budget 8 s" in slow

@@ -28,11 +28,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 LATENT = 12
 
 
-@pytest.fixture
-def settings(studio_home: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    monkeypatch.setenv("STUDIO_HOME", str(studio_home))
-    return load_settings()
-
 
 class LinearDecoder(Backend):
     """Images = W z (+ `rough` * sin(`frequency` * V z): a ripple that makes the path rough), 1x28x28."""

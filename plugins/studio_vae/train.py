@@ -76,6 +76,27 @@ def reconstruction_metrics(model: ConvVAE, images: torch.Tensor, device: str = "
             "test_psnr_pooled": round(10 * math.log10(1.0 / max(pooled_mse, 1e-10)), 4)}
 
 
+def check_shape_arguments(epochs: int, batch_size: int, latent_dim: int, base_width: int, channels: int) -> None:
+    """One line (InputError) for the arguments every ConvVAE recipe shares, when one is out of range."""
+    if epochs < 1:
+        raise InputError(f"epochs must be at least 1, got {epochs}")
+    if batch_size < 1 or latent_dim < 1 or base_width < 1 or channels not in (1, 3):
+        raise InputError("batch_size, latent_dim and base_width must be positive and channels 1 or 3")
+
+
+def load_train_and_test(dataset: str, channels: int, limit: int | None, settings: Settings) -> tuple:
+    """The train and test splits of `dataset` as channels x 28 x 28 images (at most `limit` each); one line
+    (InputError) when the dataset's images cannot have that shape."""
+    from studio.datasets import load_dataset
+
+    shape = (channels, 28, 28)
+    train_set = load_dataset(dataset, "train", limit=limit, settings=settings, shape=shape)
+    test_set = load_dataset(dataset, "test", limit=limit, settings=settings, shape=shape)
+    if tuple(train_set.images.shape[1:]) != shape:
+        raise InputError(f"dataset {dataset!r} has images of shape {tuple(train_set.images.shape[1:])}, not {shape}")
+    return train_set, test_set
+
+
 def train_vae(dataset: str, epochs: int, out: str | Path, seed: int = 0, settings: Settings | None = None,
               progress: Progress = no_progress, batch_size: int = 128, lr: float = 2e-3, latent_dim: int = 16,
               base_width: int = 32, channels: int = 1, kl_weight: float = 1.0, limit: int | None = None,
@@ -93,21 +114,12 @@ def train_vae(dataset: str, epochs: int, out: str | Path, seed: int = 0, setting
     per-dimension mean and std of the (public) latents of the training set (the coding statistics) and
     test-set reconstruction metrics go into the file's metadata. Returns the metrics.
     """
-    from studio.datasets import load_dataset
     from studio.safetensors_io import save_weights
 
-    if epochs < 1:
-        raise InputError(f"epochs must be at least 1, got {epochs}")
-    if batch_size < 1 or latent_dim < 1 or base_width < 1 or channels not in (1, 3):
-        raise InputError("batch_size, latent_dim and base_width must be positive and channels 1 or 3")
+    check_shape_arguments(epochs, batch_size, latent_dim, base_width, channels)
     if extra_convs < 0 or hidden < 0 or prior_components < 0 or not kl_weight >= 0:
         raise InputError("extra_convs, hidden, prior_components and kl_weight must be at least 0")
-    settings = settings or load_settings()
-    shape = (channels, 28, 28)
-    train_set = load_dataset(dataset, "train", limit=limit, settings=settings, shape=shape)
-    test_set = load_dataset(dataset, "test", limit=limit, settings=settings, shape=shape)
-    if tuple(train_set.images.shape[1:]) != shape:
-        raise InputError(f"dataset {dataset!r} has images of shape {tuple(train_set.images.shape[1:])}, not {shape}")
+    train_set, test_set = load_train_and_test(dataset, channels, limit, settings or load_settings())
     started = time.perf_counter()
     with deterministic_torch(threads, device):
         torch.manual_seed(seed)

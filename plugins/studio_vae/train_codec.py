@@ -42,7 +42,14 @@ from studio.contract import Progress, no_progress
 from studio.errors import InputError
 
 from .model import ConvVAE, VAEConfig, parameter_count
-from .train import FORMAT, deterministic_torch, encode_means, psnr_per_image
+from .train import (
+    FORMAT,
+    check_shape_arguments,
+    deterministic_torch,
+    encode_means,
+    load_train_and_test,
+    psnr_per_image,
+)
 
 RANGE_STDS = 4.0  # studio.ops.compression.RANGE_STDS, checked at import time of the round trip's tests
 DEFAULT_BITS = tuple(range(4, 11))  # where a D=128 model's payloads meet the baselines' files (about 50-145 B)
@@ -104,29 +111,21 @@ def reconstruction_loss(logits: torch.Tensor, images: torch.Tensor, kind: str = 
 def train_codec(dataset: str, epochs: int, out: str | Path, seed: int = 0, settings: Settings | None = None,
                 progress: Progress = no_progress, batch_size: int = 128, lr: float = 2e-3, latent_dim: int = 128,
                 base_width: int = 32, channels: int = 1, bits: tuple[int, ...] = DEFAULT_BITS,
-                limit: int | None = None, threads: int = 1, loss_kind: str = "mse") -> dict:
+                limit: int | None = None, threads: int = 1, loss_kind: str = "mse", extra_convs: int = 0) -> dict:
     """Train a codec `ConvVAE` on `dataset` and write it (weights plus metadata) to `out`; return its metrics."""
-    from studio.datasets import load_dataset
     from studio.safetensors_io import save_weights
 
-    if epochs < 1:
-        raise InputError(f"epochs must be at least 1, got {epochs}")
-    if batch_size < 1 or latent_dim < 1 or base_width < 1 or channels not in (1, 3):
-        raise InputError("batch_size, latent_dim and base_width must be positive and channels 1 or 3")
+    check_shape_arguments(epochs, batch_size, latent_dim, base_width, channels)
     if loss_kind not in LOSSES:
         raise InputError(f"loss must be one of {', '.join(LOSSES)}, got {loss_kind!r}")
     if not bits or any(not 1 <= b <= 12 for b in bits):
         raise InputError(f"bits must be a non-empty list of values in 1..12, got {list(bits)}")
-    settings = settings or load_settings()
-    shape = (channels, 28, 28)
-    train_set = load_dataset(dataset, "train", limit=limit, settings=settings, shape=shape)
-    test_set = load_dataset(dataset, "test", limit=limit, settings=settings, shape=shape)
-    if tuple(train_set.images.shape[1:]) != shape:
-        raise InputError(f"dataset {dataset!r} has images of shape {tuple(train_set.images.shape[1:])}, not {shape}")
+    train_set, test_set = load_train_and_test(dataset, channels, limit, settings or load_settings())
     started = time.perf_counter()
     with deterministic_torch(threads):
         torch.manual_seed(seed)
-        config = VAEConfig(channels=channels, size=28, latent_dim=latent_dim, base_width=base_width)
+        config = VAEConfig(channels=channels, size=28, latent_dim=latent_dim, base_width=base_width,
+                           extra_convs=extra_convs)
         model = ConvVAE(config)
         optimizer = torch.optim.Adam(model.parameters(), lr=lr)
         data_order = torch.Generator("cpu").manual_seed(seed)
@@ -202,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--latent-dim", type=int, default=128)
     parser.add_argument("--base-width", type=int, default=32)
+    parser.add_argument("--extra-convs", type=int, default=0, help="3x3 convolutions added per resolution")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--bits", default="4-10", help="bit depths trained on: a range A-B or a list A,B,C")
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics = train_codec(args.dataset, args.epochs, args.out, args.seed, progress=report,
                               batch_size=args.batch_size, lr=args.lr, latent_dim=args.latent_dim,
                               base_width=args.base_width, bits=_bits(args.bits), limit=args.limit,
-                              threads=args.threads, loss_kind=args.loss)
+                              threads=args.threads, loss_kind=args.loss, extra_convs=args.extra_convs)
     except (InputError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
