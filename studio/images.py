@@ -159,13 +159,14 @@ def from_b64(data: str, max_bytes: int, max_pixels: int, what: str = "image") ->
 
 
 def grid(images: list[Image.Image], cols: int | None = None, pad: int = 2, bg: int = 32) -> Image.Image:
-    """Tile images (same size) into a grid; a single row when cols is None and n <= 16."""
+    """Tile images (same size) into a grid: `cols` columns, or a near-square layout when cols is None
+    (ceil(sqrt(n)) columns: 16 images are 4x4, 3 are 2x2 with one empty cell)."""
     import math
 
     if not images:
         raise ValueError("grid needs at least one image")
     n = len(images)
-    cols = cols or (n if n <= 16 else math.ceil(math.sqrt(n)))
+    cols = cols or math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
     w, h = images[0].size
     mode = "RGB" if any(i.mode == "RGB" for i in images) else "L"

@@ -423,3 +423,94 @@ def test_the_page_has_the_seven_tabs_and_the_documented_endpoints(settings, tmp_
     assert named == ENDPOINTS
     doc = (Path(__file__).resolve().parents[1] / "docs" / "UI.md").read_text()
     assert all(f"`/{name}`" in doc for name in ENDPOINTS)
+
+
+# ----- issue 14: what a creator found in a real browser -----
+
+@pytest.mark.parametrize("n, cols, rows", [(16, 4, 4), (3, 2, 2), (5, 3, 2), (1, 1, 1), (64, 8, 8)])
+def test_grid_png_is_near_square(n, cols, rows) -> None:
+    """grid.png of a GAN MNIST sample of 16 was one 482x32 row; it is 4x4 (any n: ceil(sqrt(n)) columns)."""
+    from studio.images import grid
+
+    im = grid([Image.new("L", (28, 28), 200)] * n)
+    assert im.size == (cols * 28 + (cols + 1) * 2, rows * 28 + (rows + 1) * 2)
+    assert grid([Image.new("L", (28, 28))] * 4, cols=4).size == (4 * 28 + 5 * 2, 28 + 2 * 2)  # a strip stays a row
+
+
+def test_progress_line_says_a_state_once() -> None:
+    from studio.ui.jobs import _describe
+
+    assert _describe({"state": "RUNNING", "message": "running"}) == "running"  # not "running · running"
+    assert _describe({"state": "RUNNING", "message": "Running ", "eta_s": 4.2}) == "running · about 4 s left"
+    assert _describe({"state": "RUNNING", "message": "encoding"}) == "running · encoding"
+    assert _describe({"state": "QUEUED", "message": "queued"}) == "queued · waiting for a worker"
+
+
+def test_counts_are_singular_for_one() -> None:
+    from studio.ui.views import plural
+
+    assert [plural(k, "image") for k in (0, 1, 2, 16)] == ["0 images", "1 image", "2 images", "16 images"]
+    assert plural(1, "vector") == "1 vector" and plural(3, "axis", "axes") == "3 axes"
+
+
+def test_restore_fills_blank_guidance_and_steps_with_the_default(settings, tmp_path) -> None:
+    """A record without guidance or steps restores 0 (the backend's default), not a blank number field."""
+    from studio.ui.catalog import Catalog
+    from studio.ui.context import UIContext
+    from studio.ui.inputs import generate_params
+    from studio.ui.jobs import JobRunner
+    from studio.ui.scatter import DatasetImages
+    from studio.ui.tabs.generate import restore_outputs
+
+    client = FakeClient(tmp_path)
+    ctx = UIContext(client, settings, Catalog(settings, describe=_describe), JobRunner(client),
+                    DatasetImages(settings))
+    spec = {"op": "sample", "backend": "vae", "model": "mine", "seed": 1589412345, "n": 4}
+    params = generate_params(make_record(spec, {"backend": "vae", "model": "mine"}, {"seed": 1589412346}))
+    model, pending, seed, n, *_, steps, guidance, options = restore_outputs(ctx, params)
+    assert model["value"] == "mine" and model["choices"] == ["mnist", "mine"]
+    assert pending["backend"] == "vae" and seed == 1589412346 and n == 1
+    assert (steps, guidance, options) == (0, 0, "")
+    with_guidance = {**spec, "options": {"guidance": 7.5, "steps": 12}}
+    *_, steps, guidance, options = restore_outputs(ctx, generate_params(make_record(with_guidance, {})))
+    assert (steps, guidance, options) == (12, 7.5, "")
+    again = restore_outputs(ctx, params)[1]
+    assert again != pending  # each restore picks its backend anew, even the same one (its change must fire)
+
+
+def test_fit_from_dataset_defaults_small_with_an_estimate_for_slow_encoders() -> None:
+    from studio.ui.tabs.edit import FIT_LIMIT, encode_cost, fit_estimate
+
+    assert FIT_LIMIT == 300  # it was 3000: about 38 minutes of GAN inversion on a CPU
+    assert encode_cost("gan") == "costly" and encode_cost("vae") == "cheap" and encode_cost("nope") == "cheap"
+    assert fit_estimate("vae", 300) == "Encodes 300 dataset images of the chosen attribute."
+    slow = fit_estimate("gan", 300)
+    assert "300 dataset images" in slow and "inversion" in slow and "about 4 min" in slow
+    assert "about 38 min" in fit_estimate("gan", 3000) and "about 76 s" in fit_estimate("gan", 100)
+
+
+def test_gan_compress_reports_progress_while_it_encodes(tmp_path) -> None:
+    """Compress on gan sat at 0% for the whole inversion: the round trip forwards the encoder's steps."""
+    import torch
+
+    from studio.executor import Runtime, execute
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    calls: list[tuple[int, int, str]] = []
+    try:
+        runtime = Runtime(load_settings(env={"STUDIO_HOME": str(tmp_path / "home"), "STUDIO_DEVICE": "cpu"}))
+        execute({"op": "roundtrip", "backend": "gan", "model": "mnist", "bits": 6,
+                 "image": {"dataset": "mnist", "split": "test", "index": 0},
+                 "options": {"invert_steps": 12, "invert_restarts": 2}},
+                runtime, progress=lambda step, total, message="", preview=None: calls.append((step, total, message)))
+    finally:
+        torch.set_num_threads(threads)
+    encoding = [(s, t) for s, t, m in calls if m.startswith("encoding")]
+    assert len(encoding) >= 12, calls  # one report per inversion step
+    fractions = [s / t for s, t in encoding]
+    assert fractions == sorted(fractions) and 0 < fractions[0] < 0.2 and fractions[-1] == 1.0
+    assert any(0.3 < f < 0.8 for f in fractions)  # the bar moves through the middle, not 0% then done
+    messages = [m for _, _, m in calls]
+    first = next(i for i, m in enumerate(messages) if m.startswith("encoding"))
+    assert first < messages.index("measuring")  # reported while it encodes, before the round trip finishes

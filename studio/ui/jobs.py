@@ -263,8 +263,12 @@ ProgressFn = Callable[..., Any]
 
 
 def _describe(status: dict) -> str:
+    """The progress line of a job's status: its state, then its message unless that only repeats the state
+    ("running · running" read as a stutter), then the time left."""
     state = status.get("state", "?")
-    message = status.get("message") or ""
+    message = (status.get("message") or "").strip()
+    if message.lower() == str(state).lower():
+        message = ""
     if state == "QUEUED":
         return f"queued · {message}" if message else "queued · waiting for a worker"
     eta = status.get("eta_s")

@@ -12,10 +12,14 @@ CSS = """
 .ls-pixel img, .ls-pixel canvas, .ls-gallery img { image-rendering: pixelated; }
 .ls-gallery .thumbnail-item img, .ls-gallery img { background: #111; }
 .ls-gallery .caption-label { font-size: 11px; padding: 0 5px; opacity: .85; }
+/* a caption is shown whole (a 10-digit seed was cut to "seed 15894…"): it wraps instead of ending in an ellipsis */
+.ls-gallery .thumbnail-item .caption-label { white-space: normal; overflow: visible; text-overflow: clip;
+  overflow-wrap: anywhere; max-width: calc(100% - 8px); line-height: 1.25; }
 #compress-panels .caption-label { white-space: normal; max-width: 92%; text-align: left; line-height: 1.3;
   padding: 2px 6px; }
 .ls-big .image-container, .ls-big .image-frame { width: 100%; height: 100%; }
 .ls-big .image-frame img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
+.ls-job-status { min-height: 4.5em; }  /* room for the progress of the job it reports, over nothing else */
 .ls-status p { margin: 0; font-size: 0.92rem; color: var(--body-text-color-subdued); }
 .ls-chip { display: inline-block; padding: 1px 8px; margin: 2px 4px 2px 0; border-radius: 999px; font-size: 12px;
   background: var(--color-accent-soft); color: var(--body-text-color); border: 1px solid var(--border-color-accent); }

@@ -10,6 +10,11 @@ STATE_CLASS = {"QUEUED": "queued", "RUNNING": "running", "SUCCEEDED": "ok", "FAI
                "CANCELLED": "cancelled"}
 
 
+def plural(count: int, noun: str, plural_form: str | None = None) -> str:
+    """`count` and the noun, singular for exactly one: "1 image", "16 images"."""
+    return f"{count} {noun if count == 1 else (plural_form or noun + 's')}"
+
+
 def esc(value: object) -> str:
     return html.escape("" if value is None else str(value), quote=True)
 

@@ -37,6 +37,36 @@ def vector_note(ctx: UIContext, backend: str | None, model: str | None, name: st
     return " · ".join(p for p in parts if p)
 
 
+EDIT_PROMPT = "Choose a vector and a strength."
+FIT_LIMIT = 300  # images a dataset vector uses by default: minutes, not most of an hour, where encoding is slow
+COSTLY_S_PER_IMAGE = 0.76  # a GAN's inversion on a CPU: 3000 images took about 38 minutes (issue 14)
+
+
+def encode_cost(backend: str | None) -> str:
+    """How the backend's encoder costs ("cheap": a forward pass; "costly": an optimisation per image, as a GAN's
+    inversion), from its class (studio.contract.Backend.encode_cost); "cheap" when unknown."""
+    from studio.registry import load_registry
+
+    try:
+        cls = load_registry().backends.get(backend or "")
+    except Exception:  # the note is a hint: a registry problem shows elsewhere
+        return "cheap"
+    return str(getattr(cls, "encode_cost", "cheap")) if cls is not None else "cheap"
+
+
+def fit_estimate(backend: str | None, limit: float, cost: str | None = None) -> str:
+    """The line under "Images to use": how many images the fit encodes, and roughly how long a costly encoder
+    takes for them."""
+    n = max(0, int(limit or 0))
+    line = f"Encodes {n} dataset image{'' if n == 1 else 's'} of the chosen attribute"
+    if (cost or encode_cost(backend)) != "costly":
+        return line + "."
+    minutes = n * COSTLY_S_PER_IMAGE / 60
+    took = f"about {minutes:.0f} min" if minutes >= 1.5 else f"about {n * COSTLY_S_PER_IMAGE:.0f} s"
+    return (f"{line}: **{backend}** encodes each image by an optimisation (inversion), {took} on a CPU "
+            f"(~{COSTLY_S_PER_IMAGE:.1f} s an image). Fewer images fit faster.")
+
+
 def _seed_list(seeds: list[int]) -> str:
     return ", ".join(str(s) for s in seeds)
 
@@ -68,8 +98,7 @@ def build(ctx: UIContext) -> None:
                                      elem_classes=["ls-pixel", "ls-big"], buttons=["download", "fullscreen"])
                     gr.Markdown("Release the strength slider and the strip re-renders. Negative strengths remove "
                                 "the attribute.", elem_classes=["ls-status"])
-            status = gr.Markdown("Choose a vector and a strength.", label="Status", elem_classes=["ls-status"],
-                                 elem_id="edit-status")
+            status = gr.Markdown(EDIT_PROMPT, label="Status", elem_classes=["ls-status"], elem_id="edit-status")
 
     with gr.Accordion("Build a vector from dataset attributes", open=False, elem_id="fit-dataset") as fit_box:
         with gr.Row():
@@ -81,9 +110,14 @@ def build(ctx: UIContext) -> None:
             fit_method = gr.Radio(["classifier", "balanced", "mean"], value="classifier", label="Method",
                                   info="classifier: a linear classifier's normal (keeps the class best); balanced: "
                                        "Tom White's bias correction; mean: the plain mean difference")
-            fit_limit = gr.Slider(100, 20000, value=3000, step=100, label="Images to use")
+            fit_limit = gr.Slider(100, 20000, value=FIT_LIMIT, step=100, label="Images to use",
+                                  elem_id="fit-dataset-limit")
+        fit_estimate_note = gr.Markdown(fit_estimate(ctx.catalog.default_backend(), FIT_LIMIT),
+                                        elem_classes=["ls-status"], elem_id="fit-dataset-estimate")
         fit_go = gr.Button("Fit vector", variant="secondary", elem_id="fit-dataset-button")
-        fit_status = gr.Markdown("", label="Status", elem_classes=["ls-status"])
+        # the job's progress shows here (show_progress_on), not over the vector picker it used to cover
+        fit_status = gr.Markdown("", label="Status", elem_classes=["ls-status", "ls-job-status"],
+                                 elem_id="fit-dataset-status")
 
     with gr.Accordion("Pick examples from a generated grid (the smile-vector workflow)", open=False):
         gr.Markdown("Generate a grid, click an image, and add it to **with** or **without**. The vector is the "
@@ -106,12 +140,22 @@ def build(ctx: UIContext) -> None:
         with gr.Row():
             pick_name = gr.Textbox(label="Vector name", value="picked", max_lines=1)
             pick_fit = gr.Button("Fit vector from picks", variant="secondary", elem_id="fit-picks-button")
-        pick_status = gr.Markdown("", label="Status", elem_classes=["ls-status"], elem_id="pick-status")
+        pick_status = gr.Markdown("", label="Status", elem_classes=["ls-status", "ls-job-status"],
+                                  elem_id="pick-status")
     grid_state = gr.State({"first": 0, "count": 0})
     picked = gr.State(None)
 
     ctx.components.update(edit_vector=vector, edit_note=note, edit_fit_box=fit_box)
     backend, model = ctx["backend"], ctx["model"]
+
+    # another backend or model: the result and strip shown were made by the previous one, so they go
+    for picker in (backend, model):
+        picker.change(lambda: (None, None, EDIT_PROMPT), outputs=[result, strip, status], api_visibility="private",
+                      queue=False)
+
+    for trigger in (backend.change, fit_limit.change):
+        trigger(lambda b, n: fit_estimate(b, n), inputs=[backend, fit_limit], outputs=fit_estimate_note,
+                api_visibility="private", queue=False)
 
     kind.change(lambda k: (gr.update(visible=k == "Seed"), gr.update(visible=k == "Image")), inputs=kind,
                 outputs=[seed, image], api_visibility="private", queue=False)
@@ -171,7 +215,8 @@ def build(ctx: UIContext) -> None:
 
     ctx.job_event(fit_go.click, fit_from_dataset,
                   inputs=[*ctx.common_inputs(), fit_name, fit_dataset, fit_attribute, fit_method, fit_limit],
-                  outputs=[vector, fit_status], api_name="fit_vector_dataset", show_progress="full"
+                  outputs=[vector, fit_status], api_name="fit_vector_dataset", show_progress="full",
+                  show_progress_on=[fit_status]
                   ).then(ui_errors(refresh_vectors), inputs=[backend, model, vector], outputs=[vector, note],
                          api_visibility="private")
 
@@ -227,6 +272,7 @@ def build(ctx: UIContext) -> None:
         return spec["name"], done.summary() + f" · vector `{spec['name']}` from {len(pos)} with / {len(neg)} without"
 
     ctx.job_event(pick_fit.click, fit_from_picks, inputs=[*ctx.common_inputs(), pick_name, with_seeds, without_seeds],
-                  outputs=[vector, pick_status], api_name="fit_vector_picks", show_progress="full"
+                  outputs=[vector, pick_status], api_name="fit_vector_picks", show_progress="full",
+                  show_progress_on=[pick_status]
                   ).then(ui_errors(refresh_vectors), inputs=[backend, model, vector], outputs=[vector, note],
                          api_visibility="private")
