@@ -216,3 +216,29 @@ def test_train_passes_recipe_options_and_refuses_unknown_ones_in_one_line(studio
                      "--train-option", "no_such=1")
     assert bad.returncode != 0 and "unknown training options for vae: no_such" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_train_installs_its_weights_as_a_model_that_run_finds(studio_cli, tmp_path):
+    """Issue 14: `studio train` registers what it trains: without --out in `<first model root>/<backend>/NAME`, with
+    an --out elsewhere also copied there (never linked), and `--model NAME` then runs it."""
+    roots = {"STUDIO_MODEL_ROOTS": str(tmp_path / "models")}
+    small = ["--epochs", "1", "--limit", "128", "--train-option", "latent_dim=4", "--train-option", "base_width=4"]
+    r = studio_cli("train", "vae", "--dataset", "mnist", *small, "--name", "tiny-new", env=roots)
+    assert r.returncode == 0, r.stderr
+    installed = tmp_path / "models" / "vae" / "tiny-new.safetensors"
+    assert installed.is_file() and json.loads(r.stdout)["model"] == "tiny-new"
+    assert "--model tiny-new" in r.stderr  # the user is told the name to use
+    out = tmp_path / "elsewhere" / "my-vae.safetensors"
+    r = studio_cli("train", "vae", "--dataset", "mnist", *small, "--out", str(out), env=roots)
+    assert r.returncode == 0, r.stderr
+    copy = tmp_path / "models" / "vae" / "my-vae.safetensors"
+    assert out.is_file() and copy.is_file() and not copy.is_symlink()
+    assert copy.read_bytes() == out.read_bytes() and json.loads(r.stdout)["model"] == "my-vae"
+    for name in ("tiny-new", "my-vae"):
+        r = studio_cli("run", "sample", "--backend", "vae", "--model", name, "--n", "1", "--seed", "0",
+                       "--out", str(tmp_path / f"out-{name}"), env=roots)
+        assert r.returncode == 0, r.stderr
+        assert read_record(tmp_path / f"out-{name}" / "sample_000.png")["model"] == name
+    taken = studio_cli("train", "vae", "--dataset", "mnist", *small, "--name", "mnist", env=roots)
+    assert taken.returncode != 0 and "taken by another vae model" in taken.stderr  # the shipped one would win
+    assert taken.stderr.count("\n") == 1

@@ -212,14 +212,19 @@ def vectors_list(backend: Annotated[str | None, typer.Option(help="Only this bac
 def train(backend: Annotated[str, typer.Argument(help="Backend to train (vae, gan, sd or its alias ldm).")],
           dataset: Annotated[str, typer.Option(help="mnist, fashion, folder:PATH (sd: mnist-fashion).")] = "mnist",
           epochs: Annotated[int, typer.Option(help="Epochs.")] = 10,
-          out: Annotated[Path, typer.Option(help="Where to write the weights (sd: a pipeline folder).")] = ...,
+          out: Annotated[Path | None, typer.Option(help="Also write the weights here (sd: a pipeline folder); "
+                                                       "they are always placed in the model root as well.")] = None,
+          name: Annotated[str | None, typer.Option(help="The model's name for --model (default: --out's file "
+                                                        "name, else DATASET-seedSEED).")] = None,
           seed: Annotated[int, typer.Option(help="Seed: same seed, same weights.")] = 0,
           batch_size: Annotated[int | None, typer.Option(help="Batch size.")] = None,
           limit: Annotated[int | None, typer.Option(help="Use only the first N training images.")] = None,
           train_option: Annotated[list[str] | None, typer.Option(
               "--train-option", help="Recipe option KEY=VALUE (repeatable; e.g. latent_dim=32).")] = None) -> None:
-    """Train a backend's weights (deterministic by seed), with a progress bar."""
+    """Train a backend's weights (deterministic by seed), with a progress bar, and install them as a model:
+    `<first model root>/<backend>/NAME`, so that `--model NAME` runs them (an --out elsewhere is copied there)."""
     from studio.cli.common import parse_option_pairs
+    from studio.cli.trained import register_trained, train_target
     from studio.config import load_settings
     from studio.contract import TRAIN
     from studio.registry import get_trainable_class
@@ -231,12 +236,18 @@ def train(backend: Annotated[str, typer.Argument(help="Backend to train (vae, ga
         raise InputError(f"backend {backend!r} cannot be trained here")
     kwargs = {k: v for k, v in {"batch_size": batch_size, "limit": limit}.items() if v is not None}
     kwargs.update(parse_option_pairs(train_option, "--train-option"))
+    settings = load_settings()
+    target = train_target(cls, settings, out, name, dataset, seed)
+    target.write.parent.mkdir(parents=True, exist_ok=True)
     bar = Bar(f"train {backend}", force=True)
     try:
-        metrics = cls.train(dataset, epochs, str(out), seed, load_settings(), progress=bar, **kwargs)
+        metrics = cls.train(dataset, epochs, str(target.write), seed, settings, progress=bar, **kwargs)
     finally:
         bar.close()
-    print_json(metrics)
+    path = register_trained(target)
+    print_json({**metrics, "model": target.name, "model_path": str(path)})
+    sys.stderr.write(f"model {target.name!r} installed at {path}: use it with "
+                     f"`studio run sample --backend {cls.name} --model {target.name}`\n")
 
 
 def evaluate(backend: ops.Backend, model: ops.Model = None, n: ops.EvalN = 2000, repeats: ops.EvalRepeats = 5,

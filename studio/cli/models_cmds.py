@@ -1,7 +1,8 @@
 """`studio models list|import|remove`: weights shared by content (studio.modelstore).
 
 A registered model's bytes live in storage under their sha256; any worker fetches and verifies them on first use.
-`studio train vae|gan --out FILE` still trains to a local file; `studio models import` then shares it.
+`studio train vae|gan` installs its weights in this machine's first model root (studio.cli.trained); `studio models
+import` then shares them with every worker.
 """
 
 from __future__ import annotations

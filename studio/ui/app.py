@@ -50,6 +50,15 @@ def backend_line(ctx: UIContext, backend: str | None) -> str:
     return " &nbsp; ".join(parts)
 
 
+def pickers_now(ctx: UIContext, backend: str | None, model: str | None) -> tuple:
+    """Updates for the backend and model pickers from the catalog as it is now (described again when a model root
+    changed), and the model they show: `model` when it is still one of the backend's, else its default."""
+    ctx.catalog.refresh_if_changed()
+    models = ctx.catalog.models(backend)
+    chosen = model if model in models else (ctx.catalog.default_model(backend) or model)
+    return gr.update(choices=ctx.catalog.names()), gr.update(choices=models, value=chosen), chosen
+
+
 def form_layout(catalog: Catalog, backend: str | None) -> Layout:
     """The options form of `backend`: every field of its Options but those the text row shows (TEXT backends)."""
     entry = catalog.get(backend)
@@ -157,6 +166,7 @@ def _wire(ctx: UIContext, demo: gr.Blocks, tabs: dict, text_row: gr.Row, line: g
 
     def on_backend(backend_: str, model_: str | None, vector_: str | None) -> tuple:
         """The backend's own models (its default unless the model shown is one of them), text row and form."""
+        ctx.catalog.refresh_if_changed()
         models = ctx.catalog.models(backend_)
         chosen = model_ if model_ in models else ctx.catalog.default_model(backend_)
         entry = ctx.catalog.get(backend_)
@@ -176,12 +186,16 @@ def _wire(ctx: UIContext, demo: gr.Blocks, tabs: dict, text_row: gr.Row, line: g
     preview_fn, preview_inputs, preview_out = ctx["compress_preview"]
 
     def on_load(backend_: str, model_: str, vector_: str | None, *preview_args: object) -> tuple:
+        """Every page load lists the models as they are now (one added while the studio runs shows on reload)."""
+        backend_update, model_update, model_ = pickers_now(ctx, backend_, model_)
         vectors = refresh_vectors(backend_, model_, vector_)
         no_vectors = not ctx.catalog.vectors(backend_, model_)
-        return (backend_line(ctx, backend_), *vectors, gr.Accordion(open=no_vectors), preview_fn(*preview_args))
+        return (backend_update, model_update, backend_line(ctx, backend_), *vectors, gr.Accordion(open=no_vectors),
+                preview_fn(*preview_args))
 
     demo.load(ui_errors(on_load), inputs=[backend, model, vector, *preview_inputs],
-              outputs=[line, vector, note, ctx["edit_fit_box"], preview_out], api_visibility="private")
+              outputs=[backend, model, line, vector, note, ctx["edit_fit_box"], preview_out],
+              api_visibility="private")
 
     timer, auto = ctx["queue_timer"], ctx["queue_auto"]
     refresh_all, refresh_inputs, refresh_outputs = ctx["queue_refresh"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from studio.config import Settings
 from studio.errors import InputError, clip
@@ -41,9 +42,11 @@ class Catalog:
         self._describe = describe
         self._lock = threading.Lock()
         self._info: dict | None = None
+        self._roots: tuple = ()  # the model roots' signature (roots_signature) when the listing was made
 
     def refresh(self, rescan: bool = False) -> dict:
         """Describe the backends again; `rescan` also re-reads the installed entry points."""
+        roots = roots_signature(self.settings)  # taken first: a model added while describing shows next time
         if self._describe is not None:
             info = self._describe(self.settings, load_models=False)
         else:
@@ -54,8 +57,20 @@ class Catalog:
                 load_registry(refresh=True)
             info = with_schemas(describe_plugins(self.settings, load_models=False))
         with self._lock:
-            self._info = info
+            self._info, self._roots = info, roots
         return info
+
+    def refresh_if_changed(self) -> dict:
+        """The listing, described again when a model-root folder changed since it was made (a model added or
+        removed while the studio runs): a few stat calls when nothing changed. A failed describe keeps the old
+        listing."""
+        if self._info is None or roots_signature(self.settings) != self._roots:
+            try:
+                return self.refresh()
+            except Exception:  # the listing we have still answers
+                if self._info is None:
+                    raise
+        return self._info
 
     @property
     def info(self) -> dict:
@@ -162,6 +177,31 @@ class Catalog:
         except Exception:  # an unreadable store must not break the page
             return []
         return [r for r in rows if sha is None or r.get("sha256", "")[:16] == sha[:16].lower()]
+
+
+def _mtime(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return -1
+
+
+def _folders(path: Path) -> list[Path]:
+    try:
+        return sorted(p for p in path.iterdir() if p.is_dir())
+    except OSError:
+        return []
+
+
+def roots_signature(settings: Settings, depth: int = 2) -> tuple:
+    """The modification times of the model roots and the folders `depth` levels inside them (`<root>/<backend>/`
+    and a folder model such as `<root>/sd/<name>/`): any model file added, removed or renamed there changes it."""
+    out: list = []
+    level = list(settings.model_root_paths)
+    for _ in range(depth + 1):
+        out.extend((str(p), _mtime(p)) for p in level)
+        level = [child for p in level for child in _folders(p)]
+    return tuple(out)
 
 
 def with_schemas(info: dict) -> dict:

@@ -46,4 +46,9 @@ def build(ctx: UIContext) -> None:
 
     details = gr.JSON(visible=False)
     refresh.click(rescan, outputs=[cards, workers, details], api_name="plugins")
-    ctx.components["plugins_refresh"] = (ui_errors(lambda: workers_view(visible_workers(ctx))), workers)
+
+    def on_select() -> tuple:
+        """Opening the tab: the cards as the model roots are now (a model added since shows) and live workers."""
+        return plugin_cards(ctx.catalog.refresh_if_changed()), workers_view(visible_workers(ctx))
+
+    ctx.components["plugins_refresh"] = (ui_errors(on_select), [cards, workers])
