@@ -183,3 +183,28 @@ def test_the_cancel_button_for_generate_cancels_the_users_running_job(served) ->
     message = cancel()
     assert slow in message and "Cancel requested" in message
     assert client.wait(slow, timeout=30)["state"] == "CANCELLED"
+
+
+def test_cancel_beside_generate_stops_the_running_job(page, served) -> None:
+    """Generate a slow batch (the toy backend, 250 ms an image), press Cancel beside Generate: the job ends
+    CANCELLED, the status line says the cancel was requested and Generate's one-line pop-up says the job was
+    cancelled."""
+    _harness, _url, client = served
+    page.click("#backend-picker input")
+    page.get_by_role("option", name="toy", exact=True).click()
+    page.wait_for_function("document.querySelector('#model-picker input').value === 'toy'")
+    page.get_by_text("Backend options: toy").click()
+    delay = page.locator("#ls-opt-slider-0 input[type=number]")
+    delay.fill("250")
+    delay.press("Enter")
+    before = {j["id"] for j in client.jobs(limit=100)}
+    page.click("#generate-button")
+    deadline = time.monotonic() + 30
+    while not (new := [j for j in client.jobs(limit=100) if j["id"] not in before]) or new[0]["state"] != "RUNNING":
+        assert time.monotonic() < deadline, "the slow job never started"
+        time.sleep(0.1)
+    page.click("#generate-cancel")
+    assert client.wait(new[0]["id"], timeout=30)["state"] == "CANCELLED"
+    page.locator("#generate-status").get_by_text("Cancel requested").wait_for(state="visible")
+    page.get_by_text(f"job {new[0]['id']} was cancelled").first.wait_for(state="visible")  # Generate's pop-up
+    page.screenshot(path=str(SHOTS / "generate-cancelled.png"))

@@ -55,7 +55,9 @@ def pickers_now(ctx: UIContext, backend: str | None, model: str | None) -> tuple
     changed), and the model they show: `model` when it is still one of the backend's, else its default."""
     ctx.catalog.refresh_if_changed()
     models = ctx.catalog.models(backend)
-    chosen = model if model in models else (ctx.catalog.default_model(backend) or model)
+    if model in models:  # choices only: a value here could undo a restore that raced this page-load event
+        return gr.update(choices=ctx.catalog.names()), gr.update(choices=models), model
+    chosen = ctx.catalog.default_model(backend) or model
     return gr.update(choices=ctx.catalog.names()), gr.update(choices=models, value=chosen), chosen
 
 

@@ -26,7 +26,13 @@ def build(ctx: UIContext) -> None:
                                     info="Scales the seed latent: lower is tamer, higher is wilder.")
             truncation = gr.Slider(0.0, 3.0, value=0.0, step=0.1, label="Truncation",
                                    info="Clip the prior to ±t (0 = off). Trades variety for quality.")
-            go = gr.Button("Generate", variant="primary", elem_id="generate-button")
+            status = gr.Markdown("Pick a seed and press **Generate**.", label="Status", elem_classes=["ls-status"],
+                                 elem_id="generate-status", render=False)  # rendered under the gallery
+            with gr.Row():
+                go = gr.Button("Generate", variant="primary", elem_id="generate-button", scale=3)
+                from studio.ui.tabs.queue import cancel_button  # here: queue.py imports this module
+
+                cancel_button(ctx, "sample", status, elem_id="generate-cancel")
             with gr.Accordion("Reproduce an image from its PNG record", open=False):
                 record_file = gr.File(label="PNG made by the studio", file_types=[".png"], type="filepath",
                                       elem_id="generate-record-file")
@@ -34,8 +40,7 @@ def build(ctx: UIContext) -> None:
             gallery = gr.Gallery(label="Results (click to enlarge)", columns=8, height="auto", object_fit="contain",
                                  elem_id="generate-gallery", elem_classes=["ls-gallery", "ls-pixel"],
                                  buttons=["download", "fullscreen"], format="png")
-            status = gr.Markdown("Pick a seed and press **Generate**.", label="Status", elem_classes=["ls-status"],
-                                 elem_id="generate-status")
+            status.render()
             with gr.Accordion("Record of the selected image", open=False):
                 record = gr.JSON(label="Record", elem_id="generate-record")
 
