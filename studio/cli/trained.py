@@ -14,16 +14,11 @@ from pathlib import Path
 from studio.config import Settings, within
 from studio.errors import InputError, clip
 
-FOLDER_BACKENDS = frozenset({"sd"})  # backends whose weights are a folder (a diffusers pipeline), not one file
-
 
 def weights_suffix(cls: type) -> str:
-    """".safetensors" for a backend whose weights are one file, "" for one that trains a folder. A backend may
-    say so itself with a `train_suffix` class attribute."""
-    declared = getattr(cls, "train_suffix", None)
-    if isinstance(declared, str):
-        return declared
-    return "" if getattr(cls, "name", "") in FOLDER_BACKENDS else ".safetensors"
+    """".safetensors" for a backend whose `train` writes one file, "" for one that writes a folder (the contract's
+    `train_output`, e.g. sd's diffusers pipeline)."""
+    return "" if getattr(cls, "train_output", "file") == "folder" else ".safetensors"
 
 
 def default_name(dataset: str, seed: int) -> str:
