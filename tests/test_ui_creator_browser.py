@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from test_ui_integration import CHROMIUM, CHROMIUM_ARGS, SHOTS
+from test_ui_integration import SHOTS, chromium_browser
 
 from studio.ui.testing import served_in_process
 
@@ -46,15 +46,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright
-
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
+    with chromium_browser() as launched:
+        yield launched
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import io
 import json
 import re
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,22 @@ SHOTS = ROOT / "test-output" / "ui"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@contextmanager
+def chromium_browser():
+    """Debian's chromium, launched headless by playwright (screenshots folder made); closed on exit."""
+    from playwright.sync_api import sync_playwright
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
 MAX_PIXELS = 300 * 300  # the UI refuses bigger uploads (STUDIO_MAX_UPLOAD_PIXELS); the drawing canvas is 280x280
 
 
