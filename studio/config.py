@@ -55,6 +55,12 @@ class Settings:
     database_url: str = ""  # empty: embedded SQLite (store/jobs.sqlite); postgresql://user:pass@host:5432/db
     storage_url: str = ""  # empty: the local folder store_path; s3://bucket/prefix: any S3-compatible store
     s3_endpoint_url: str = ""  # S3-compatible server (MinIO, R2, moto); empty: AWS. Credentials: AWS_* variables
+    # Webhooks (studio.webhook_policy, studio.queue.webhooks): a job spec's `webhook` URL gets its end summary.
+    webhook_secret: str = ""  # HMAC-SHA256 key of X-Studio-Signature; empty: jobs with a webhook are refused
+    webhook_allow: str = "loopback"  # comma list: host names (*.example.com), IPs, CIDRs, "loopback", "private", "*"
+    webhook_attempts: int = 5  # delivery attempts before giving up (each failure is a job event)
+    webhook_backoff_ms: int = 1000  # the wait before the 2nd attempt; doubled each time, at most 5 minutes
+    webhook_timeout_s: int = 5  # per attempt (connect + response)
 
     @property
     def store_path(self) -> Path:

@@ -71,6 +71,21 @@ def no_progress(step: int, total: int, message: str = "", preview: object = None
     """A progress callback that ignores everything."""
 
 
+def wants_preview(progress: Progress) -> bool:
+    """Whether `progress` takes the contract's fourth argument (a preview): not `no_progress` (nobody looks), not a
+    callback written as progress(step, total, message) (it would fail on a fourth argument)."""
+    import inspect
+
+    if progress is no_progress:
+        return False
+    try:
+        params = list(inspect.signature(progress).parameters.values())
+    except (TypeError, ValueError):  # a builtin without a signature: call it as documented
+        return True
+    return any(p.kind is p.VAR_POSITIONAL for p in params) or len(
+        [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]) >= 4
+
+
 @dataclass(frozen=True)
 class LatentSpace:
     """One latent space of a backend.
@@ -321,7 +336,14 @@ class Backend(ABC):
         """Render a point to images (NCHW in [-1, 1]).
 
         A point holding the SEED-role space (plus any CONDITION) generates; a point holding only the
-        CODEC-role space decodes. A backend with IMG2IMG accepts both and a `strength` in its options.
+        CODEC-role space decodes. A backend with IMG2IMG accepts both and a `strength` in its options, and may
+        accept an inpainting `mask` entry with them: (n, 1, H, W) float in [0, 1] at the image size, 1 = redraw,
+        0 = keep (the img2img op sends it when its spec has a mask, and composites the kept pixels itself
+        afterwards); a backend that does not refuses it like any unknown space, with an InputError.
+
+        `progress(step, total, message, preview)` may carry a preview of the images being made (an NCHW tensor
+        in [-1, 1], a PIL image or PNG bytes), which the queue stores as the job's `preview_png_b64`; previews
+        must not change the result.
         """
 
     def encode(self, images: torch.Tensor, options: BaseModel | None = None, seed: int = 0,

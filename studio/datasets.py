@@ -25,6 +25,7 @@ FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"]
 ANIMAL_CLASSES = [f"animal{i}" for i in range(10)]
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"}
+IMPORTED_MARK = ".studio-dataset.json"  # in <data root>/<name>/: a folder dataset imported by name (dataset_import)
 
 
 @dataclass
@@ -125,8 +126,10 @@ BUILDERS = {"mnist": (_mnist_arrays, [str(i) for i in range(10)]),
             "digits": (_digits_arrays, [str(i) for i in range(10)])}
 
 
-def _folder(path: str, settings: Settings, shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """A folder of images; sub-folders become classes. Images are converted and resized to `shape`."""
+def _folder(path: str, settings: Settings, shape: tuple[int, int, int], limit: int | None = None
+            ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """A folder of images; sub-folders become classes. Images are converted and resized to `shape`; only the first
+    `limit` (in path order) are read."""
     from PIL import Image
 
     from studio.images import open_checked
@@ -144,13 +147,26 @@ def _folder(path: str, settings: Settings, shape: tuple[int, int, int]) -> tuple
     classes = sorted({p.parent.relative_to(root).as_posix() for p in files} - {"."})
     c, h, w = shape
     xs, ys = [], []
-    for p in files:
+    for p in files[:limit]:
         im = open_checked(p, settings.max_upload_bytes, settings.max_upload_pixels, what="dataset image")
         im = im.convert("L" if c == 1 else "RGB").resize((w, h), Image.Resampling.LANCZOS)
         xs.append(np.asarray(im, dtype=np.uint8))
         rel = p.parent.relative_to(root).as_posix()
         ys.append(classes.index(rel) if rel in classes else -1)
     return np.stack(xs), np.asarray(ys, dtype=np.int64), classes
+
+
+def imported_datasets(settings: Settings) -> list[str]:
+    """Names of the image-folder datasets imported by name (`studio.dataset_import`): the folders of the data roots
+    that hold an IMPORTED_MARK, sorted; a name in an earlier root hides the same name in a later one."""
+    from studio.spec import NAME_RE
+
+    names: set[str] = set()
+    for root in settings.data_root_paths:
+        if root.is_dir():
+            names |= {p.name for p in root.iterdir()
+                      if NAME_RE.match(p.name) and not p.is_symlink() and (p / IMPORTED_MARK).is_file()}
+    return sorted(names - set(BUILDERS))
 
 
 def load_arrays(name: str, split: str = "train", limit: int | None = None, settings: Settings | None = None,
@@ -163,7 +179,9 @@ def load_arrays(name: str, split: str = "train", limit: int | None = None, setti
     if limit is not None and limit < 1:
         raise InputError(f"limit must be at least 1, got {limit}")
     if name.startswith("folder:"):
-        x, y, classes = _folder(name.split(":", 1)[1], settings, shape)
+        x, y, classes = _folder(name.split(":", 1)[1], settings, shape, limit)
+    elif name not in BUILDERS and name in imported_datasets(settings):
+        x, y, classes = _folder(name, settings, shape, limit)
     elif name in BUILDERS:
         build, classes = BUILDERS[name]
         arrays = _cached(settings, name, build)
@@ -173,7 +191,8 @@ def load_arrays(name: str, split: str = "train", limit: int | None = None, setti
         else:
             x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]
     else:
-        raise NotFound(f"unknown dataset {clip(name)!r} (use one of {', '.join(NAMES)})")
+        raise NotFound(f"unknown dataset {clip(name)!r} (use one of {', '.join(NAMES)}, or an imported one: "
+                       f"`studio datasets list`)")
     if limit is not None:
         x, y = x[:limit], y[:limit]
     return x, np.asarray(y, dtype=np.int64), list(classes)

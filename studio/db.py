@@ -48,7 +48,8 @@ from studio.errors import InputError, StudioError, clip
 if TYPE_CHECKING:
     from studio.config import Settings
 
-SCHEMA_VERSION = 3  # 1-2: SQLite only, PRAGMA user_version (2 added jobs.owner); 3: SQLAlchemy schema, any server
+SCHEMA_VERSION = 4  # 1-2: SQLite only, PRAGMA user_version (2 added jobs.owner); 3: SQLAlchemy schema, any server;
+# 4: the favourites table (each user's starred images; made by create_all when a version-3 database is opened)
 RETRIES = 6  # attempts of a transaction whose connection was lost
 metadata = MetaData()
 
@@ -173,6 +174,15 @@ models = Table(
     Column("meta", Text, nullable=False, server_default="{}"),
     Column("created", Float, nullable=False),
     Index("models_by_name", "backend", "name", unique=True),
+)
+
+favourites = Table(
+    "favourites", metadata,
+    Column("owner", String(64), primary_key=True),  # the user who starred it ("": the single-user default)
+    Column("job_id", String(32), primary_key=True),
+    Column("name", String(200), primary_key=True),  # the artifact's name
+    Column("created", Float, nullable=False),
+    Index("favourites_by_job", "job_id"),
 )
 
 studio_meta = Table(
@@ -466,5 +476,5 @@ def retrying(method: Callable[..., T]) -> Callable[..., T]:
 
 
 __all__ = ["SCHEMA_VERSION", "Database", "DatabaseUnavailable", "artifacts", "database_url", "events", "failures",
-           "jobs", "metadata", "models", "redacted", "retrying", "run_retrying", "shared", "studio_meta", "tokens",
-           "users", "vectors", "workers"]
+           "favourites", "jobs", "metadata", "models", "redacted", "retrying", "run_retrying", "shared", "studio_meta",
+           "tokens", "users", "vectors", "workers"]

@@ -134,6 +134,14 @@ class JobContext:
     def record_base(self) -> dict:
         return {**_backend_record(self.backend)}
 
+    def child(self, spec: OpSpec, progress: Progress, workdir: Path | None = None) -> JobContext:
+        """A context for a sub-job run inside this one (a grid's cell): the same runtime, owner and, for the same
+        backend and model, the already-loaded backend; its own spec (so its PNGs carry its own record) and result."""
+        sub = JobContext(spec, self.runtime, progress, workdir, self.owner)
+        if (spec.backend, spec.model) == (self.spec.backend, self.spec.model):
+            sub.__dict__["backend"] = self.backend  # the cached_property's slot: no second load
+        return sub
+
     # ----- inputs -----
     def options_for(self, src: Source) -> BaseModel:
         if src.options is None:

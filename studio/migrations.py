@@ -3,6 +3,8 @@
 Version 3 moved the embedded SQLite file onto the SQLAlchemy schema: events gained a sequence column (order without
 SQLite's rowid), artifacts name a storage key instead of a path, and users moved in from `users.sqlite` beside it.
 Each step runs inside the migrating transaction, so a failed migration leaves the old database as it was.
+Version 4 only added a table (favourites): opening a version-3 database (SQLite or PostgreSQL) creates it with
+`metadata.create_all` in that same transaction, so no step of its own is needed.
 """
 
 from __future__ import annotations

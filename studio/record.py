@@ -14,6 +14,7 @@ from studio.errors import InputError, clip
 
 CHUNK = "latent-studio"
 RECORD_VERSION = 1
+PRIVATE_SPEC_FIELDS = ("webhook",)  # spec fields a PNG record never carries
 
 
 @lru_cache(maxsize=1)
@@ -29,7 +30,9 @@ def library_versions() -> dict[str, str]:
 
 def make_record(spec: dict, backend: dict, item: dict | None = None) -> dict:
     """A record: the job spec, the backend's description (name, version, model + sha256, device,
-    dtype), what this item is (seed, index, frame...), and the library versions."""
+    dtype), what this item is (seed, index, frame...), and the library versions. The spec's `webhook` is left out:
+    a shared PNG must not carry someone's URL (a replay runs without it)."""
+    spec = {k: v for k, v in spec.items() if k not in PRIVATE_SPEC_FIELDS}
     return {"record_version": RECORD_VERSION, "spec": spec, **backend, "item": item or {},
             "versions": library_versions()}
 

@@ -14,7 +14,7 @@ import typing
 from functools import cache
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from studio.config import Settings, load_settings
 from studio.contract import CONTRACT_VERSION
@@ -92,12 +92,24 @@ class OpSpec(BaseModel):
     backend: str = Field(min_length=1, max_length=64)
     model: str | None = Field(default=None, max_length=512)
     options: dict[str, Any] = Field(default_factory=dict)
+    # An http(s) URL that gets the job's end summary, signed (studio.queue.webhooks); its host is checked against
+    # STUDIO_WEBHOOK_ALLOW at submit (studio.webhook_policy). PNG records leave it out (studio.record).
+    webhook: str | None = Field(default=None, max_length=2048, description=(
+        "POST the job's signed end summary to this http(s) URL (allowed by STUDIO_WEBHOOK_ALLOW; needs "
+        "STUDIO_WEBHOOK_SECRET)"))
 
     contract_version: ClassVar[str] = CONTRACT_VERSION  # the contract this op was built for (pin it)
     batchable: ClassVar[bool] = False
     batch_varying: ClassVar[tuple[str, ...]] = ()
     resumable: ClassVar[bool] = False
     backend_options: ClassVar[bool] = True
+
+    @field_validator("webhook")
+    @classmethod
+    def _webhook_url(cls, value: str | None) -> str | None:
+        from studio.webhook_policy import check_url
+
+        return None if value is None else check_url(value)
 
     @classmethod
     def op_name(cls) -> str | None:

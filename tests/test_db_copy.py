@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import insert, select
 
 from studio.config import Settings, load_settings
-from studio.db import Database
+from studio.db import SCHEMA_VERSION, Database
 from studio.db import events as T_EV
 from studio.db import models as T_MODELS
 from studio.db import vectors as T_VECTORS
@@ -184,7 +184,8 @@ def test_db_copy_moves_an_embedded_studio_to_postgres_and_s3(tmp_path: Path, s3_
     server_env = {"STUDIO_DATABASE_URL": postgres.url, "STUDIO_STORAGE_URL": bucket}
     status = _studio("db", "status", env={**env, "STUDIO_HOME": str(tmp_path / "elsewhere"), **server_env})
     assert status.returncode == 0, status.stderr
-    assert f"database  {postgres.url}  (schema version 3)" in status.stdout and f"storage   {bucket}" in status.stdout
+    assert f"database  {postgres.url}  (schema version {SCHEMA_VERSION})" in status.stdout
+    assert f"storage   {bucket}" in status.stdout
     assert "  jobs       3" in status.stdout and "  users      1" in status.stdout
 
     # a machine that shares no folder with the embedded studio sees the same history

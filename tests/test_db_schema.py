@@ -208,7 +208,7 @@ def test_a_newer_sqlite_database_is_refused_in_one_line(tmp_path: Path) -> None:
                           timeout=120, env={**{k: v for k, v in os.environ.items() if not k.startswith("STUDIO_")},
                                             "STUDIO_HOME": str(tmp_path / "home")})
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
-    assert "schema version 99, newer than this Latent Studio knows (3)" in proc.stderr
+    assert f"schema version 99, newer than this Latent Studio knows ({SCHEMA_VERSION})" in proc.stderr
 
 
 def test_a_legacy_file_stamped_newer_is_refused(tmp_path: Path) -> None:

@@ -25,12 +25,14 @@ OPTIONS = {  # the cheapest settings of each backend
 IMAGE = {"image": {"dataset": "digits", "split": "test", "index": 0}}
 IMAGE_B = {"image": {"dataset": "digits", "split": "test", "index": 1}}
 
-# One spec per op (fit_vector twice: from a dataset, and as a text direction, which needs TEXT).
+# One spec per op (fit_vector twice: from a dataset, and as a text direction, which needs TEXT; edit twice: one
+# vector at several strengths, and two vectors at once).
 SPECS: dict[str, dict] = {
     "sample": {"op": "sample", "n": 2},
     "img2img": {"op": "img2img", "image": IMAGE["image"], "n": 2},
     "interpolate": {"op": "interpolate", "start": IMAGE, "end": IMAGE_B, "steps": 2},
     "edit": {"op": "edit", "vector": "every-op", "source": {"seed": 5}, "strengths": [0.0, 1.0]},
+    "edit_chained": {"op": "edit", "vectors": {"every-op": 1.5, "every-op-b": -1.0}, "source": {"seed": 5}},
     "traverse": {"op": "traverse", "source": {"seed": 3}, "dims": [0, 1], "steps": 2},
     "analogy": {"op": "analogy", "a": {"seed": 1}, "b": {"seed": 2}, "c": {"seed": 3}},
     "roundtrip": {"op": "roundtrip", "image": IMAGE["image"], "bits": 6},
@@ -44,6 +46,8 @@ SPECS: dict[str, dict] = {
     "anomalies": {"op": "anomalies", "dataset": "digits", "limit": 10, "top": 2},
     "train": {"op": "train", "dataset": "mnist", "limit": 64, "epochs": 1},
     "neighbours": {"op": "neighbours", "seed": 3, "dataset": "digits", "k": 2, "limit": 10},
+    "grid": {"op": "grid", "base": {"op": "sample", "n": 1}, "x": {"param": "seed", "values": [1, 2]},
+             "y": {"param": "temperature", "values": [0.5, 1.0]}},  # the backend's options reach every cell
 }
 TRAIN_OPTIONS = {  # the smallest recipe of each backend that trains (its `train` checks these)
     "vae": {"batch_size": 32},
@@ -82,9 +86,10 @@ def _run(runtime: Runtime, backend: str, op: str):
     spec = {**SPECS[op], "backend": backend, "options": OPTIONS[backend]}
     if op == "train":  # weights registered as model `every-op-<backend>` (studio.modelstore)
         spec = {**spec, "name": f"every-op-{backend}", "options": TRAIN_OPTIONS.get(backend, {})}
-    if op == "edit":  # an edit needs a stored vector of this backend's weights: fit one from picked seeds
-        execute({"op": "fit_vector", "backend": backend, "options": OPTIONS[backend], "name": "every-op",
-                 "with_seeds": [1, 2], "without_seeds": [3, 4]}, runtime)
+    if SPECS[op]["op"] == "edit":  # an edit needs stored vectors of this backend's weights: fit from picked seeds
+        for name, seeds in (("every-op", [1, 2, 3, 4]), ("every-op-b", [6, 7, 8, 9]))[:1 + (op == "edit_chained")]:
+            execute({"op": "fit_vector", "backend": backend, "options": OPTIONS[backend], "name": name,
+                     "with_seeds": seeds[:2], "without_seeds": seeds[2:]}, runtime)
     return execute(spec, runtime)
 
 
@@ -100,6 +105,8 @@ def test_every_op_runs_or_is_refused_in_one_line(runtime, backend, op):
     result = _run(runtime, backend, op)
     assert result.artifacts, f"{backend} {op} made no artifacts"
     assert result.metrics["seconds"] >= 0
+    if op == "edit_chained":  # both vectors applied in one job: the original, then the combined edit
+        assert result.metrics["vectors"] == SPECS[op]["vectors"] and result.metrics["strengths"] == [0.0, 1.0]
     if op in ("project", "anomalies"):
         names = {a.name for a in result.artifacts}
         assert ("plot.png" in names) if op == "project" else ("anomalies.json" in names), names

@@ -38,6 +38,7 @@ OP_COMMANDS: dict[str, list[str]] = {
     "project": ["--dataset", "digits", "--limit", "10", "--method", "pca"],
     "anomalies": ["--dataset", "digits", "--limit", "10", "--top", "2"],
     "train": ["--name", "mine", "--dataset", "digits", "--limit", "64", "--epochs", "1"],
+    "grid": ["--x", "seed=1,2", "--y", "temperature=0.5,1", "--n", "1"],
 }
 REFUSED_OPS: dict[str, list[str]] = {  # ops the template's backend lacks a capability for: one line, exit 1
     "img2img": ["--image", "dataset:digits:test:0", "--n", "1"],

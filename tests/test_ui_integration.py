@@ -108,8 +108,9 @@ def _path(item: object) -> str:
 
 def test_api_lists_the_documented_endpoints(api) -> None:
     named = set(api.view_api(print_info=False, return_format="dict")["named_endpoints"])
-    expected = {"/generate", "/interpolate", "/edit", "/fit_vector_dataset", "/fit_vector_picks", "/compress",
-                "/project", "/anomalies", "/cancel", "/retry", "/replay", "/plugins", "/submit", "/status", "/jobs"}
+    expected = {"/generate", "/img2img", "/interpolate", "/edit", "/traverse", "/analogy", "/walk",
+                "/fit_vector_dataset", "/fit_vector_picks", "/compress", "/project", "/anomalies", "/train",
+                "/import_dataset", "/cancel", "/retry", "/replay", "/plugins", "/submit", "/status", "/jobs"}
     assert named == expected
     doc = (ROOT / "docs" / "UI.md").read_text()
     assert all(f"`{name}`" in doc for name in expected), "every endpoint is documented in docs/UI.md"

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from studio.config import Settings, load_settings
-from studio.contract import Progress, no_progress
+from studio.contract import Progress, no_progress, wants_preview
 from studio.errors import InputError
 from studio.safetensors_io import save_weights
 
@@ -79,6 +79,22 @@ def _update_ema(ema: Generator, model: Generator, decay: float) -> None:
         p_ema.lerp_(p, 1.0 - decay)
     for b_ema, b in zip(ema.buffers(), model.buffers(), strict=True):
         b_ema.copy_(b)
+
+
+PREVIEW_SEEDS = 16  # samples in the preview after each epoch, always the same noise (seed 0)
+
+
+@torch.no_grad()
+def epoch_preview(ema: Generator) -> object:
+    """A grid (PIL image) of PREVIEW_SEEDS samples of a copy of the EMA generator from fixed noise (batch-norm on
+    the batch's statistics, as the EMA's are recalibrated only at the end), for the progress callback after each
+    epoch. The noise comes from its own generator and the copy is thrown away: the global RNG and every weight
+    and buffer are untouched, so the trained file is byte-identical with or without it."""
+    from studio import images as imgs
+
+    copy_ = copy.deepcopy(ema).train()
+    z = torch.randn(PREVIEW_SEEDS, ema.config.nz, generator=torch.Generator().manual_seed(0))
+    return imgs.grid(imgs.to_pil(copy_(z).float().clamp(-1, 1)))
 
 
 @torch.no_grad()
@@ -183,6 +199,7 @@ def train_gan(dataset: str, epochs: int, out: str | Path, seed: int = 0, setting
         order_rng = torch.Generator().manual_seed(seed)
         ones, zeros = torch.ones(batch_size), torch.zeros(batch_size)
         step, history = 0, []
+        previews = wants_preview(progress)
         for epoch in range(epochs):
             order = torch.randperm(len(images), generator=order_rng)
             sums = torch.zeros(4, dtype=torch.float64)
@@ -211,8 +228,11 @@ def train_gan(dataset: str, epochs: int, out: str | Path, seed: int = 0, setting
                 step += 1
                 sums += torch.tensor([loss_d.item(), loss_g.item(), torch.sigmoid(d_real).mean().item(),
                                       torch.sigmoid(d_fake).mean().item()], dtype=torch.float64)
-                progress(step, total, f"epoch {epoch + 1}/{epochs} loss_d {loss_d.item():.3f} "
-                                      f"loss_g {loss_g.item():.3f}")
+                message = f"epoch {epoch + 1}/{epochs} loss_d {loss_d.item():.3f} loss_g {loss_g.item():.3f}"
+                if b == n_batches - 1 and previews:  # samples after each epoch
+                    progress(step, total, message, epoch_preview(ema))
+                else:
+                    progress(step, total, message)
             means = (sums / n_batches).tolist()
             history.append({"epoch": epoch + 1, "loss_d": round(means[0], 4), "loss_g": round(means[1], 4),
                             "d_real": round(means[2], 4), "d_fake": round(means[3], 4)})

@@ -5,7 +5,9 @@ Spaces (shapes for an image of H x W pixels, latent channels C=4, VAE scale fact
   noise-space directions live here. Noise is drawn on the CPU per seed.
 - `codec` (C, H/f, W/f), role CODEC: the VAE latent, scaled by the VAE's `scaling_factor` (std about 1).
   encode() returns it (the posterior mean); decode() of a codec-only point runs the VAE decoder;
-  codec + noise is img2img with `strength`.
+  codec + noise is img2img with `strength`; adding `mask` (n, 1, H, W) in [0, 1] (1 = redraw, 0 = keep) inpaints.
+- Live previews: generation and img2img report, for the first image of a batch, the sampler's predicted clean
+  image as the progress preview every few steps (at most about 10% of the denoising time; studio_sd.previews).
 - `condition` (tokens, hidden), role CONDITION: the text encoder's embedding of the prompt (positive
   only; the negative prompt's embedding is recomputed from the options at decode time).
 """
@@ -44,6 +46,7 @@ from studio.errors import InputError, StudioError
 
 from .models import find_models, hub_model_info, load_pipeline, resolve_model
 from .optimise import RuntimeOptions, apply_runtime, choose_runtime, torch_dtype
+from .previews import LivePreviews
 from .schedulers import make_scheduler
 from .shapes import pipeline_shapes
 
@@ -53,6 +56,7 @@ if TYPE_CHECKING:
     from studio.config import Settings
 
 NOISE, CODEC_SPACE, CONDITION_SPACE = "noise", "codec", "condition"
+MASK = "mask"  # img2img's optional inpainting mask: (n, 1, H, W) in [0, 1] at the image size, 1 = redraw
 EMBED_CACHE_SIZE = 32
 
 
@@ -253,13 +257,17 @@ class SDBackend(Backend):
         import torch
 
         spaces = self.spaces(o)
-        unknown = sorted(set(point) - set(spaces))
+        unknown = sorted(set(point) - set(spaces) - {MASK})
         if unknown:
             raise InputError(f"point has unknown spaces {unknown}; the sd backend has {sorted(spaces)}")
         if NOISE not in point and CODEC_SPACE not in point:
             raise InputError("an sd point needs 'noise' (generate), 'codec' (decode) or both (img2img)")
         sizes = set()
+        if MASK in point:
+            sizes.add(self._check_mask(point, o))
         for name, tensor in point.items():
+            if name == MASK:
+                continue
             if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape[1:]) != spaces[name].shape:
                 shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
                 expected = ", ".join(map(str, spaces[name].shape))
@@ -272,6 +280,22 @@ class SDBackend(Backend):
         if len(sizes) > 1:
             raise InputError(f"the spaces of a point have different batch sizes {sorted(sizes)}")
         return sizes.pop() if sizes else 1
+
+    def _check_mask(self, point: Point, o: SDOptions) -> int:
+        """The batch size of a valid inpainting mask: (n, 1, H, W) at the image size, finite, in [0, 1], and only
+        with an img2img point (noise and codec)."""
+        import torch
+
+        mask = point[MASK]
+        if NOISE not in point or CODEC_SPACE not in point:
+            raise InputError("a mask needs an img2img point (both 'noise' and 'codec')")
+        h, w = self.size(o)
+        if not isinstance(mask, torch.Tensor) or mask.dim() != 4 or tuple(mask.shape[1:]) != (1, h, w):
+            shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+            raise InputError(f"point['mask'] has shape {shape}; expected (n, 1, {h}, {w}) (1 = redraw, 0 = keep)")
+        if not torch.isfinite(mask).all() or float(mask.min()) < 0 or float(mask.max()) > 1:
+            raise InputError("point['mask'] must hold values in [0, 1] (1 = redraw, 0 = keep)")
+        return int(mask.shape[0])
 
     # ----- decode -----
     def _guided(self, o: SDOptions) -> bool:
@@ -312,26 +336,48 @@ class SDBackend(Backend):
                 return self._generate(point, n, o, progress)
             return self._to_images(point[CODEC_SPACE].to(self.pipe.device, torch_dtype(self.runtime.dtype)))
 
+    def _preview_image(self, latents: torch.Tensor) -> torch.Tensor:
+        """A live preview: scaled latents (one item) through the VAE and the safety checker, like the final images."""
+        return self._to_images(latents.to(self.pipe.vae.dtype))
+
     def _generate(self, point: Point, n: int, o: SDOptions, progress: Progress) -> torch.Tensor:
         import torch
 
         positive, negative = self._prompt_embeddings(point, n, o)
-        self.pipe.scheduler = make_scheduler(o.scheduler, self._scheduler_config)
+        previews = LivePreviews(o.steps, progress, self._preview_image)
+        self.pipe.scheduler = previews.watch(make_scheduler(o.scheduler, self._scheduler_config))
         h, w = self.size(o)
 
         def on_step_end(pipe, step: int, timestep, callback_kwargs: dict) -> dict:
-            progress(step + 1, pipe.num_timesteps, "denoising")
+            previews.step(step + 1, callback_kwargs["latents"], total=pipe.num_timesteps)
             return callback_kwargs
 
-        out = self.pipe(prompt_embeds=positive, negative_prompt_embeds=negative,
-                        latents=point[NOISE].to(self.pipe.device, positive.dtype), num_inference_steps=o.steps,
-                        guidance_scale=o.guidance, height=h, width=w, generator=torch.Generator("cpu").manual_seed(0),
-                        output_type="pt", callback_on_step_end=on_step_end, return_dict=True)
+        try:
+            out = self.pipe(prompt_embeds=positive, negative_prompt_embeds=negative,
+                            latents=point[NOISE].to(self.pipe.device, positive.dtype), num_inference_steps=o.steps,
+                            guidance_scale=o.guidance, height=h, width=w,
+                            generator=torch.Generator("cpu").manual_seed(0), output_type="pt",
+                            callback_on_step_end=on_step_end, return_dict=True)
+        finally:
+            previews.release()
         return (out.images.float().cpu() * 2.0 - 1.0).clamp(-1, 1)
+
+    def _latent_mask(self, point: Point, like: torch.Tensor) -> torch.Tensor | None:
+        """The point's pixel mask (n, 1, H, W; 1 = redraw) at the latents' size, on their device; None without one."""
+        import torch.nn.functional as F
+
+        mask = point.get(MASK)
+        if mask is None:
+            return None
+        return F.interpolate(mask.to(like.device, like.dtype), size=tuple(like.shape[-2:]), mode="area")
 
     def _img2img(self, point: Point, n: int, o: SDOptions, progress: Progress) -> torch.Tensor:
         """Re-noise the codec latent to the strength's timestep with the point's noise, then denoise the rest
-        of the schedule (the diffusers img2img recipe, with the noise given instead of drawn)."""
+        of the schedule (the diffusers img2img recipe, with the noise given instead of drawn).
+
+        With a `mask` in the point (inpainting), after each step the kept region (mask 0) is put back to the codec
+        latent noised to the next timestep, and to the codec latent itself after the last step (RePaint / the
+        diffusers inpaint recipe for 4-channel UNets): latents = m * latents + (1 - m) * noised original."""
         import torch
 
         device, dtype = self.pipe.device, torch_dtype(self.runtime.dtype)
@@ -344,9 +390,13 @@ class SDBackend(Backend):
             return self._to_images(start)
         if hasattr(scheduler, "set_begin_index"):
             scheduler.set_begin_index(t_start * scheduler.order)
-        latents = scheduler.add_noise(start, point[NOISE].to(device, dtype), timesteps[:1].repeat(n))
+        noise = point[NOISE].to(device, dtype)
+        latents = scheduler.add_noise(start, noise, timesteps[:1].repeat(n))
+        mask = self._latent_mask(point, latents)
         positive, negative = self._prompt_embeddings(point, n, o)
         embeddings = torch.cat([negative, positive]) if negative is not None else positive
+        previews = LivePreviews(len(timesteps), progress, self._preview_image)
+        previews.watch(scheduler)
         for i, t in enumerate(timesteps):
             model_input = torch.cat([latents] * 2) if negative is not None else latents
             model_input = scheduler.scale_model_input(model_input, t)
@@ -355,7 +405,13 @@ class SDBackend(Backend):
                 uncond, cond = eps.chunk(2)
                 eps = uncond + o.guidance * (cond - uncond)
             latents = scheduler.step(eps, t, latents, return_dict=False)[0]
-            progress(i + 1, len(timesteps), "denoising")
+            if mask is not None:
+                kept = start if i + 1 == len(timesteps) else \
+                    scheduler.add_noise(start, noise, timesteps[i + 1:i + 2].repeat(n))
+                latents = mask * latents + (1 - mask) * kept
+                if previews.x0 is not None:
+                    previews.x0 = mask * previews.x0 + (1 - mask) * start
+            previews.step(i + 1, latents)
         return self._to_images(latents)
 
     # ----- encode -----

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from studio.config import Settings, load_settings
-from studio.contract import Progress, no_progress
+from studio.contract import Progress, no_progress, wants_preview
 from studio.errors import InputError
 
 SIZE = 32
@@ -40,6 +40,7 @@ WORDS = ("a", "an", "the", "photo", "of", "handwritten", "digit", "number", *DIG
 PARTS = {"mnist-fashion": (("mnist", "digit"), ("fashion", "fashion")), "mnist": (("mnist", "digit"),),
          "fashion": (("fashion", "fashion"),), "digits": (("digits", "digit"),)}  # dataset -> (source, kind)
 P_UNCONDITIONAL = 0.1
+PREVIEW_STEPS = 10  # DDIM steps of the samples shown after each epoch
 
 VAE_CONFIG = {"in_channels": 3, "out_channels": 3, "latent_channels": 4, "layers_per_block": 1,
               "block_out_channels": (16, 32, 32), "norm_num_groups": 8, "sample_size": SIZE,
@@ -169,6 +170,33 @@ def build_tokenizer(folder: Path):
                                          local_files_only=True)
 
 
+def preview_prompts(kinds: list[str]) -> list[str]:
+    """The fixed prompts of the per-epoch samples: up to eight classes of the dataset's kinds."""
+    prompts = []
+    for kind in dict.fromkeys(kinds):
+        prompts += [prompt_for(kind, c) for c in range(10)]
+    return (prompts[::max(1, len(prompts) // 8)])[:8]
+
+
+def epoch_samples(vae, text_encoder, tokenizer, unet, prompts: list[str]):  # -> PIL image
+    """A grid of samples (one per prompt, seed 0, PREVIEW_STEPS DDIM steps, guidance 3) of the EMA models.
+
+    The noise comes from a private generator inside a forked global RNG and the models are only read: the training
+    draws and the weights are untouched, so the saved pipeline is byte-identical with or without the preview."""
+    import torch
+
+    from studio import images as imgs
+
+    from .models import quiet_loading
+
+    with torch.random.fork_rng(devices=[]), torch.no_grad(), quiet_loading():
+        pipe = assemble(vae, text_encoder, tokenizer, unet)
+        pipe.set_progress_bar_config(disable=True)
+        x = pipe(prompts, num_inference_steps=PREVIEW_STEPS, guidance_scale=3.0, output_type="pt",
+                 generator=torch.Generator().manual_seed(0)).images
+    return imgs.grid(imgs.to_pil(x.float() * 2 - 1))
+
+
 def _ema_update(ema, model, decay: float) -> None:
     import torch
 
@@ -179,10 +207,11 @@ def _ema_update(ema, model, decay: float) -> None:
 
 def train_diffusion(latents, kinds: list[str], labels: np.ndarray, styles: np.ndarray, tokenizer, epochs: int,
                     seed: int, progress: Progress, batch: int = 64, lr: float = 1e-3, ema_decay: float = 0.999,
-                    snr_gamma: float = 5.0, on_epoch=None):
+                    snr_gamma: float = 5.0, on_epoch=None, preview=None):
     """(unet, text_encoder), EMA weights, trained on scaled `latents` with captions drawn per image and step.
     The loss is weighted by min(SNR, gamma) / SNR per timestep (Min-SNR weighting, which converges faster);
-    `on_epoch(unet, text_encoder)` gets the EMA models after each epoch."""
+    `on_epoch(unet, text_encoder)` gets the EMA models after each epoch, and so does `preview(unet, text_encoder)`,
+    whose image (samples) goes to `progress` as its fourth argument."""
     import copy
 
     import torch
@@ -219,7 +248,7 @@ def train_diffusion(latents, kinds: list[str], labels: np.ndarray, styles: np.nd
     per_epoch = n // batch
     total = epochs * per_epoch
     step = 0
-    for _ in range(epochs):
+    for epoch in range(epochs):
         order = torch.randperm(n, generator=gen).numpy()
         for b in range(per_epoch):
             idx = order[b * batch:(b + 1) * batch]
@@ -243,6 +272,8 @@ def train_diffusion(latents, kinds: list[str], labels: np.ndarray, styles: np.nd
             progress(step, total, f"diffusion loss {loss.item():.4f}")
         if on_epoch is not None:
             on_epoch(ema_unet, ema_text)
+        if preview is not None:
+            progress(step, total, f"epoch {epoch + 1}/{epochs} samples", preview(ema_unet, ema_text))
     return ema_unet, ema_text
 
 
@@ -297,8 +328,14 @@ def train_ldm(dataset: str, epochs: int, out: str | Path, seed: int = 0, setting
             with quiet_loading():
                 assemble(vae, text_encoder, tokenizer, unet).save_pretrained(Path(out), safe_serialization=True)
 
+        prompts = preview_prompts(kinds)
+
+        def samples(unet, text_encoder):  # -> PIL image: what the model draws after each epoch
+            return epoch_samples(vae, text_encoder, tokenizer, unet, prompts)
+
         unet, text_encoder = train_diffusion(latents, kinds, labels, styles, tokenizer, epochs, seed, progress,
-                                             batch=batch_size, lr=lr, on_epoch=save)
+                                             batch=batch_size, lr=lr, on_epoch=save,
+                                             preview=samples if wants_preview(progress) else None)
     finally:
         torch.set_num_threads(old_threads)
     metrics = {"recipe": "studio_sd.train_ldm", "dataset": dataset, "epochs": epochs, "seed": seed,

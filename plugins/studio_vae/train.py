@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from studio.config import Settings, load_settings
-from studio.contract import Progress, no_progress
+from studio.contract import Progress, no_progress, wants_preview
 from studio.errors import InputError
 
 from .model import ConvVAE, VAEConfig, Whitening, parameter_count
@@ -74,6 +74,28 @@ def reconstruction_metrics(model: ConvVAE, images: torch.Tensor, device: str = "
     pooled_mse = sq_err / images.numel()
     return {"test_psnr": round(float(torch.cat(per_image).mean()), 4),
             "test_psnr_pooled": round(10 * math.log10(1.0 / max(pooled_mse, 1e-10)), 4)}
+
+
+PREVIEW_SEEDS = 16  # samples in the preview after each epoch, always the same noise (seed 0)
+
+
+@torch.no_grad()
+def epoch_preview(model: ConvVAE, device: str = "cpu") -> object:
+    """A grid (PIL image) of PREVIEW_SEEDS samples from fixed noise, for the progress callback after each epoch.
+
+    It draws from its own generator and runs in eval mode, then restores the mode: the global RNG, the data order,
+    the training noise and the weights are untouched, so the trained file is byte-identical with or without it.
+    """
+    from studio import images as imgs
+
+    was_training = model.training
+    model.eval()
+    try:
+        z = torch.randn(PREVIEW_SEEDS, model.config.latent_dim, generator=torch.Generator("cpu").manual_seed(0))
+        x = model.decode(z.to(device)).float().cpu().clamp(-1, 1)
+    finally:
+        model.train(was_training)
+    return imgs.grid(imgs.to_pil(x))
 
 
 def check_shape_arguments(epochs: int, batch_size: int, latent_dim: int, base_width: int, channels: int) -> None:
@@ -135,6 +157,7 @@ def train_vae(dataset: str, epochs: int, out: str | Path, seed: int = 0, setting
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
         step = 0
         history = []
+        previews = wants_preview(progress)
         for epoch in range(epochs):
             model.train()
             order = torch.randperm(len(images), generator=data_order)
@@ -148,7 +171,10 @@ def train_vae(dataset: str, epochs: int, out: str | Path, seed: int = 0, setting
                 schedule.step()
                 sums += torch.tensor([loss.item(), rec.item(), kl.item()], dtype=torch.float64) * len(x)
                 step += 1
-                progress(step, total, f"epoch {epoch + 1}/{epochs}")
+                if b == batches - 1 and previews:  # samples after each epoch
+                    progress(step, total, f"epoch {epoch + 1}/{epochs}", epoch_preview(model, device))
+                else:
+                    progress(step, total, f"epoch {epoch + 1}/{epochs}")
             history.append((sums / len(images)).tolist())
         model.eval()
         means = encode_means(model, train_set.images, device)

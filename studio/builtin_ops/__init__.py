@@ -15,11 +15,12 @@ from studio.builtin_ops.generate import (
     TraverseSpec,
     WalkSpec,
 )
+from studio.builtin_ops.grid import GridSpec
 from studio.builtin_ops.latent import AnomaliesSpec, EvaluateSpec, FitVectorSpec, ProjectSpec
 from studio.builtin_ops.train import TrainSpec
 
 BUILTIN = (SampleSpec, Img2ImgSpec, InterpolateSpec, EditSpec, TraverseSpec, AnalogySpec, RoundtripSpec, FitVectorSpec,
-           EvaluateSpec, WalkSpec, ProjectSpec, AnomaliesSpec, TrainSpec)
+           EvaluateSpec, WalkSpec, ProjectSpec, AnomaliesSpec, TrainSpec, GridSpec)
 
 
 def register(register_op: Callable[[type], None]) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from studio.builtin_ops.ood_check import SourceChecker
 from studio.errors import InputError
@@ -65,10 +65,15 @@ class SampleSpec(OpSpec):
 
 class Img2ImgSpec(OpSpec):
     """Redraw an image: its codec latent is re-noised with seed + i's noise to the options' `strength`, then
-    denoised again under the options (prompt, guidance); image i uses seed + i. Backends with IMG2IMG."""
+    denoised again under the options (prompt, guidance); image i uses seed + i. Backends with IMG2IMG.
+
+    With a `mask` (inpainting; white = redraw, black = keep, grey in between; any size, resized to the image) the
+    backend keeps the black region at every denoising step (the point's `mask` entry), and the result is then
+    composited over the input image, so kept pixels stay the input's own."""
 
     op: Literal["img2img"] = "img2img"
     image: ImageRef
+    mask: ImageRef | None = None
     n: int = Field(default=4, ge=1, le=64)
     seed: Seed = 0
 
@@ -84,20 +89,43 @@ class Img2ImgSpec(OpSpec):
         return {IMG2IMG, ENCODE, SAMPLE, DECODE}
 
     def run(self, job: JobContext) -> None:
+        from PIL import Image
+
         from studio import images as imgs
         from studio.points import random_point
 
         seeds = [self.seed + i for i in range(self.n)]
         checker = SourceChecker(job)
-        start = checker.point(Source(image=self.image), "the image")
+        source = Source(image=self.image)
+        start, original, opts = job.point_with_images(source)
+        checker.check(original, start, "the image", opts)
         checker.finish()
         point = {**random_point(job.backend, seeds, job.options),
                  **{name: z.expand(self.n, *z.shape[1:]) for name, z in start.items()}}
+        mask = self._mask(job) if self.mask is not None else None
+        if mask is not None:
+            point["mask"] = mask.expand(self.n, *mask.shape[1:])
         frames = job.render(point)
+        if mask is not None:  # kept pixels are the input's own, not the VAE's reconstruction of them
+            keep = imgs.to_pil(mask * 2 - 1)[0]
+            below = imgs.to_pil(original)[0]
+            frames = [Image.composite(im, below, keep) for im in frames]
         for i, (seed, im) in enumerate(zip(seeds, frames, strict=True)):
             job.add_image(f"img2img_{i:03d}.png", im, {"index": i, "seed": seed})
         job.add_image("grid.png", imgs.grid(frames), {"grid": True, "seeds": seeds})
         job.result.metrics.update(n=len(frames), seeds=seeds)
+        if mask is not None:
+            job.result.metrics.update(masked_share=round(float(mask.mean()), 4))
+
+    def _mask(self, job: JobContext) -> object:
+        """The mask image at the backend's image size as a (1, 1, H, W) tensor in [0, 1] (its channels' mean)."""
+        notes = job.result.metrics.setdefault("notes", [])
+        before = len(notes)
+        x = job.load_image(self.mask)
+        notes[before:] = [n.replace("input image converted", "mask converted", 1) for n in notes[before:]]
+        if not notes:
+            job.result.metrics.pop("notes")
+        return ((x.mean(dim=1, keepdim=True) + 1) / 2).clamp(0, 1)
 
 
 class InterpolateSpec(OpSpec):
@@ -134,19 +162,74 @@ class InterpolateSpec(OpSpec):
         job.result.metrics.update(steps=len(ts), method=self.method)
 
 
+MAX_EDIT_VECTORS = 16  # vectors one chained edit applies at once
+
+
+def _fits(name: str, space: str, vector: object, point: dict, source: Source) -> None:
+    """InputError unless vector `name` of `space` can move `point` (its space is there, with the vector's shape)."""
+    if space not in point:
+        raise InputError(f"vector {name!r} lives in space {space!r}, but this source gives "
+                         f"{', '.join(sorted(point))}; use a {'seed' if source.image else 'image'} instead")
+    if tuple(vector.shape) != tuple(point[space].shape[1:]):
+        raise InputError(f"vector {name!r} has shape {tuple(vector.shape)}, the space {space!r} has "
+                         f"{tuple(point[space].shape[1:])}")
+
+
 class EditSpec(OpSpec):
-    """Apply an attribute vector at several strengths: the edit strip."""
+    """Apply an attribute vector at several strengths: the edit strip. Or several vectors at once (`vectors`, each
+    name with its own strength): their weighted sum is one direction, and the strip scales it by each of
+    `strengths` (default 0 and 1: the original, then the combined edit)."""
 
     op: Literal["edit"] = "edit"
-    vector: Name
+    vector: Name | None = Field(default=None, description="One vector, applied at each of `strengths`")
+    vectors: dict[str, float] | None = Field(
+        default=None, description="Several vectors at once, NAME -> strength (e.g. {\"thick\": 1.5, \"slant\": -1}): "
+        "the strip applies the weighted sum times each of `strengths` (default [0, 1])")
     strengths: list[float] = Field(default_factory=lambda: [-2.0, -1.0, 0.0, 1.0, 2.0], min_length=1,
                                    max_length=MAX_LIST)
     source: Source
 
+    @model_validator(mode="before")
+    @classmethod
+    def _chained_strengths(cls, data: object) -> object:
+        """A chained edit given no strengths shows the original and the combined edit (scales 0 and 1)."""
+        if isinstance(data, dict) and data.get("vectors") is not None and "strengths" not in data:
+            return {**data, "strengths": [0.0, 1.0]}
+        return data
+
     @field_validator("vector")
     @classmethod
-    def _name(cls, v: str) -> str:
-        return checked_name(v, "vector")
+    def _name(cls, v: str | None) -> str | None:
+        return v if v is None else checked_name(v, "vector")
+
+    @field_validator("vectors")
+    @classmethod
+    def _terms(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        import math
+
+        from studio.errors import clip
+        from studio.spec import NAME_RE
+
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("give at least one vector")
+        if len(v) > MAX_EDIT_VECTORS:
+            raise ValueError(f"at most {MAX_EDIT_VECTORS} vectors at once, got {len(v)}")
+        for name, strength in v.items():
+            if not NAME_RE.match(name):
+                raise ValueError(f"vector name {clip(name, 40)!r}: names use letters, digits, '_', '.' and '-' "
+                                 "(at most 64)")
+            if not math.isfinite(strength):
+                raise ValueError(f"vector {name!r}: strength {strength} is not a finite number")
+        return v
+
+    @model_validator(mode="after")
+    def _one_form(self) -> EditSpec:
+        if (self.vector is None) == (self.vectors is None):
+            raise ValueError("give `vector` (one vector at each of `strengths`) or `vectors` (several at once, "
+                             "NAME -> strength), one of them")
+        return self
 
     def sources(self) -> list[Source]:
         return [self.source]
@@ -156,24 +239,37 @@ class EditSpec(OpSpec):
 
     def run(self, job: JobContext) -> None:
         from studio import images as imgs
-        from studio.ops.edit import apply_vector
+        from studio.ops.edit import apply_vector, apply_vectors, combine_vectors
 
-        vector, meta = job.vector(self.vector)
-        space = meta["space"]
+        if self.vector is not None:  # one vector: exactly as before chained edits (old records replay the same)
+            vector, meta = job.vector(self.vector)
+            space = meta["space"]
+            checker = SourceChecker(job)
+            point = checker.point(self.source, "the image")
+            checker.finish()
+            _fits(self.vector, space, vector, point, self.source)
+            frames = job.render(apply_vector(point, space, vector, self.strengths))
+            for i, (k, im) in enumerate(zip(self.strengths, frames, strict=True)):
+                job.add_image(f"edit_{i:03d}.png", im, {"index": i, "strength": k})
+            job.add_image("strip.png", imgs.grid(frames, cols=len(frames)), {"strip": True})
+            job.result.metrics.update(vector=self.vector, space=space, strengths=self.strengths)
+            return
+        terms = []
+        for name, weight in (self.vectors or {}).items():  # every vector first: a missing one fails before any work
+            vector, meta = job.vector(name)
+            terms.append((name, meta["space"], vector, weight))
         checker = SourceChecker(job)
         point = checker.point(self.source, "the image")
         checker.finish()
-        if space not in point:
-            raise InputError(f"vector {self.vector!r} lives in space {space!r}, but this source gives "
-                             f"{', '.join(sorted(point))}; use a {'seed' if self.source.image else 'image'} instead")
-        if tuple(vector.shape) != tuple(point[space].shape[1:]):
-            raise InputError(f"vector {self.vector!r} has shape {tuple(vector.shape)}, the space {space!r} has "
-                             f"{tuple(point[space].shape[1:])}")
-        frames = job.render(apply_vector(point, space, vector, self.strengths))
+        for name, space, vector, _ in terms:
+            _fits(name, space, vector, point, self.source)
+        frames = job.render(apply_vectors(point, combine_vectors(terms), self.strengths))
         for i, (k, im) in enumerate(zip(self.strengths, frames, strict=True)):
-            job.add_image(f"edit_{i:03d}.png", im, {"index": i, "strength": k})
-        job.add_image("strip.png", imgs.grid(frames, cols=len(frames)), {"strip": True})
-        job.result.metrics.update(vector=self.vector, space=space, strengths=self.strengths)
+            scaled = {name: weight * k for name, _, _, weight in terms}
+            job.add_image(f"edit_{i:03d}.png", im, {"index": i, "strength": k, "vectors": scaled})
+        job.add_image("strip.png", imgs.grid(frames, cols=len(frames)), {"strip": True, "vectors": self.vectors})
+        job.result.metrics.update(vectors=self.vectors, spaces={name: space for name, space, _, _ in terms},
+                                  strengths=self.strengths)
 
 
 class TraverseSpec(OpSpec):

@@ -25,7 +25,7 @@ def _mount_queue() -> None:
 def _register() -> None:
     """Mount the core's commands, then every plugin's (group `latent_studio.commands`); a plugin whose commands
     fail to load is reported in one stderr line and the CLI works on without them."""
-    from studio.cli import db_cmds, local, models_cmds, users_cmds
+    from studio.cli import batch_cmds, datasets_cmds, db_cmds, local, models_cmds, users_cmds
     from studio.registry import load_commands
 
     local.register(app)
@@ -33,6 +33,8 @@ def _register() -> None:
     users_cmds.register(app)
     models_cmds.register(app)
     db_cmds.register(app)
+    batch_cmds.register(app)
+    datasets_cmds.register(app)
     core = (len(app.registered_commands), len(app.registered_groups))
     for failure in load_commands(app):
         sys.stderr.write(f"warning: the commands of plugin {failure.plugin!r} failed to load: "

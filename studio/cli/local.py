@@ -31,14 +31,28 @@ def run_spec(spec: dict, out: Path | None = None, as_json: bool = False) -> dict
     checked = parse_spec(spec, settings, check_backend=False)
     check_capabilities(checked)
     check_backend_options(checked)
+    webhook = spec.get("webhook")
+    if webhook is not None:
+        from studio.webhook_policy import check_webhook
+
+        check_webhook(webhook, settings)
     from studio.executor import execute  # torch and the backend's model code from here on
 
     bar = Bar(spec["op"])
     try:  # with users defined, the run is the CLI user's (their vectors; a new vector is theirs)
         result = execute(spec, progress=bar, owner=user_from_env(settings))
+    except Exception as exc:
+        if webhook is not None:
+            _deliver(webhook, {"state": "FAILED", "error": str(exc), "spec": spec}, settings)
+        raise
     finally:
         bar.close()
     written = result.write(out or Path("out") / spec["op"]) if result.artifacts else []
+    if webhook is not None:
+        _deliver(webhook, {"state": "SUCCEEDED", "op": spec["op"], "backend": spec.get("backend"),
+                           "model": spec.get("model"), "spec": spec, "metrics": result.metrics, "progress": 1.0,
+                           "artifacts": [{"name": a.name, "kind": a.kind, "size": len(a.data)}
+                                         for a in result.artifacts]}, settings)
     if as_json:
         print_json(result.metrics)
     else:
@@ -52,6 +66,15 @@ def run_spec(spec: dict, out: Path | None = None, as_json: bool = False) -> dict
     for warning in result.metrics.get("warnings", []):
         sys.stderr.write(f"warning: {warning}\n")
     return result.metrics
+
+
+def _deliver(url: str, job: dict, settings: object) -> None:
+    """POST the run's summary to its webhook (signed, retried); failures are told on stderr, never raised."""
+    from studio.queue.webhooks import deliver_now
+
+    if not deliver_now(url, {"op": job.get("spec", {}).get("op"), **job}, settings,
+                       report=lambda line: sys.stderr.write(f"warning: {line}\n")):
+        sys.stderr.write("warning: the webhook was not delivered\n")
 
 
 ops.mount(run_app, [ops.out_param(), ops.json_param()], run_spec)

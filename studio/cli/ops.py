@@ -57,14 +57,43 @@ def interpolate(backend: Backend, model: Model = None,
                           {"prompt": to_prompt} if to_prompt is not None else None)}
 
 
+def _vector_terms(vectors: list[str]) -> tuple[str | None, dict[str, float] | None]:
+    """`--vector` values: one bare NAME (the old form, with --strengths), or NAME=STRENGTH pairs (a chained edit)."""
+    if len(vectors) == 1 and "=" not in vectors[0]:
+        return vectors[0].strip(), None
+    terms: dict[str, float] = {}
+    for raw in vectors:
+        name, sep, value = raw.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise InputError(f"--vector {clip(raw)!r}: give NAME=STRENGTH for each of several vectors (or one NAME "
+                             "with --strengths)")
+        try:
+            strength = float(value)
+        except ValueError:
+            raise InputError(f"--vector {clip(raw)!r}: the strength of {clip(name)!r} is not a number") from None
+        if name in terms:
+            raise InputError(f"--vector {clip(name)!r} is given twice")
+        terms[name] = strength
+    return None, terms
+
+
 def edit(backend: Backend, model: Model = None,
-         vector: Annotated[str, typer.Option(help="Vector name (see `studio vectors list`).")] = ...,
-         strengths: Annotated[str, typer.Option(help="Comma-separated strengths.")] = "-2,-1,0,1,2",
+         vector: Annotated[list[str], typer.Option(help="Vector name (see `studio vectors list`), applied at each of "
+                                                        "--strengths; or NAME=STRENGTH, repeatable, to apply several "
+                                                        "at once (e.g. --vector thick=1.5 --vector slant=-1).")] = ...,
+         strengths: Annotated[str | None, typer.Option(help="Comma-separated strengths (default -2,-1,0,1,2); with "
+                                                            "NAME=STRENGTH vectors, scales of their sum (default "
+                                                            "0,1).")] = None,
          seed: Annotated[int | None, typer.Option(help="Seed to edit.")] = None,
          image: Annotated[str | None, typer.Option(help="Image to edit.")] = None) -> dict:
-    """Apply an attribute vector at several strengths: the edit strip."""
-    return {"op": "edit", "backend": backend, "model": model, "vector": vector,
-            "strengths": parse_floats(strengths, "--strengths"), "source": source(seed, image, "what to edit")}
+    """Apply an attribute vector at several strengths: the edit strip (or several vectors at once)."""
+    one, terms = _vector_terms(vector)
+    chosen = {"vector": one} if terms is None else {"vectors": terms}
+    shown = parse_floats(strengths, "--strengths") if strengths is not None else \
+        ([-2.0, -1.0, 0.0, 1.0, 2.0] if terms is None else None)
+    return {"op": "edit", "backend": backend, "model": model, **chosen, "strengths": shown,
+            "source": source(seed, image, "what to edit")}
 
 
 def traverse(backend: Backend, model: Model = None,
@@ -190,10 +219,47 @@ def train(backend: Backend,
             "limit": limit, "options": parse_option_pairs(option)}
 
 
+def grid(backend: Backend, model: Model = None,
+         op: Annotated[str, typer.Option("--op", help="The base op of every cell.")] = "sample",
+         x: Annotated[str | None, typer.Option("--x", help="X axis PARAM=V1,V2,... ('|' separates values that "
+                                                          "hold commas): a field of the op or a backend option.")]
+         = None,
+         y: Annotated[str | None, typer.Option("--y", help="Y axis, like --x.")] = None,
+         z: Annotated[str | None, typer.Option("--z", help="Z axis, like --x: one grid image per value.")] = None,
+         prompt_matrix: Annotated[str | None, typer.Option(
+             "--prompt-matrix", help="'a cat|red|watercolour': every combination of the parts after the first, as "
+                                     "the next free axis.")] = None,
+         batch_count: Annotated[int | None, typer.Option(
+             "--batch-count", help="Batches of seeds (seed, seed + n, ...) as the next free axis.")] = None,
+         n: Annotated[int | None, typer.Option("--n", "-n", help="The base op's n (images per cell).")] = None,
+         seed: Annotated[int | None, typer.Option(help="The base op's seed.")] = None,
+         set_: Annotated[list[str] | None, typer.Option("--set", help="Another field of the base op KEY=VALUE "
+                                                                      "(repeatable; VALUE as JSON when it parses).")]
+         = None) -> dict:
+    """An X/Y/Z plot: the base op once per combination of the axes' values, in one job; a labelled grid.png."""
+    from studio.builtin_ops.grid import add_axis, axis_from_text
+
+    base: dict[str, Any] = {"op": op, **parse_option_pairs(set_, "--set")}
+    base.update({k: v for k, v in {"n": n, "seed": seed}.items() if v is not None})
+    spec: dict[str, Any] = {"op": "grid", "backend": backend, "model": model, "base": base}
+    for name, text in (("x", x), ("y", y), ("z", z)):
+        if text is not None:
+            spec[name] = axis_from_text(text, f"--{name}")
+    if prompt_matrix is not None:
+        add_axis(spec, {"param": "prompt", "matrix": prompt_matrix}, "--prompt-matrix")
+    if batch_count is not None:
+        add_axis(spec, {"param": "seed", "batch_count": batch_count}, "--batch-count")
+    if spec.get("x") is None:
+        raise InputError("give the X axis: --x PARAM=V1,V2 (or --prompt-matrix, --batch-count)")
+    if spec.get("z") is not None and spec.get("y") is None:
+        raise InputError("--z needs a Y axis: give --y too")
+    return spec
+
+
 BUILDERS: dict[str, Callable[..., dict]] = {
     "sample": sample, "interpolate": interpolate, "edit": edit, "traverse": traverse, "analogy": analogy,
     "roundtrip": roundtrip, "walk": walk, "evaluate": evaluate, "project": project, "anomalies": anomalies,
-    "train": train,
+    "train": train, "grid": grid,
 }  # hand-written forms of built-in ops; every other registered op gets a generated one
 
 
@@ -341,14 +407,19 @@ def mount(app: typer.Typer, extra: list[inspect.Parameter], action: Callable[...
     for name, (builder, takes_options) in (builders or op_builders()).items():
         own = [p.replace(kind=PARAM) for p in inspect.signature(builder, eval_str=True).parameters.values()]
         text = [p for p in text_params() if p.name not in {q.name for q in own}] if takes_options else []
-        params = own + text + extra
+        hook = [] if "webhook" in {q.name for q in own} else [webhook_param()]  # generated builders have it
+        params = own + text + extra + hook
         extra_names = [p.name for p in extra]
         text_names = [p.name for p in text]
 
-        def command(__builder=builder, __extra=extra_names, __text=text_names, **kwargs: Any) -> None:
+        def command(__builder=builder, __extra=extra_names, __text=text_names, __hook=bool(hook),
+                    **kwargs: Any) -> None:
             values = {k: kwargs.pop(k) for k in __extra}
             given = {k: kwargs.pop(k) for k in __text}
+            url = kwargs.pop("webhook", None) if __hook else None
             spec = __builder(**kwargs)
+            if url is not None:
+                spec["webhook"] = url
             if __text:
                 pairs = parse_option_pairs(given.pop("option", None))
                 options = {**{k: v for k, v in given.items() if v is not None}, **pairs}
@@ -361,6 +432,13 @@ def mount(app: typer.Typer, extra: list[inspect.Parameter], action: Callable[...
         command.__doc__ = builder.__doc__
         command.__name__ = name
         app.command(name)(command)
+
+
+def webhook_param() -> inspect.Parameter:
+    """`--webhook URL`, on every op command: the spec's `webhook` (studio.queue.webhooks)."""
+    return inspect.Parameter("webhook", PARAM, default=None, annotation=Annotated[str | None, typer.Option(
+        help="POST the job's signed end summary to this http(s) URL (allowed by STUDIO_WEBHOOK_ALLOW; needs "
+             "STUDIO_WEBHOOK_SECRET).")])
 
 
 def out_param(default: str | None = None) -> inspect.Parameter:

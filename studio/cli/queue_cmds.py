@@ -67,9 +67,11 @@ def describe(job: dict) -> str:
     if job.get("worker"):
         lines.append(f"worker {job['worker']}" + (f"  batch led by {job['batch_leader']}"
                                                    if job.get("batch_leader") else ""))
-    retries = [e for e in job.get("events", []) if e["kind"] == "retry"]
-    for e in retries:
-        lines.append(f"retry: {e['message']}")
+    for e in job.get("events", []):  # retries, and webhook attempts that failed, gave up or delivered
+        if e["kind"] == "retry":
+            lines.append(f"retry: {e['message']}")
+        elif e["kind"] in ("webhook_failed", "webhook_gave_up", "webhook_delivered"):
+            lines.append(e["message"])
     if job.get("artifacts"):
         lines.append(f"artifacts ({len(job['artifacts'])}): " + ", ".join(a["name"] for a in job["artifacts"][:8])
                      + (" ..." if len(job["artifacts"]) > 8 else ""))

@@ -1,4 +1,4 @@
-"""Point operations: edit along a vector, traverse single dimensions, analogies.
+"""Point operations: edit along a vector (or several at once), traverse single dimensions, analogies.
 
 A point is a dict from space name to a batch-first tensor (see `studio.contract`). Every function returns
 a new point and leaves its input untouched; spaces an operation does not touch are repeated so that
@@ -95,3 +95,44 @@ def analogy(a: Point, b: Point, c: Point) -> Point:
         if len(shapes) != 1:
             raise InputError(f"analogy points differ in shape in space {name!r}: {sorted(shapes)}")
     return {name: a[name] - b[name] + c[name] for name in a}
+
+
+def combine_vectors(terms: Sequence[tuple[str, str, torch.Tensor, float]]) -> dict[str, torch.Tensor]:
+    """One direction per latent space from (name, space, vector, weight) terms: the weighted sum of the vectors that
+    live in that space, in the order given. Vectors of one space must share its shape."""
+    if not terms:
+        raise InputError("give at least one vector")
+    out: dict[str, torch.Tensor] = {}
+    shapes: dict[str, tuple[str, tuple[int, ...]]] = {}
+    for name, space, vector, weight in terms:
+        shape = tuple(vector.shape)
+        first = shapes.setdefault(space, (name, shape))
+        if first[1] != shape:
+            raise InputError(f"vector {name!r} has shape {shape}, but vector {first[0]!r} of the same space "
+                             f"{space!r} has {first[1]}")
+        term = float(weight) * vector.to(torch.float32)
+        out[space] = term if space not in out else out[space] + term
+    return out
+
+
+def apply_vectors(point: Point, directions: dict[str, torch.Tensor], strengths: Sequence[float]) -> Point:
+    """point[space] + s * directions[space] in every space of `directions` for each strength s, item-major (as
+    `apply_vector`, which this equals for one space): B items x S strengths = B*S entries."""
+    if not directions:
+        raise InputError("give at least one vector")
+    strengths = [float(s) for s in strengths]
+    if not strengths:
+        raise InputError("give at least one strength")
+    for space, direction in directions.items():
+        latents = _space(point, space)
+        if tuple(direction.shape) != tuple(latents.shape[1:]):
+            raise InputError(f"the direction of space {space!r} has shape {tuple(direction.shape)} but the space has "
+                             f"shape {tuple(latents.shape[1:])}")
+    batch_size(point)
+    out = repeat_point(point, len(strengths))
+    for space, direction in directions.items():
+        latents = point[space]
+        s = torch.tensor(strengths, dtype=latents.dtype).view(1, -1, *([1] * direction.dim()))
+        edited = latents.unsqueeze(1) + s * direction.to(latents.dtype).unsqueeze(0).unsqueeze(0)
+        out[space] = edited.reshape(-1, *latents.shape[1:])
+    return out

@@ -123,9 +123,11 @@ class StudioClient:
         from studio.queue.routing import TASK_NAME, batch_key, broker_priority, check_priority, queue_name, task_id
         from studio.registry import get_backend_class
         from studio.spec import spec_dict
+        from studio.webhook_policy import check_webhook
 
         check_priority(priority)
         parsed = self._parse(spec)
+        check_webhook(parsed.webhook, self.settings)  # a secret is set and the host is allowed (studio.webhook_policy)
         clean = spec_dict(parsed)
         cls = get_backend_class(clean["backend"])
         queue = queue_name(self.settings.queue_prefix, cls.name, cls.devices)
@@ -296,6 +298,22 @@ class StudioClient:
         """Download a SUCCEEDED job's artifacts into `out`."""
         self.result(job_id)
         return self.artifacts.copy_out(self._job(job_id), out)
+
+    def gallery(self, offset: int = 0, limit: int = 48, **filters: object) -> dict:
+        """One page of the images of this user's SUCCEEDED jobs, newest first, with this user's stars:
+        {"items": [{job_id, name, kind, size, op, backend, model, created, favourite}], "total": matches}.
+        `filters`: backend, model, op, prompt (substring of options.prompt, any case), since, until (Unix
+        seconds), favourites_only (see JobStore.gallery)."""
+        items, total = self.store.gallery(self.viewer, self.user, offset=offset, limit=limit, **filters)
+        return {"items": items, "total": total}
+
+    def gallery_facets(self) -> dict[str, list[str]]:
+        """The backends, models and ops of this user's SUCCEEDED jobs (the gallery's filter choices)."""
+        return self.store.gallery_facets(self.viewer)
+
+    def favourite(self, job_id: str, name: str, on: bool = True) -> bool:
+        """Star (or, with on=False, unstar) image `name` of a job this user sees; returns whether it is starred."""
+        return self.store.set_favourite(self.user, job_id, name, on, viewer=self.viewer)
 
     def workers(self) -> list[dict]:
         """Live workers: id, hostname, pid, device, dtype, pool, queues, backends, loaded models, job_id."""

@@ -235,12 +235,16 @@ def current() -> JobProcess | None:
 def dispatch(app: Celery, job_id: Any) -> dict:
     """The task body: run the job in the job process when there is one, else here."""
     from studio.queue.jobs import context_for, run_job
+    from studio.queue.webhooks import job_ended
 
     runner = current()
-    if runner is None or not isinstance(job_id, str):
-        return run_job(app, job_id)
-    with runner.lock:
-        return runner.run(job_id, context_for(app))
+    try:
+        if runner is None or not isinstance(job_id, str):
+            return run_job(app, job_id)
+        with runner.lock:
+            return runner.run(job_id, context_for(app))
+    finally:
+        job_ended(context_for(app))  # its delivery thread sends the webhooks of jobs that ended (never blocks)
 
 
 __all__ = ["JobProcess", "current", "dispatch", "enable", "hard_limit", "job_process_enabled"]

@@ -34,6 +34,7 @@ from sqlalchemy.engine import Connection, RowMapping
 from studio.db import SCHEMA_VERSION, Database, retrying, shared
 from studio.db import artifacts as T_ART
 from studio.db import events as T_EV
+from studio.db import favourites as T_FAV
 from studio.db import jobs as T_JOBS
 from studio.db import workers as T_WORKERS
 from studio.errors import MAX_MESSAGE_CHARS, InputError, NotFound, clip
@@ -303,6 +304,99 @@ class JobStore:
         return int(db.execute(select(func.count()).select_from(T_JOBS)
                               .where(J.owner.is_not_distinct_from(owner), J.state == QUEUED)).scalar() or 0)
 
+    # ----- the gallery: every image of a user's finished jobs, and their stars -----
+    def _prompt_of(self):  # noqa: ANN202 - a SQL expression
+        """The spec's options.prompt as SQL text (NULL when the spec has none)."""
+        if self.db.is_sqlite:
+            return func.json_extract(J.spec, "$.options.prompt")
+        from sqlalchemy import cast
+        from sqlalchemy.dialects.postgresql import JSONB
+
+        return func.jsonb_extract_path_text(cast(J.spec, JSONB), "options", "prompt")
+
+    @retrying
+    def gallery(self, viewer: str | None = None, favourites_of: str | None = None, *, backend: str | None = None,
+                model: str | None = None, op: str | None = None, prompt: str | None = None,
+                since: float | None = None, until: float | None = None, favourites_only: bool = False,
+                offset: int = 0, limit: int = 48) -> tuple[list[dict], int]:
+        """One page of the images of SUCCEEDED jobs, newest job first (then by name), and how many match in all:
+        ([{job_id, name, kind, size, op, backend, model, created, favourite}], total). Only `viewer`'s jobs when
+        given. `favourites_of` is the user whose stars are read (None: the single-user default); with
+        `favourites_only` only their starred images are kept. backend, model and op are exact; `prompt` is a
+        case-insensitive substring of the spec's options.prompt; since/until bound the job's creation time (Unix
+        seconds, `until` excluded). A job's grid.png or strip.png (made of its other images) is left out when the
+        job has other images. Everything is filtered and paged in the database: a page is two queries."""
+        from sqlalchemy import and_, exists, not_
+
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise InputError(f"offset must be a whole number of at least 0, got {offset!r}"[:200])
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 500:
+            raise InputError(f"limit must be a whole number from 1 to 500, got {limit!r}"[:200])
+        for what, value in (("backend", backend), ("model", model), ("op", op), ("prompt", prompt)):
+            if value is not None and (not isinstance(value, str) or len(value) > 500):
+                raise InputError(f"gallery filter {what} must be text of at most 500 characters")
+        composites = ("grid.png", "strip.png")
+        A, F = T_ART.c, T_FAV.c
+        other = T_ART.alias("other")
+        conds = [J.state == SUCCEEDED, A.kind == "image",
+                 not_(and_(A.name.in_(composites),
+                           exists(select(other.c.name).where(other.c.job_id == A.job_id, other.c.kind == "image",
+                                                             other.c.name.not_in(composites)))))]
+        if viewer is not None:
+            conds.append(J.owner == viewer)
+        conds += [col == value for col, value in ((J.backend, backend), (J.model, model), (J.op, op)) if value]
+        if prompt and prompt.strip():
+            conds.append(func.lower(self._prompt_of()).contains(prompt.strip().lower(), autoescape=True))
+        if since is not None:
+            conds.append(J.created >= float(since))
+        if until is not None:
+            conds.append(J.created < float(until))
+        starred = and_(F.owner == (favourites_of or ""), F.job_id == A.job_id, F.name == A.name)
+        joined = T_ART.join(T_JOBS, J.id == A.job_id)
+        joined = joined.join(T_FAV, starred) if favourites_only else joined.outerjoin(T_FAV, starred)
+        with self.db.read() as db:
+            total = int(db.execute(select(func.count()).select_from(joined).where(*conds)).scalar() or 0)
+            rows = db.execute(select(A.job_id, A.name, A.kind, A.size, J.op, J.backend, J.model, J.created,
+                                     F.created.label("starred")).select_from(joined).where(*conds)
+                              .order_by(J.created.desc(), J.id.desc(), A.name).offset(offset).limit(limit)) \
+                .mappings().all()
+        items = [{"job_id": r["job_id"], "name": r["name"], "kind": r["kind"], "size": r["size"], "op": r["op"],
+                  "backend": r["backend"], "model": r["model"], "created": r["created"],
+                  "favourite": r["starred"] is not None} for r in rows]
+        return items, total
+
+    @retrying
+    def gallery_facets(self, viewer: str | None = None, limit: int = 200) -> dict[str, list[str]]:
+        """The backends, models and ops of `viewer`'s SUCCEEDED jobs (all jobs for None), each sorted: the
+        gallery's filter choices (at most `limit` of each)."""
+        mine = [J.owner == viewer] if viewer is not None else []
+        out: dict[str, list[str]] = {}
+        with self.db.read() as db:
+            for key, col in (("backend", J.backend), ("model", J.model), ("op", J.op)):
+                rows = db.execute(select(col).where(J.state == SUCCEEDED, col.is_not(None), *mine).distinct()
+                                  .order_by(col).limit(limit)).all()
+                out[key] = [r[0] for r in rows]
+        return out
+
+    @retrying
+    def set_favourite(self, owner: str | None, job_id: str, name: str, on: bool = True,
+                      viewer: str | None = None) -> bool:
+        """Star (`on`) or unstar image `name` of job `job_id` (one `viewer` sees) for user `owner` (None: the
+        single-user default); returns whether it is starred now. NotFound for a job or an image they cannot see."""
+        job_id = self.resolve(job_id, viewer)
+        if not isinstance(name, str) or not name or len(name) > 200:
+            raise InputError("favourite: name an image of the job")
+        key = {"owner": owner or "", "job_id": job_id, "name": name}
+        with self.db.write() as db:
+            kind = db.execute(select(T_ART.c.kind).where(T_ART.c.job_id == job_id, T_ART.c.name == name)).first()
+            if kind is None or kind[0] != "image":
+                raise NotFound(f"job {job_id} has no image {clip(name, 80)!r}")
+            if on:
+                self.db.upsert(db, T_FAV, {**key, "created": time.time()}, list(key))
+            else:
+                db.execute(delete(T_FAV).where(*(T_FAV.c[k] == v for k, v in key.items())))
+        return bool(on)
+
     @retrying
     def request_cancel(self, job_id: str, viewer: str | None = None) -> dict:
         """QUEUED: CANCELLED at once (it never runs). RUNNING: flagged; its worker stops at the next step."""
@@ -320,6 +414,55 @@ class JobStore:
                 db.execute(update(T_JOBS).where(J.id == job_id).values(cancel_requested=1, message="cancelling"))
                 self._event(db, job_id, "cancel", "cancel requested while running", now)
         return self.get(job_id, viewer=viewer)
+
+    # ----- push events and webhooks (studio.ui.events_api, studio.queue.webhooks) -----
+    @retrying
+    def events_after(self, job_id: str, after: int = 0, limit: int = 500) -> list[dict]:
+        """The job's event rows newer than `after` (their `seq`, increasing), oldest first: {seq, ts, kind, message}."""
+        with self.db.read() as db:
+            rows = db.execute(select(T_EV.c.seq, T_EV.c.ts, T_EV.c.kind, T_EV.c.message)
+                              .where(T_EV.c.job_id == job_id, T_EV.c.seq > int(after))
+                              .order_by(T_EV.c.seq).limit(limit)).mappings().all()
+        return [dict(r) for r in rows]
+
+    @retrying
+    def add_event(self, job_id: str, kind: str, message: str) -> None:
+        """Record one event of a job (e.g. a webhook delivery attempt)."""
+        with self.db.write(relaxed=True) as db:
+            self._event(db, job_id, kind, message)
+
+    @retrying
+    def add_event_once(self, job_id: str, kind: str, message: str) -> bool:
+        """Record an event of `kind` unless the job already has one; True when this call recorded it (so, of
+        several workers, exactly one acts on it)."""
+        with self.db.write() as db:
+            if self._row(db, job_id, lock=True) is None:
+                return False
+            seen = db.execute(select(T_EV.c.seq).where(T_EV.c.job_id == job_id, T_EV.c.kind == kind).limit(1)).first()
+            if seen is not None:
+                return False
+            self._event(db, job_id, kind, message)
+        return True
+
+    @retrying
+    def ended_unmarked(self, marker: str, since: float, contains: str, created_since: float = 0.0,
+                       limit: int = 50) -> list[dict]:
+        """Jobs created at or after `created_since` (the index bounds the scan) that ended at or after `since`,
+        whose stored spec text contains `contains`, and that have no event of kind `marker` yet (the webhook
+        sweep: jobs whose delivery is not scheduled), oldest end first."""
+        marked = select(T_EV.c.seq).where(T_EV.c.job_id == J.id, T_EV.c.kind == marker).exists()
+        with self.db.read() as db:
+            rows = db.execute(select(T_JOBS).where(J.created >= created_since, J.state.in_(sorted(FINAL)),
+                                                   J.finished >= since,
+                                                   J.spec.contains(contains, autoescape=True), ~marked)
+                              .order_by(J.finished, J.id).limit(limit)).mappings().all()
+            arts = self._artifacts(db, [r["id"] for r in rows]) if rows else {}
+        out = []
+        for r in rows:
+            rec = self._record(r, preview=False)
+            rec["artifacts"] = arts.get(r["id"], [])
+            out.append(rec)
+        return out
 
     # ----- workers: claims and leases -----
     @retrying

@@ -25,7 +25,7 @@ import uuid
 
 from studio.config import Settings, load_settings
 from studio.errors import StudioError
-from studio.queue import jobproc, warmup
+from studio.queue import jobproc, warmup, webhooks
 from studio.queue.broker import ensure_broker, redacted
 from studio.queue.faults import (
     LIVENESS,
@@ -105,6 +105,7 @@ class Maintenance(threading.Thread):
         for job in ctx.store.reap():  # type: ignore[attr-defined]
             log.warning("job %s: its worker was lost; reissued", job.id)
             ctx.publish(job.id, job.queue, job.priority)  # type: ignore[attr-defined]
+        webhooks.job_ended(ctx)  # jobs also end elsewhere (cancelled while queued, swept, reaped): sweep for them
 
     def run(self) -> None:
         interval = max(0.2, self.ctx.lease_s / 3)  # type: ignore[attr-defined]

@@ -61,6 +61,9 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None, 
         client = StudioClient(settings)
     demo = build_app(client, settings, auth_mode=mode)
     _, local_url, _ = demo.launch(prevent_thread_lock=True, **kwargs)
+    from studio.ui.events_api import mount_events
+
+    mount_events(demo.app, client, settings, mode)  # GET /api/jobs/{id}/events (push events, behind the same login)
     return demo, local_url
 
 

@@ -11,13 +11,41 @@ from studio.ui.catalog import Catalog
 from studio.ui.components import StudioBlocks, any_name_in_api
 from studio.ui.context import TEXT, TEXT_ROW, UIContext
 from studio.ui.jobs import JobRunner, QueueClient, building_with, end_building, scoped, ui_errors
-from studio.ui.options import Layout, build_pool, form_options, pool_updates
+from studio.ui.options import (
+    DEFAULT_CHOICE,
+    TEXT_WIDGETS,
+    Layout,
+    build_pool,
+    form_options,
+    pool_order,
+    pool_updates,
+    widget_choices,
+    widget_fields,
+    widget_options,
+    widget_updates,
+)
 from studio.ui.scatter import DatasetImages
-from studio.ui.tabs import compress, edit, explore, generate, interpolate, plugins, queue
+from studio.ui.sendto import wire_send_to
+from studio.ui.tabs import (
+    compress,
+    edit,
+    explore,
+    gallery,
+    generate,
+    img2img,
+    interpolate,
+    plugins,
+    queue,
+    sweeps,
+    toolbox,
+    train,
+)
 from studio.ui.views import chips, esc, without_paths
 
-TABS = [("Generate", "generate", generate), ("Interpolate", "interpolate", interpolate), ("Edit", "edit", edit),
-        ("Compress", "compress", compress), ("Explore", "explore", explore), ("Queue", "queue", queue),
+TABS = [("Generate", "generate", generate), ("Img2Img", "img2img", img2img),
+        ("Interpolate", "interpolate", interpolate), ("Edit", "edit", edit), ("Latent tools", "toolbox", toolbox),
+        ("Compress", "compress", compress), ("Sweeps", "sweeps", sweeps), ("Explore", "explore", explore),
+        ("Gallery", "gallery", gallery), ("Train", "train", train), ("Queue", "queue", queue),
         ("Plugins", "plugins", plugins)]
 HEADER = ('<h1>Latent Studio</h1><p class="ls-sub">Generate, walk, edit, compress and explore latent spaces. '
           'Every action runs as a job on the queue.</p>')
@@ -62,9 +90,10 @@ def pickers_now(ctx: UIContext, backend: str | None, model: str | None) -> tuple
 
 
 def form_layout(catalog: Catalog, backend: str | None) -> Layout:
-    """The options form of `backend`: every field of its Options but those the text row shows (TEXT backends)."""
+    """The options form of `backend`: every field of its Options but those the text row shows (TEXT backends: the
+    prompt, steps and guidance, and the scheduler, width and height widgets)."""
     entry = catalog.get(backend)
-    skip = TEXT_ROW if entry is not None and entry.can(TEXT) else ()
+    skip = TEXT_ROW + TEXT_WIDGETS if entry is not None and entry.can(TEXT) else ()
     return Layout.of(backend, catalog.options_schema(backend), skip)
 
 
@@ -80,8 +109,13 @@ def form_outputs(layout: Layout, is_text: bool) -> tuple:
 
 
 def collect_form(layout: Layout | None, backend: str | None, *values: object) -> dict:
-    """The form's option values for `backend` (see studio.ui.options.form_options)."""
-    return form_options(layout, backend, values)
+    """The form's option values for `backend` (see studio.ui.options.form_options): the pool's values, then (when
+    sent) the text row's scheduler, width and height widgets (studio.ui.options.widget_options)."""
+    pool = len(pool_order())
+    form = form_options(layout, backend, values[:pool])
+    if layout is not None and layout.backend == backend and len(values) > pool:
+        form.update(widget_options(*values[pool:pool + len(TEXT_WIDGETS)]))
+    return form
 
 
 def options_hint(layout: Layout) -> str:
@@ -134,6 +168,14 @@ def _build(client: QueueClient, settings: Settings, catalog: Catalog | None) -> 
                               info="0: the backend's default")
             guidance = gr.Number(label="Guidance", value=0, minimum=0, maximum=30, scale=1,
                                  info="0: the backend's default")
+            text_fields = widget_fields(catalog.options_schema(default) if is_text else None)
+            scheduler, width, height = (
+                gr.Dropdown(widget_choices(text_fields.get(name)), value=DEFAULT_CHOICE, label=label, scale=1,
+                            min_width=165, allow_custom_value=True, elem_id=f"ls-{name}",
+                            visible=name in text_fields)
+                for name, label in (("scheduler", "Sampler"), ("width", "Width"), ("height", "Height")))
+        # a PNG dropped anywhere on the page lands here (studio.ui.components.PAGE_JS): Generate restores it
+        page_drop = gr.File(file_types=[".png"], type="filepath", visible="hidden", elem_id="ls-drop-file")
         with gr.Accordion(**form_box(layout, is_text), elem_id="ls-form") as box:
             form_note = gr.Markdown(layout.note(), elem_id="ls-form-note")
             with gr.Row(equal_height=False):
@@ -145,8 +187,10 @@ def _build(client: QueueClient, settings: Settings, catalog: Catalog | None) -> 
         layout_state, options_form = gr.State(layout), gr.State({})
         ctx.components.update(backend=backend, model=model, prompt=prompt, negative_prompt=negative, steps=steps,
                               guidance=guidance, options_json=options_json, options_form=options_form,
+                              scheduler=scheduler, width=width, height=height, page_drop=page_drop,
                               form=[box, form_note, layout_state, *pool],
-                              collect_form=(ui_errors(collect_form), [layout_state, backend, *pool], options_form))
+                              collect_form=(ui_errors(collect_form),
+                                            [layout_state, backend, *pool, scheduler, width, height], options_form))
 
         with gr.Tabs(selected="generate", elem_id="ls-tabs") as tabs:
             ctx.components["tabs"] = tabs
@@ -166,8 +210,9 @@ def _wire(ctx: UIContext, demo: gr.Blocks, tabs: dict, text_row: gr.Row, line: g
     vector, note = ctx["edit_vector"], ctx["edit_note"]
     refresh_vectors = ctx["refresh_vectors"]
 
-    def on_backend(backend_: str, model_: str | None, vector_: str | None) -> tuple:
-        """The backend's own models (its default unless the model shown is one of them), text row and form."""
+    def on_backend(backend_: str, model_: str | None, vector_: str | None, *widgets: object) -> tuple:
+        """The backend's own models (its default unless the model shown is one of them), text row (with its
+        scheduler, width and height widgets: `widgets` are their values now) and form."""
         ctx.catalog.refresh_if_changed()
         models = ctx.catalog.models(backend_)
         chosen = model_ if model_ in models else ctx.catalog.default_model(backend_)
@@ -176,11 +221,14 @@ def _wire(ctx: UIContext, demo: gr.Blocks, tabs: dict, text_row: gr.Row, line: g
         layout = form_layout(ctx.catalog, backend_)
         return (gr.update(choices=models, value=chosen), gr.update(visible=is_text), backend_line(ctx, backend_),
                 gr.update(placeholder=options_hint(layout)), *refresh_vectors(backend_, chosen, vector_),
-                *form_outputs(layout, is_text))
+                *form_outputs(layout, is_text),
+                *widget_updates(ctx.catalog.options_schema(backend_) if is_text else None,
+                                (*widgets, *[DEFAULT_CHOICE] * len(TEXT_WIDGETS))[:len(TEXT_WIDGETS)]))
 
     # every handler that lists vectors is wrapped, so that it knows the event's user (studio.ui.jobs.current_user)
-    backend.change(ui_errors(on_backend), inputs=[backend, model, vector],
-                   outputs=[model, text_row, line, ctx["options_json"], vector, note, *ctx["form"]],
+    widgets = [ctx["scheduler"], ctx["width"], ctx["height"]]
+    backend.change(ui_errors(on_backend), inputs=[backend, model, vector, *widgets],
+                   outputs=[model, text_row, line, ctx["options_json"], vector, note, *ctx["form"], *widgets],
                    api_visibility="private")
     model.change(ui_errors(refresh_vectors), inputs=[backend, model, vector], outputs=[vector, note],
                  api_visibility="private")
@@ -210,6 +258,7 @@ def _wire(ctx: UIContext, demo: gr.Blocks, tabs: dict, text_row: gr.Row, line: g
             tab.select(lambda: gr.Timer(active=False), outputs=timer, api_visibility="private", queue=False)
     workers_fn, workers_out = ctx["plugins_refresh"]
     tabs["plugins"].select(workers_fn, outputs=workers_out, api_visibility="private")
+    wire_send_to(ctx)
     _api(ctx)
 
 

@@ -233,8 +233,66 @@ def input_problem(block_fn: Any, inputs: list[Any], exc: BaseException) -> str:
     return f"{_field(block_fn, index)}: {reason}"
 
 
+# The page's keyboard shortcuts and its drop-a-PNG-anywhere, run once when the page loads (StudioBlocks.launch):
+# - Ctrl+Enter (Cmd+Enter on a Mac) clicks the visible tab's primary run button: an elem_id ending in "-run", or a
+#   button with the class "ls-run", or one of the first tabs' buttons (their ids, which tests and users know, stay);
+# - Escape, while an action of the visible tab runs (its progress shows), clicks that tab's Cancel: an elem_id
+#   ending in "-cancel" or the class "ls-cancel" (not the Queue tab's Cancel: it cancels whatever job is picked);
+# - a PNG dropped anywhere but on an upload area goes to the hidden file input "ls-drop-file", whose upload
+#   restores its record into Generate (studio.ui.tabs.generate).
+PAGE_JS = """
+() => {
+  if (window.__lsPage) return;
+  window.__lsPage = true;
+  const LEGACY_RUN = '#generate-button, #interpolate-button, #edit-button, #compress-button, #project-button';
+  const shown = (el) => el && el.offsetParent !== null && !el.disabled;
+  const first = (sel) => [...document.querySelectorAll(sel)].find(shown);
+  document.addEventListener('keydown', (e) => {
+    if (e.key === 'Enter' && (e.ctrlKey || e.metaKey) && !e.altKey && !e.shiftKey) {
+      const run = first('button[id$="-run"], button.ls-run, ' + LEGACY_RUN);
+      if (run) { e.preventDefault(); e.stopPropagation(); run.click(); }
+    }
+  }, true);
+  document.addEventListener('keydown', (e) => {  // after the page's own Escape handlers (a dropdown, a lightbox)
+    if (e.key !== 'Escape' || e.defaultPrevented) return;
+    const t = e.target;
+    if (t && t.closest && t.closest('[aria-expanded="true"], .options')) return;
+    const cancel = first('button[id$="-cancel"]:not(#queue-cancel), button.ls-cancel');
+    const panel = cancel && (cancel.closest('[role=tabpanel]') || document.body);
+    if (panel && [...panel.querySelectorAll('.eta-bar, .progress-text, .progress-level')].some(shown)) {
+      cancel.click();  // only while an action of this tab is running
+    }
+  });
+  const onUpload = (t) => !!(t && t.closest && t.closest(
+    'input[type=file], [data-testid="image"], [data-testid="file"], .upload-container, .image-container, ' +
+    'button.center, [data-testid="sketchpad"], canvas'));
+  const hasFiles = (e) => e.dataTransfer && [...(e.dataTransfer.types || [])].includes('Files');
+  document.addEventListener('dragover', (e) => {
+    if (hasFiles(e) && !onUpload(e.target)) { e.preventDefault(); e.dataTransfer.dropEffect = 'copy'; }
+  });
+  document.addEventListener('drop', (e) => {
+    if (e.defaultPrevented || !hasFiles(e) || onUpload(e.target)) return;
+    e.preventDefault();
+    const file = e.dataTransfer.files[0];
+    const input = document.querySelector('#ls-drop-file input[type=file]');
+    if (!file || !input) return;
+    const box = new DataTransfer();
+    box.items.add(file);
+    input.files = box.files;
+    input.dispatchEvent(new Event('change', {bubbles: true}));
+  });
+}
+"""
+
+
 class StudioBlocks(gr.Blocks):
-    """`gr.Blocks` whose input and output processing errors reach the user as one line naming the field."""
+    """`gr.Blocks` whose input and output processing errors reach the user as one line naming the field, and whose
+    page has the studio's keyboard shortcuts and drop-a-PNG-anywhere (`PAGE_JS`)."""
+
+    def launch(self, *args: Any, **kwargs: Any) -> Any:
+        if not kwargs.get("js"):
+            kwargs["js"] = PAGE_JS
+        return super().launch(*args, **kwargs)
 
     async def preprocess_data(self, block_fn: Any, inputs: list[Any], *args: Any, **kwargs: Any) -> Any:
         props = set(getattr(block_fn, "component_prop_inputs", None) or ())
@@ -267,5 +325,5 @@ class StudioBlocks(gr.Blocks):
             raise user_error(StudioError(f"could not show the result ({type(exc).__name__})")) from None
 
 
-__all__ = ["StudioBlocks", "UploadCheck", "any_name_in_api", "check_uploads", "checked_image", "checked_sketchpad",
-           "input_problem"]
+__all__ = ["PAGE_JS", "StudioBlocks", "UploadCheck", "any_name_in_api", "check_uploads", "checked_image",
+           "checked_sketchpad", "input_problem"]

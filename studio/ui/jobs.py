@@ -14,7 +14,7 @@ import inspect
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -73,6 +73,15 @@ def shown(exc: BaseException) -> str:
     while len(html.escape(cut, quote=False)) > MAX_SHOWN - 1:  # cut the text, never an escaped entity in half
         cut = cut[:-1]
     return html.escape(cut, quote=False) + "…"
+
+
+def refused(exc: BaseException, outputs: int) -> tuple:
+    """Tell the user `exc` (one line, in a warning pop-up) and leave the event's `outputs` as they are: for a
+    request refused before anything was done (an error would mark every output with an "Error" badge)."""
+    import gradio as gr
+
+    gr.Warning(shown(exc), title="Not done")
+    return (gr.skip(),) * outputs
 
 
 def user_error(exc: BaseException) -> Exception:
@@ -153,40 +162,69 @@ class ScopedClient:
         return getattr(scoped(self.client), name)
 
 
+def _as_user_error(fn: Any, exc: BaseException) -> BaseException:
+    """What a handler's failure reaches the user as: gr.Error with one line (a gr.Error as it is)."""
+    import gradio as gr
+
+    if isinstance(exc, gr.Error):
+        return exc
+    if isinstance(exc, RecursionError):  # an input nested too deeply for some parser: still one line
+        return user_error(InputError("an input is nested too deeply"))
+    if not isinstance(exc, StudioError):
+        log.exception("UI handler %s failed", getattr(fn, "__name__", fn), exc_info=exc)
+    return user_error(exc)
+
+
 def ui_errors(fn: F) -> F:
     """Wrap an event handler so any failure reaches the user as gr.Error with one line. The signed-in user of
     the event (Gradio's `request.username`) is CURRENT_USER while it runs, and the auth mode of the page being
-    built when it was wrapped is AUTH_MODE (see `current_user` and `scoped`)."""
+    built when it was wrapped is AUTH_MODE (see `current_user` and `scoped`). A generator handler (one that
+    streams updates, e.g. a live preview) stays a generator: each of its steps runs with the event's user, and a
+    failure in any step is one line too."""
     import gradio as gr
 
     mode = _BUILD_MODE.get()
 
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def event_of(args: tuple) -> tuple[str | None, str | None, tuple]:
         user, outer = None, _IN_EVENT.get()
         if args and isinstance(args[0], gr.Request):  # Gradio fills the leading `studio_request` parameter
             user, args, outer = getattr(args[0], "username", None), args[1:], None
         if outer is not None:  # called by another wrapped handler: its user and auth mode stay
-            user, this_mode = outer
-        else:
-            this_mode = mode
+            return outer[0], outer[1], args
+        return user, mode, args
+
+    def in_event(user: str | None, this_mode: str | None, step: Callable[[], Any]) -> Any:
         reset = CURRENT_USER.set(user)
         reset_mode = AUTH_MODE.set(this_mode)
         reset_event = _IN_EVENT.set((user, this_mode))
         try:
-            return fn(*args, **kwargs)
-        except gr.Error:
+            return step()
+        except StopIteration:
             raise
-        except RecursionError:  # an input nested too deeply for some parser: still one line
-            raise user_error(InputError("an input is nested too deeply")) from None
         except Exception as exc:
-            if not isinstance(exc, StudioError):
-                log.exception("UI handler %s failed", getattr(fn, "__name__", fn))
-            raise user_error(exc) from None
+            raise _as_user_error(fn, exc) from None
         finally:
             _IN_EVENT.reset(reset_event)
             AUTH_MODE.reset(reset_mode)
             CURRENT_USER.reset(reset)
+
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            user, this_mode, args = event_of(args)
+            # Gradio may run each step in another thread (and context): the event's user is set around each one
+            steps = in_event(user, this_mode, lambda: fn(*args, **kwargs))
+            while True:
+                try:
+                    value = in_event(user, this_mode, lambda: next(steps))
+                except StopIteration:
+                    return
+                yield value
+    else:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            user, this_mode, args = event_of(args)
+            return in_event(user, this_mode, lambda: fn(*args, **kwargs))
 
     try:  # declare a leading gr.Request parameter so that Gradio passes the request (direct calls pass none)
         sig = inspect.signature(fn)
@@ -290,8 +328,9 @@ class JobRunner:
         clean = {k: v for k, v in spec.items() if v is not None}
         return scoped(self.client).submit(clean, priority=priority)
 
-    def follow(self, job_id: str, progress: ProgressFn | None = None) -> dict:
-        """Poll a job until it ends, reporting progress; returns its final status."""
+    def watch(self, job_id: str, progress: ProgressFn | None = None) -> Iterator[dict]:
+        """Poll a job until it ends, reporting progress; yields each status it reads (with its preview and ETA,
+        see `live_line` and `preview_image`), the final one last."""
         started = time.monotonic()
         client = scoped(self.client)  # once: the event's user does not change while it waits
         while True:
@@ -301,21 +340,59 @@ class JobRunner:
                     progress(float(status.get("progress") or 0.0), desc=_describe(status))
                 except Exception:  # a progress display must never fail the job's follow-up
                     pass
+            yield status
             if status.get("state") in FINAL_STATES:
-                return status
+                return
             if self.timeout_s is not None and time.monotonic() - started > self.timeout_s:
                 raise JobFailed(f"job {job_id} is still {status.get('state')} after {self.timeout_s:.0f} s; "
                                 "see the Queue tab")
             time.sleep(self.poll_s)
 
-    def run(self, spec: dict, progress: ProgressFn | None = None, priority: int = 5) -> Finished:
-        """Submit, follow, and return the finished job; JobFailed with the job's message otherwise."""
-        job_id = self.submit(spec, priority)
-        status = self.follow(job_id, progress)
-        if status["state"] == "FAILED":
+    def follow(self, job_id: str, progress: ProgressFn | None = None) -> dict:
+        """Poll a job until it ends, reporting progress; returns its final status."""
+        final: dict = {}
+        for final in self.watch(job_id, progress):  # noqa: B007 - the last status read is the final one
+            continue
+        return final
+
+    def finish(self, job_id: str, status: dict) -> Finished:
+        """The finished job of a final `status`; JobFailed with the job's message when it did not succeed."""
+        if status.get("state") == "FAILED":
             raise JobFailed(status.get("error") or f"job {job_id} failed")
-        if status["state"] == "CANCELLED":
+        if status.get("state") == "CANCELLED":
             raise JobFailed(f"job {job_id} was cancelled")
         result = scoped(self.client).result(job_id)
         artifacts = {a["name"]: a for a in result.get("artifacts", [])}
         return Finished(job_id, status, result.get("metrics") or {}, artifacts, self.shelf, scoped(self.client))
+
+    def run(self, spec: dict, progress: ProgressFn | None = None, priority: int = 5) -> Finished:
+        """Submit, follow, and return the finished job; JobFailed with the job's message otherwise."""
+        job_id = self.submit(spec, priority)
+        return self.finish(job_id, self.follow(job_id, progress))
+
+
+def live_line(job_id: str, status: dict) -> str:
+    """The status line of a running job: its id, state, message and time left (e.g. "running · step 3/20 · about
+    4 s left")."""
+    step, total = status.get("step"), status.get("total")
+    counted = f" · step {step}/{total}" if isinstance(step, int) and isinstance(total, int) and total > 0 else ""
+    return f"job `{job_id}` · {_describe(status)}{counted}"
+
+
+def preview_image(status: dict) -> Any:
+    """The job's live preview (a PIL image) from its status' `preview_png_b64`, or None (none, or unreadable)."""
+    import base64
+    import binascii
+    import io
+
+    data = status.get("preview_png_b64")
+    if not isinstance(data, str) or not data:
+        return None
+    from PIL import Image
+
+    try:
+        image = Image.open(io.BytesIO(base64.b64decode(data, validate=True)))
+        image.load()
+        return image
+    except (binascii.Error, ValueError, OSError, Image.DecompressionBombError):  # a broken preview: none
+        return None

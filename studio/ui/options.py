@@ -238,3 +238,86 @@ def build_pool(layout: Layout) -> list[Any]:
         else:
             components.append(gr.Textbox(value=value or "", max_lines=1, **shown))
     return components
+
+
+# ----- the text row's SD widgets: sampler (scheduler), width and height of a TEXT backend -----
+
+TEXT_WIDGETS = ("scheduler", "width", "height")
+DEFAULT_CHOICE = "default"  # a widget left at this sends nothing: the backend's own default
+SIZES = (256, 320, 384, 448, 512, 576, 640, 704, 768, 896, 1024)  # multiples of 64 (so of 8, as SD needs)
+
+
+def widget_fields(schema: dict | None) -> dict[str, OptionField]:
+    """The text widgets' fields in a backend's Options schema (a backend without one has no such widget)."""
+    fields, _ = form_fields(schema)
+    return {f.name: f for f in fields if f.name in TEXT_WIDGETS}
+
+
+def widget_choices(field: OptionField | None) -> list:
+    """The choices of one text widget: DEFAULT_CHOICE, then the schedulers the Options accept (its Literal) or the
+    sizes within the field's bounds."""
+    if field is None:
+        return [DEFAULT_CHOICE]
+    if field.name == "scheduler":
+        named = list(field.choices) if field.kind == "dropdown" else ([field.default] if field.default else [])
+        return [DEFAULT_CHOICE, *named]
+    low = field.minimum if field.minimum is not None else 0
+    high = field.maximum if field.maximum is not None else max(SIZES)
+    return [DEFAULT_CHOICE, *(s for s in SIZES if low <= s <= high)]
+
+
+def widget_updates(schema: dict | None, values: tuple | list) -> list[dict]:
+    """Updates for the scheduler, width and height widgets (in TEXT_WIDGETS order) for a backend's schema: its
+    choices, shown only when its Options have the field; a value the backend accepts is kept (a PNG restore set it
+    just before the backend changed), any other goes back to "default" (DEFAULT_CHOICE)."""
+    import gradio as gr
+
+    fields = widget_fields(schema)
+    out = []
+    for name, value in zip(TEXT_WIDGETS, values, strict=False):
+        field = fields.get(name)
+        choices = widget_choices(field)
+        keep = field is not None and (value in choices or name != "scheduler" and _size(value) is not None)
+        out.append(gr.update(choices=choices, visible=field is not None, value=value if keep else DEFAULT_CHOICE))
+    return out
+
+
+def _size(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)) and float(value).is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return None
+
+
+def widget_options(scheduler: Any, width: Any, height: Any) -> dict:
+    """The options the text widgets set: nothing for DEFAULT_CHOICE (or empty), else the scheduler's name and the
+    sizes as whole numbers; InputError (one line, naming the widget) for anything else."""
+    from studio.errors import InputError
+
+    out: dict[str, Any] = {}
+    if scheduler not in (None, "", DEFAULT_CHOICE):
+        if not isinstance(scheduler, str):
+            raise InputError("scheduler: expected a scheduler name")
+        out["scheduler"] = scheduler
+    for name, value in (("width", width), ("height", height)):
+        if value in (None, "", DEFAULT_CHOICE):
+            continue
+        size = _size(value)
+        if size is None:
+            raise InputError(f"{name}: expected a number of pixels or {DEFAULT_CHOICE!r}")
+        out[name] = size
+    return out
+
+
+def restored_widgets(options: dict | None) -> tuple[Any, Any, Any, dict]:
+    """The scheduler, width and height a record's options set (DEFAULT_CHOICE where they set none), and the other
+    options (for the JSON box)."""
+    rest = dict(options or {})
+    values = []
+    for name in TEXT_WIDGETS:
+        value = rest.pop(name, None)
+        values.append(DEFAULT_CHOICE if value is None else value)
+    return values[0], values[1], values[2], rest

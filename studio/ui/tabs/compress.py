@@ -11,6 +11,7 @@ from studio.ui.components import checked_image, checked_sketchpad
 from studio.ui.context import UIContext
 from studio.ui.inputs import dataset_ref, sketch_ref, upload_ref
 from studio.ui.jobs import ui_errors
+from studio.ui.sendto import send_to_row
 from studio.ui.views import compression_rows, panel_label
 
 SOURCES = ["Dataset", "Upload", "Draw"]
@@ -59,11 +60,13 @@ def build(ctx: UIContext) -> None:
             panels = gr.Gallery(label="Original · reconstruction · JPEG · WebP at the same bytes", columns=4,
                                 height="auto", object_fit="contain", format="png", elem_id="compress-panels",
                                 elem_classes=["ls-gallery", "ls-pixel"], buttons=["download", "fullscreen"])
+            send_to_row(ctx, panels, exclude=("compress",))
             table = gr.Dataframe(headers=["Method", "PSNR", "SSIM", "Bytes"], value=[], interactive=False,
                                  label="At the same number of bytes", elem_id="compress-table")
             status = gr.Markdown("Pick an image and press **Compress**.", label="Status",
                                  elem_classes=["ls-status"], elem_id="compress-status")
 
+    ctx.components.update(compress_source=source, compress_upload=upload)  # "Send to Compress" fills these
     source.change(lambda s: (gr.update(visible=s == "Dataset"), gr.update(visible=s == "Upload"),
                              gr.update(visible=s == "Draw")),
                   inputs=source, outputs=[dataset_group, upload, sketch], api_visibility="private", queue=False)

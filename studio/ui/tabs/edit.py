@@ -1,5 +1,6 @@
-"""Edit: apply an attribute vector with a strength slider (a live strip), build vectors from dataset attributes,
-or from examples picked out of a generated grid (the smile-vector workflow)."""
+"""Edit: apply an attribute vector with a strength slider (a live strip), or several at once (a chained edit: more
+vectors picked under "Combine with", each with its own slider), build vectors from dataset attributes, or from
+examples picked out of a generated grid (the smile-vector workflow)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,39 @@ def vector_note(ctx: UIContext, backend: str | None, model: str | None, name: st
 
 
 EDIT_PROMPT = "Choose a vector and a strength."
+MAX_MORE = 4  # vectors "Combine with" adds to the main one: a fixed pool of that many strength sliders
+MORE_STRENGTH = 1.0  # a newly combined vector's strength
+
+
+def combined_vectors(vector: str | None, strength: float, more: list[str] | None,
+                     more_strengths: list[float]) -> dict[str, float]:
+    """The chained edit's vectors in order, name -> strength: the main vector at `strength`, then each of `more`
+    (the main one and repeats left out) at its slider's strength."""
+    terms = {vector: float(strength)} if vector else {}
+    for name, value in zip(list(more or [])[:MAX_MORE], more_strengths, strict=False):
+        if name and name not in terms:
+            terms[name] = float(value)
+    return terms
+
+
+def more_sliders(more: list[str] | None, before: list[str] | None, values: list[float]) -> list[dict]:
+    """gr.update kwargs for the pool of MAX_MORE sliders showing `more`: one per vector, labelled with its name,
+    keeping the strength a vector had in `before` (the previous pick) wherever it moved to."""
+    kept = dict(zip(list(before or []), values, strict=False))
+    names = list(more or [])[:MAX_MORE]
+    out = []
+    for i in range(MAX_MORE):
+        if i < len(names):
+            out.append({"visible": True, "label": f"Strength of {names[i]}",
+                        "value": kept.get(names[i], MORE_STRENGTH)})
+        else:
+            out.append({"visible": False, "value": MORE_STRENGTH})
+    return out
+
+
+def strength_line(terms: dict[str, float]) -> str:
+    """How the status shows a chained edit's vectors: `thick +1.50, slant -1.00`."""
+    return ", ".join(f"{name} {value:+.2f}" for name, value in terms.items())
 FIT_LIMIT = 300  # images a dataset vector uses by default: minutes, not most of an hour, where encoding is slow
 COSTLY_S_PER_IMAGE = 0.76  # a GAN's inversion on a CPU: 3000 images took about 38 minutes (issue 14)
 
@@ -79,12 +113,17 @@ def build(ctx: UIContext) -> None:
                                      elem_id="edit-vector")
                 refresh = gr.Button("↻", scale=1, min_width=44, size="sm")
             note = gr.Markdown("", label="Vector", elem_classes=["ls-status"])
+            more = gr.Dropdown([], value=[], multiselect=True, max_choices=MAX_MORE, label="Combine with",
+                               allow_custom_value=True, elem_id="edit-more-vectors",
+                               info="More vectors applied at the same time, each with its own strength")
             kind = gr.Radio(["Seed", "Image"], value="Seed", label="Start from", container=False)
             seed = gr.Number(label="Seed", value=0, precision=0, minimum=0)
             image = checked_image(ctx.settings, "image", label="Image", sources=["upload", "clipboard"],
                                   visible=False, height=180, elem_classes=["ls-pixel"])
             strength = gr.Slider(-4.0, 4.0, value=2.0, step=0.1, label="Strength", elem_id="edit-strength",
                                  info="Release the slider to update the strip.")
+            pool = [gr.Slider(-4.0, 4.0, value=MORE_STRENGTH, step=0.1, label=f"Strength {i + 2}", visible=False,
+                              elem_id=f"edit-strength-{i + 2}") for i in range(MAX_MORE)]
             frames = gr.Slider(2, 9, value=5, step=1, label="Frames in the strip")
             go = gr.Button("Apply", variant="primary", elem_id="edit-button")
         with gr.Column(scale=3):
@@ -93,7 +132,7 @@ def build(ctx: UIContext) -> None:
                                   elem_id="edit-result", elem_classes=["ls-pixel", "ls-big"],
                                   buttons=["download", "fullscreen"])
                 with gr.Column(scale=2):
-                    strip = gr.Image(label="Strip: from the original (left) to the chosen strength (right)",
+                    strip = gr.Image(label="Strip: from the original (left) to the whole edit (right)",
                                      type="filepath", interactive=False, height=140, elem_id="edit-strip",
                                      elem_classes=["ls-pixel", "ls-big"], buttons=["download", "fullscreen"])
                     gr.Markdown("Release the strength slider and the strip re-renders. Negative strengths remove "
@@ -129,6 +168,10 @@ def build(ctx: UIContext) -> None:
             pick_go = gr.Button("Generate grid", elem_id="pick-grid-button")
         pick_gallery = gr.Gallery(label="Click an image to pick it", columns=8, height="auto", allow_preview=False,
                                   elem_classes=["ls-gallery", "ls-pixel"], format="png", elem_id="pick-gallery")
+        from studio.ui.sendto import send_to_row  # "Send to" (helper D): this tab's image input is a target too
+
+        ctx.components.update(edit_kind=kind, edit_image=image, edit_seed=seed)
+        send_to_row(ctx, pick_gallery, exclude=("edit",))
         with gr.Row():
             add_with = gr.Button("With the attribute", icon=None)
             add_without = gr.Button("Without it")
@@ -143,15 +186,18 @@ def build(ctx: UIContext) -> None:
         pick_status = gr.Markdown("", label="Status", elem_classes=["ls-status", "ls-job-status"],
                                   elem_id="pick-status")
     grid_state = gr.State({"first": 0, "count": 0})
+    more_before = gr.State([])  # the vectors the pool's sliders showed last (their strengths follow their names)
     picked = gr.State(None)
 
-    ctx.components.update(edit_vector=vector, edit_note=note, edit_fit_box=fit_box)
+    ctx.components.update(edit_vector=vector, edit_note=note, edit_fit_box=fit_box, edit_more_vectors=more)
     backend, model = ctx["backend"], ctx["model"]
 
     # another backend or model: the result and strip shown were made by the previous one, so they go
     for picker in (backend, model):
         picker.change(lambda: (None, None, EDIT_PROMPT), outputs=[result, strip, status], api_visibility="private",
                       queue=False)
+        picker.change(ui_errors(lambda b, m: gr.update(choices=vector_choices(ctx, b, m), value=[])),
+                      inputs=[backend, model], outputs=more, api_visibility="private")
 
     for trigger in (backend.change, fit_limit.change):
         trigger(lambda b, n: fit_estimate(b, n), inputs=[backend, fit_limit], outputs=fit_estimate_note,
@@ -170,33 +216,69 @@ def build(ctx: UIContext) -> None:
                   api_visibility="private")
     vector.change(ui_errors(lambda b, m, v: vector_note(ctx, b, m, v)), inputs=[backend, model, vector],
                   outputs=note, api_visibility="private", queue=False)
+
+    def more_choices(backend_: str, model_: str, vector_: str | None, chosen: list[str] | None) -> dict:
+        """The "Combine with" picker: every vector of the model but the main one, keeping the picks that remain."""
+        names = [n for n in vector_choices(ctx, backend_, model_) if n != vector_]
+        return gr.update(choices=names, value=[n for n in (chosen or []) if n in names])
+
+    # the main slider names its vector, as the sliders of the vectors combined with it do
+    vector.change(lambda v: gr.update(label=f"Strength of {v}" if v else "Strength"), inputs=vector, outputs=strength,
+                  api_visibility="private", queue=False)
+    # wrapped: listing vectors needs the event's user
+    for trigger in (vector.change, refresh.click):
+        trigger(ui_errors(more_choices), inputs=[backend, model, vector, more], outputs=more,
+                api_visibility="private")
+
+    def show_pool(chosen: list[str] | None, before: list[str] | None, *values: float) -> tuple:
+        shown = list(chosen or [])[:MAX_MORE]
+        return (shown, *(gr.update(**u) for u in more_sliders(shown, before, list(values))))
+
+    more.change(show_pool, inputs=[more, more_before, *pool], outputs=[more_before, *pool], api_visibility="private",
+                queue=False)
     ctx.components["refresh_vectors"] = refresh_vectors  # unwrapped: for handlers that are wrapped themselves
 
     @ui_errors
     def edit(backend: str, model: str, prompt: str, negative_prompt: str, denoise_steps: float, guidance: float,
              options_json: str, form: dict | None,
              vector: str, source_kind: str, seed: float, image: str | None = None,
-             strength: float = 2.0, frames: float = 5, progress: gr.Progress = gr.Progress()) -> tuple:
-        """Apply `vector` at strengths 0..strength; returns the result image, the strip and a status line."""
+             strength: float = 2.0, frames: float = 5, more_vectors: list[str] | None = None,
+             strength_2: float = MORE_STRENGTH, strength_3: float = MORE_STRENGTH, strength_4: float = MORE_STRENGTH,
+             strength_5: float = MORE_STRENGTH, progress: gr.Progress = gr.Progress()) -> tuple:
+        """Apply `vector` at strengths 0..strength; with `more_vectors` (each at its strength_2.. in order), apply
+        them all at once, the strip scaling their sum from 0 to 1. Returns the result image, the strip and a
+        status line."""
         if not vector:
             raise InputError("choose an attribute vector first (or build one below)")
+        if more_vectors is not None and (not isinstance(more_vectors, list)
+                                         or not all(isinstance(n, str) for n in more_vectors)):
+            raise InputError("more_vectors: expected a list of vector names")
         source = ({"image": upload_ref(image, ctx.settings, "image to edit")} if source_kind == "Image"
                   else {"seed": int(seed or 0)})
-        strengths = strengths_for(float(strength), int(frames))
-        spec = {"op": "edit", **ctx.job_base(backend, model, prompt, negative_prompt, denoise_steps, guidance,
-                                             options_json, form),
-                "vector": vector, "strengths": strengths, "source": source}
+        terms = combined_vectors(vector, float(strength), more_vectors,
+                                 [strength_2, strength_3, strength_4, strength_5])
+        base = ctx.job_base(backend, model, prompt, negative_prompt, denoise_steps, guidance, options_json, form)
+        if len(terms) == 1:  # one vector: the strip runs from the original to its strength
+            strengths = strengths_for(float(strength), int(frames))
+            spec = {"op": "edit", **base, "vector": vector, "strengths": strengths, "source": source}
+        else:  # a chained edit: the strip scales the sum of the vectors from 0 (the original) to 1
+            strengths = strengths_for(1.0, int(frames))
+            spec = {"op": "edit", **base, "vectors": terms, "strengths": strengths, "source": source}
         done = ctx.runner.run(spec, progress)
         paths = done.images("edit_")
-        shown = ", ".join(f"{k:+.2f}" for k in strengths)
-        return (paths[-1] if paths else None), done.path("strip.png"), \
-            done.summary() + f" · strength {float(strength):+.2f} (strip: {shown})"
+        if len(terms) == 1:
+            shown = ", ".join(f"{k:+.2f}" for k in strengths)
+            line = f" · strength {float(strength):+.2f} (strip: {shown})"
+        else:
+            line = f" · vectors {strength_line(terms)} (strip: their sum ×{strengths[0]:.2f} to ×{strengths[-1]:.2f})"
+        return (paths[-1] if paths else None), done.path("strip.png"), done.summary() + line
 
-    edit_inputs = [*ctx.common_inputs(), vector, kind, seed, image, strength, frames]
+    edit_inputs = [*ctx.common_inputs(), vector, kind, seed, image, strength, frames, more, *pool]
     ctx.job_event(go.click, edit, inputs=edit_inputs, outputs=[result, strip, status], api_name="edit",
                   show_progress="full")
-    ctx.job_event(strength.release, edit, inputs=edit_inputs, outputs=[result, strip, status],
-                  api_visibility="private", show_progress="minimal", trigger_mode="always_last")
+    for slider in (strength, *pool):
+        ctx.job_event(slider.release, edit, inputs=edit_inputs, outputs=[result, strip, status],
+                      api_visibility="private", show_progress="minimal", trigger_mode="always_last")
 
     @ui_errors
     def fit_from_dataset(backend: str, model: str, prompt: str, negative_prompt: str, denoise_steps: float,

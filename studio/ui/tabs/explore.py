@@ -13,6 +13,7 @@ from studio.ui.catalog import DATASETS
 from studio.ui.context import UIContext
 from studio.ui.jobs import ui_errors
 from studio.ui.scatter import SCATTER_JS, empty_scatter, scatter_html
+from studio.ui.sendto import send_to_row
 
 OOD_CHOICES = ["none", "fashion", "animals", "mnist", "digits"]
 
@@ -96,7 +97,8 @@ def build(ctx: UIContext) -> None:
         with gr.Column(scale=3):
             auroc = gr.Markdown("", label="Summary", elem_id="anomalies-auroc")
             gallery = gr.Gallery(label="Highest reconstruction error first", columns=8, height=300,
-                                 elem_classes=["ls-gallery", "ls-pixel"], format="png")
+                                 elem_classes=["ls-gallery", "ls-pixel"], format="png", elem_id="anomalies-gallery")
+            send_to_row(ctx, gallery, exclude=("generate",))  # dataset images: no record to restore
             table = gr.Dataframe(headers=["Rank", "Set", "Index", "Label", "Score (MSE)"], value=[],
                                  interactive=False, label="Ranking", max_height=260)
             a_status = gr.Markdown("", label="Status", elem_classes=["ls-status"])

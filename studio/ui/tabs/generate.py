@@ -1,14 +1,20 @@
-"""Generate: seeds, count, temperature/truncation -> a result grid with a click-to-enlarge gallery."""
+"""Generate: seeds, count, temperature/truncation -> a result grid with a click-to-enlarge gallery. While the job
+runs, the gallery shows its live preview (when the backend sends one) and the status line its step and ETA."""
 
 from __future__ import annotations
 
 import random
+import time
+from collections.abc import Callable, Iterator
 
 import gradio as gr
 
+from studio.errors import InputError
 from studio.ui.context import UIContext
 from studio.ui.inputs import generate_params, read_png_record, trusted_path
-from studio.ui.jobs import ui_errors
+from studio.ui.jobs import FINAL_STATES, live_line, preview_image, refused, ui_errors
+from studio.ui.options import restored_widgets
+from studio.ui.sendto import send_to_row
 from studio.ui.views import plural
 
 MAX_SEED = 2**31 - 1
@@ -40,6 +46,12 @@ def build(ctx: UIContext) -> None:
             gallery = gr.Gallery(label="Results (click to enlarge)", columns=8, height="auto", object_fit="contain",
                                  elem_id="generate-gallery", elem_classes=["ls-gallery", "ls-pixel"],
                                  buttons=["download", "fullscreen"], format="png")
+            send_to_row(ctx, gallery)
+            with gr.Row(equal_height=False):
+                live = gr.Image(label="Live preview", type="pil", format="png", interactive=False, visible=False,
+                                height=160, buttons=[], elem_id="generate-preview", elem_classes=["ls-pixel"],
+                                scale=0, min_width=180)
+                live_note = gr.Markdown("", elem_classes=["ls-status"], elem_id="generate-live")
             status.render()
             with gr.Accordion("Record of the selected image", open=False):
                 record = gr.JSON(label="Record", elem_id="generate-record")
@@ -72,6 +84,7 @@ def build(ctx: UIContext) -> None:
 
     ctx.job_event(go.click, generate, inputs=[*ctx.common_inputs(), seed, n, temperature, truncation],
                   outputs=[gallery, status, record], api_name="generate", show_progress="full")
+    go.click(follow_live(ctx), outputs=[live, live_note], api_visibility="private", show_progress="hidden")
     dice.click(lambda: random.randint(0, MAX_SEED), outputs=seed, api_visibility="private", queue=False)
 
     @ui_errors
@@ -92,21 +105,79 @@ def build(ctx: UIContext) -> None:
 
     record_file.upload(load_record, inputs=record_file, outputs=restore_targets(ctx), api_visibility="private")
 
+    @ui_errors
+    def dropped_record(path: str | None) -> tuple:
+        """A PNG dropped anywhere on the page (studio.ui.components.PAGE_JS): its record goes to Generate, which
+        opens; the drop box is emptied for the next one."""
+        if not path:
+            return (*(gr.skip(),) * len(restore_targets(ctx)), gr.skip(), gr.skip())
+        try:
+            params = generate_params(read_png_record(path, ctx.settings))
+        except InputError as exc:  # one line; Generate stays as it was
+            return (*refused(InputError(f"dropped PNG: {exc}"), len(restore_targets(ctx)) + 1), None)
+        return (*restore_outputs(ctx, params), gr.Tabs(selected="generate"), None)
+
+    drop = ctx["page_drop"]
+    drop.upload(dropped_record, inputs=drop, outputs=[*restore_targets(ctx), ctx["tabs"], drop],
+                api_visibility="private")
+
+
+LIVE_FIND_S = 60.0  # how long the live view looks for the job a click submitted (a busy server may take a while)
+
+
+def follow_live(ctx: UIContext) -> Callable[[], Iterator[tuple]]:
+    """The live view of a Generate click: it finds the sample job the click submitted (the signed-in user's newest
+    one, created since the click) and, until it ends, shows its preview (when the backend sends
+    one: `preview_png_b64`) and a line with its step and time left; then hides both. It never touches the gallery
+    the job's own handler fills."""
+    from studio.ui.jobs import current_user, scoped
+
+    @ui_errors
+    def generate_live() -> Iterator[tuple]:
+        clicked = time.time() - 2.0  # the worker's and this clock may differ a little
+        client, user = scoped(ctx.client), current_user(ctx.settings)
+        job = None
+        deadline = time.monotonic() + LIVE_FIND_S
+        while job is None and time.monotonic() < deadline:  # the click's job: submitted once its form is read
+            job = next((j for j in client.jobs(None, limit=10) if j.get("op") == "sample"
+                        and float(j.get("created") or 0) >= clicked and j.get("owner", user) == user), None)
+            if job is None:
+                time.sleep(0.25)
+        if job is None or job.get("state") in FINAL_STATES:  # none, or over already: nothing to show
+            yield gr.update(visible=False), ""
+            return
+        shown: tuple = (None, None)
+        for status in ctx.runner.watch(job["id"]):
+            if status.get("state") in FINAL_STATES:
+                break
+            line, b64 = live_line(job["id"], status), status.get("preview_png_b64")
+            if (line, b64) == shown:
+                continue  # only what changed reaches the page
+            image = preview_image(status) if b64 != shown[1] else None
+            shown = (line, b64)
+            yield (gr.update(value=image, visible=True) if image is not None else gr.skip()), line
+        yield gr.update(value=None, visible=False), ""
+
+    return generate_live
+
 
 def restore_targets(ctx: UIContext) -> list:
     """Components that "send to Generate" fills, in the order `restore_outputs` returns them."""
     c = ctx.components
     return [c["model"], c["gen_restore_backend"], c["gen_seed"], c["gen_n"], c["gen_temperature"], c["gen_truncation"],
-            c["prompt"], c["negative_prompt"], c["steps"], c["guidance"], c["options_json"]]
+            c["prompt"], c["negative_prompt"], c["scheduler"], c["width"], c["height"], c["steps"], c["guidance"],
+            c["options_json"]]
 
 
 def restore_outputs(ctx: UIContext, params: dict) -> tuple:
     """Values for `restore_targets`: the model (with its backend's choices), the backend to pick next (see
-    `gen_restore_backend`), seed, count, temperature, truncation, prompt, negative prompt, steps and guidance (0,
-    the backend's default, when the record has none) and the options JSON."""
+    `gen_restore_backend`), seed, count, temperature, truncation, prompt, negative prompt, the scheduler, width and
+    height widgets (studio.ui.options.restored_widgets: those options leave the JSON for their widgets), steps and
+    guidance (0, the backend's default, when the record has none) and the options JSON."""
     import json
     import time
 
+    scheduler, width, height, options = restored_widgets(params.get("options"))
     backend = params.get("backend")
     models = ctx.catalog.models(backend)
     model = params.get("model")
@@ -114,9 +185,8 @@ def restore_outputs(ctx: UIContext, params: dict) -> tuple:
             {"backend": backend, "at": time.time_ns()},  # a new value each time: its change always fires
             int(params.get("seed") or 0), max(1, min(int(params.get("n") or 1), ctx.max_images)),
             float(params.get("temperature") or 1.0), float(params.get("truncation") or 0.0),
-            params.get("prompt") or "", params.get("negative_prompt") or "",
-            _number(params.get("steps")), _number(params.get("guidance")),
-            json.dumps(params.get("options") or {}) if params.get("options") else "")
+            params.get("prompt") or "", params.get("negative_prompt") or "", scheduler, width, height,
+            _number(params.get("steps")), _number(params.get("guidance")), json.dumps(options) if options else "")
 
 
 def _number(value: object) -> float:

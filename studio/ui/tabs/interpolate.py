@@ -9,6 +9,7 @@ from studio.ui.components import checked_image
 from studio.ui.context import UIContext
 from studio.ui.inputs import upload_ref
 from studio.ui.jobs import ui_errors
+from studio.ui.sendto import send_to_row
 
 KINDS = ["Seed", "Image"]
 
@@ -42,9 +43,14 @@ def build(ctx: UIContext) -> None:
                                elem_classes=["ls-pixel", "ls-big"], elem_id="interpolate-gif", buttons=["download"],
                                scale=1)
                 frames = gr.Gallery(label="Frames", columns=5, height=260, elem_classes=["ls-gallery", "ls-pixel"],
-                                    format="png", scale=2)
+                                    format="png", scale=2, elem_id="interpolate-frames")
+            send_to_row(ctx, frames, exclude=("interpolate",))
             status = gr.Markdown("Choose two seeds (or two images) and press **Interpolate**.", label="Status",
                                  elem_classes=["ls-status"])
+
+    # "Send to Interpolate" (studio.ui.sendto) puts an image into the start
+    ctx.components.update(interp_start_kind=start_kind, interp_start_image=start_image,
+                          interp_end_kind=end_kind, interp_end_image=end_image)
 
     def source(kind: str, seed: float | None, image: str | None, what: str) -> dict:
         if kind == "Image":

@@ -12,6 +12,7 @@ from studio.ui.artifacts import ArtifactShelf
 from studio.ui.context import UIContext
 from studio.ui.inputs import generate_params, job_id_field, read_png_record, trusted_path
 from studio.ui.jobs import ScopedClient, shown_artifact, ui_errors
+from studio.ui.sendto import send_to_row
 from studio.ui.tabs.generate import restore_outputs, restore_targets
 from studio.ui.views import job_table, without_paths
 
@@ -154,6 +155,7 @@ def build(ctx: UIContext) -> None:
                 send = gr.Button("Send to Generate", variant="primary", elem_id="send-to-generate")
                 replay_image = gr.Button("Replay this image")
     selected = gr.State(None)
+    send_to_row(ctx, history, selected=selected, exclude=("generate",))  # Generate: the button above
     selected_job = gr.State(None)  # the id of the picked image's job (replayed by id, never from a file)
     timer = gr.Timer(REFRESH_S, active=False)
     ctx.components.update(queue_timer=timer, queue_auto=auto)
