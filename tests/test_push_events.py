@@ -360,15 +360,21 @@ def test_a_quiet_stream_sends_heartbeat_comments(monkeypatch: pytest.MonkeyPatch
     assert chunks[2].startswith(b"event: progress") and chunks[3:] == [b": keep-alive\n\n"] * 3
 
 
-def test_studio_run_delivers_its_webhook_signed_from_the_cli_process(tmp_path: Path, studio_cli) -> None:
+def test_studio_run_delivers_its_webhook_signed_from_the_cli_process(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
     from studio.queue.webhooks import SIGNATURE_HEADER, verify
 
     receiver = Receiver()
     receiver.script["/run"] = [503]  # the first attempt fails, the retry lands
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("STUDIO_")}, "STUDIO_HOME": str(tmp_path / "h"),
+           "STUDIO_WEBHOOK_SECRET": SECRET, "STUDIO_WEBHOOK_BACKOFF_MS": "10"}
     try:
-        proc = studio_cli("run", "sample", "--backend", "vae", "--n", "2", "--out", str(tmp_path / "o"),
-                          "--webhook", f"{receiver.url}/run",
-                          env={"STUDIO_WEBHOOK_SECRET": SECRET, "STUDIO_WEBHOOK_BACKOFF_MS": "10"})
+        proc = subprocess.run([sys.executable, "-m", "studio", "run", "sample", "--backend", "vae", "--n", "2",
+                               "--out", str(tmp_path / "o"), "--webhook", f"{receiver.url}/run"],
+                              capture_output=True, text=True, timeout=300, env=env)
         assert proc.returncode == 0, proc.stderr
         assert "webhook attempt 1 of" in proc.stderr and "HTTP 503" in proc.stderr
         posts = receiver.to("/run")

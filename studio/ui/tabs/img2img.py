@@ -15,6 +15,7 @@ from studio.ui.components import checked_image, checked_sketchpad
 from studio.ui.context import UIContext
 from studio.ui.inputs import upload_ref
 from studio.ui.jobs import FINAL_STATES, live_line, preview_image, ui_errors
+from studio.ui.sendto import send_to_row
 from studio.ui.views import esc, plural
 
 EDITOR_SIDE = 256  # the mask painter shows the image at least this large (a 32x32 image is hard to paint on)
@@ -117,6 +118,7 @@ def build(ctx: UIContext) -> None:
                 gallery = gr.Gallery(label="Results (click to enlarge)", columns=4, height="auto",
                                      object_fit="contain", elem_id="img2img-gallery", format="png", scale=3,
                                      elem_classes=["ls-gallery", "ls-pixel"], buttons=["download", "fullscreen"])
+            send_to_row(ctx, gallery, exclude=("img2img",))  # a result goes on to another redraw from Generate's
             status.render()
     ctx.components.update(img2img_image=image, img2img_gallery=gallery)
 

@@ -8,6 +8,7 @@ import gradio as gr
 from studio.errors import InputError
 from studio.ui.context import UIContext
 from studio.ui.jobs import ui_errors
+from studio.ui.sendto import send_to_row
 from studio.ui.views import plural
 
 OPS = ("sample",)
@@ -82,6 +83,7 @@ def build(ctx: UIContext) -> None:
             cells = gr.Gallery(label="Cells (each image replays alone from its record)", columns=6, height="auto",
                                object_fit="contain", elem_id="sweeps-cells", elem_classes=["ls-gallery", "ls-pixel"],
                                buttons=["download", "fullscreen"], format="png")
+            send_to_row(ctx, cells)
             with gr.Accordion("Cells: axis values, artifacts and metrics", open=False):
                 summary = gr.JSON(label="Cells", elem_id="sweeps-summary")
 

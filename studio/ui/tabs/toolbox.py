@@ -12,6 +12,7 @@ from studio.ui.components import checked_image
 from studio.ui.context import UIContext
 from studio.ui.inputs import upload_ref
 from studio.ui.jobs import ui_errors
+from studio.ui.sendto import send_to_row
 from studio.ui.tabs.queue import cancel_button
 
 KINDS = ["Seed", "Image"]
@@ -134,6 +135,7 @@ def _analogy(ctx: UIContext) -> None:
             gallery = gr.Gallery(label="A, B, C and A - B + C", columns=4, height="auto", allow_preview=True,
                                  elem_classes=["ls-gallery", "ls-pixel"], format="png",
                                  elem_id="toolbox-analogy-gallery")
+            send_to_row(ctx, gallery)
             status = _status("analogy")
 
     @ui_errors
@@ -184,6 +186,7 @@ def _walk(ctx: UIContext) -> None:
                                  elem_id="toolbox-walk-mp4")
             gallery = gr.Gallery(label="Frames", columns=8, height="auto", allow_preview=True, format="png",
                                  elem_classes=["ls-gallery", "ls-pixel"], elem_id="toolbox-walk-gallery")
+            send_to_row(ctx, gallery)
 
     @ui_errors
     def walk(backend: str, model: str, prompt: str, negative_prompt: str, denoise_steps: float, guidance: float,

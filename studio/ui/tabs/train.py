@@ -128,18 +128,18 @@ def build(ctx: UIContext) -> None:
                 summary = gr.JSON(label="Model", elem_id="train-summary")
 
     @ui_errors
-    def import_dataset(name_: str, folder_: object, archive_: object) -> tuple:
-        """Import the uploaded folder or zip as dataset `name_`; returns the dataset picker (choices, the new one
+    def import_dataset(name: str, folder: object, archive: object) -> tuple:
+        """Import the uploaded folder or zip as dataset `name`; returns the dataset picker (choices, the new one
         picked) and one line saying what was imported and skipped."""
         from studio.dataset_import import import_images
 
-        name_ = (name_ or "").strip()
-        if not name_:
+        name = (name or "").strip()
+        if not name:
             raise InputError("dataset name: give the dataset a name")
-        files = uploaded(archive_) + uploaded(folder_)
+        files = uploaded(archive) + uploaded(folder)
         if not files:
             raise InputError("upload: choose a folder of images or a zip first")
-        report = import_images(ctx.settings, name_, files)
+        report = import_images(ctx.settings, name, files)
         return gr.update(choices=dataset_choices(ctx), value=report.name), f"✓ {report.line()}"
 
     import_button.click(import_dataset, inputs=[import_name, folder, archive], outputs=[dataset, import_status],
@@ -150,23 +150,23 @@ def build(ctx: UIContext) -> None:
                   outputs=dataset, api_visibility="private", queue=False)
 
     @ui_errors
-    def train(backend_: str, dataset_: str, epochs_: float, limit_: float, seed_: float, name_: str,
+    def train(backend: str, dataset: str, epochs: float, limit: float, seed: float, name: str,
               batch_size: float = 0, progress: gr.Progress = gr.Progress()) -> Iterator[tuple]:
-        """Train `backend_` on `dataset_` as model `name_`; yields the samples after each epoch and a progress line
+        """Train `backend` on `dataset` as model `name`; yields the samples after each epoch and a progress line
         while it runs; at the end the header's pickers show the new model (its backend is picked too)."""
-        if backend_ not in trainable(ctx):
-            raise InputError(f"backend: {clip(backend_)!r} cannot train here (choose one of "
+        if backend not in trainable(ctx):
+            raise InputError(f"backend: {clip(backend)!r} cannot train here (choose one of "
                              f"{', '.join(trainable(ctx)) or 'none installed'})")
-        name_ = (name_ or "").strip()
-        if not name_:
+        name = (name or "").strip()
+        if not name:
             raise InputError("new model name: give the model a name")
-        if not dataset_:
+        if not dataset:
             raise InputError("dataset: pick a dataset")
-        limit_n = int_field(limit_, "limit", 0, 10_000_000, default=0)
+        limit_n = int_field(limit, "limit", 0, 10_000_000, default=0)
         batch_n = int_field(batch_size, "batch_size", 0, 100_000, default=0)
-        spec = {"op": "train", "backend": backend_, "dataset": str(dataset_), "name": name_,
-                "epochs": int_field(epochs_, "epochs", 1, 1000, default=1),
-                "seed": int_field(seed_, "seed", 0, MAX_SEED, default=0), "limit": limit_n or None,
+        spec = {"op": "train", "backend": backend, "dataset": str(dataset), "name": name,
+                "epochs": int_field(epochs, "epochs", 1, 1000, default=1),
+                "seed": int_field(seed, "seed", 0, MAX_SEED, default=0), "limit": limit_n or None,
                 "options": {"batch_size": batch_n} if batch_n else {}}
         job_id = ctx.runner.submit(spec)
         gallery: list = []
@@ -190,10 +190,10 @@ def build(ctx: UIContext) -> None:
             gallery.append((image, f"after epoch {spec['epochs']}/{spec['epochs']}"))
         done = ctx.runner.finish(job_id, status)
         ctx.catalog.refresh()  # a registered model is listed from the records: describe again now
-        model = done.metrics.get("name", name_)
-        picker = gr.update(choices=ctx.catalog.models(backend_), value=model)
-        restore = {"backend": backend_, "at": time.time_ns()}  # the header picks the backend after the model
-        line = (done.summary() + f" · model **{model}** of {backend_} is ready and picked above: "
+        model = done.metrics.get("name", name)
+        picker = gr.update(choices=ctx.catalog.models(backend), value=model)
+        restore = {"backend": backend, "at": time.time_ns()}  # the header picks the backend after the model
+        line = (done.summary() + f" · model **{model}** of {backend} is ready and picked above: "
                 "every tab uses it now")
         yield (list(gallery) or gr.skip(), line, without_out(done.metrics), picker, restore)
 
