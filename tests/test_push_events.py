@@ -151,7 +151,8 @@ def test_sse_streams_a_job_in_order_resumes_without_repeats_and_hides_other_user
     assert states[-1] == "SUCCEEDED" and "RUNNING" in states
     progress = [e["data"] for e in events if e["event"] == "progress"]
     assert all(0 <= p["progress"] <= 1 and p["total"] >= 1 for p in progress)
-    assert [p["step"] for p in progress] == sorted(p["step"] for p in progress)
+    # a progress event is sent when the job's progress changes (a later phase may start its steps again at 1)
+    assert all(a != b for a, b in zip(progress, progress[1:], strict=False)), progress
     end = events[-1]["data"]
     assert end["id"] == job_id and end["state"] == "SUCCEEDED" and len(end["artifacts"]) >= 4
     assert "preview_png_b64" not in end and "owner" not in end
