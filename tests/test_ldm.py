@@ -171,3 +171,28 @@ def test_compression_round_trips_through_its_autoencoder(runtime):
     result = execute({"op": "roundtrip", "backend": "sd", "model": MODEL, "dataset": "mnist", "limit": 100,
                       "bits": 8}, runtime)
     assert result.metrics["psnr"] >= 20, result.metrics
+
+
+def test_a_train_job_installs_an_sd_folder_that_every_op_then_finds(tmp_path, studio_home):
+    """The train job (the UI's Train tab, `studio submit train`) trains sd too: its diffusers folder lands in the
+    first model root, listed by name; a retry of the same job reports it rather than training again."""
+    from studio.errors import InputError
+    from studio.executor import Runtime
+
+    settings = load_settings(env={"STUDIO_HOME": str(studio_home), "STUDIO_MODEL_ROOTS": str(tmp_path / "models"),
+                                  "STUDIO_DEVICE": "cpu"})
+    runtime = Runtime(settings)
+    spec = {"op": "train", "backend": "sd", "name": "my-sd", "dataset": "digits", "epochs": 1, "limit": 32, "seed": 1,
+            "options": {"vae_steps": 3, "batch_size": 16, "threads": 1}}
+    first = execute(spec, runtime)
+    folder = tmp_path / "models" / "sd" / "my-sd"
+    assert (folder / "model_index.json").is_file() and first.metrics["name"] == "my-sd"
+    assert first.metrics["sha256"] and first.metrics["size"] > 0 and str(tmp_path) not in json.dumps(first.metrics)
+    steps: list = []
+    again = execute(spec, runtime, progress=lambda *args: steps.append(args))  # retried: reported, not trained
+    assert again.metrics["sha256"] == first.metrics["sha256"] and not steps
+    with pytest.raises(InputError, match="is taken"):
+        execute({**spec, "seed": 2}, runtime)
+    images = execute({"op": "sample", "backend": "sd", "model": "my-sd", "n": 2, "seed": 0,
+                      "options": {"prompt": "a handwritten digit 3", "steps": 2}}, runtime)
+    assert [a.name for a in images.artifacts if a.name.startswith("sample_")] == ["sample_000.png", "sample_001.png"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -12,11 +14,14 @@ from studio.spec import Name, OpSpec, Seed, checked_name
 if TYPE_CHECKING:
     from studio.executor import JobContext
 
+TRAIN_RECORD = "studio-train.json"  # in a trained model folder: its recipe, owner and metrics (a retry finds it)
+MODEL_INDEX = "model_index.json"  # the file that makes a diffusers folder a model: copied last
 RESERVED = frozenset({"dataset", "epochs", "out", "seed", "settings", "progress", "limit"})
 
 
 class TrainSpec(OpSpec):
-    """Train fresh weights and register them as model `name` of the backend (studio.modelstore).
+    """Train fresh weights and register them as model `name` of the backend (studio.modelstore); a backend that
+    trains a folder (sd) gets it installed as `<first model root>/<backend>/<name>` on the machine that trained it.
     `options` are the backend's training options (e.g. batch_size), checked by its `train`."""
 
     op: Literal["train"] = "train"
@@ -56,11 +61,11 @@ class TrainSpec(OpSpec):
         from studio.registry import get_backend_class
 
         cls = get_backend_class(self.backend)
-        if cls.train_output != "file":
-            raise InputError(f"backend {self.backend!r} trains a {cls.train_output}, which the train job cannot "
-                             f"register yet; run `studio train {self.backend} --out DIR` and put DIR in a model root")
         recipe = {"dataset": self.dataset, "epochs": self.epochs, "seed": self.seed, "limit": self.limit,
                   "options": self.options}
+        if cls.train_output == "folder":
+            self._run_folder(job, cls, recipe)
+            return
         taken = find_model(job.settings, self.backend, self.name)
         if taken is not None:
             if taken["meta"].get("train") == recipe and taken.get("owner") == job.owner:
@@ -72,23 +77,71 @@ class TrainSpec(OpSpec):
         folder = job.settings.cache_path / "train"
         folder.mkdir(parents=True, exist_ok=True)
         out = folder / f"{self.name}-{uuid.uuid4().hex[:12]}.safetensors"
-        kwargs = {**self.options, **({"limit": self.limit} if self.limit is not None else {})}
         try:
-            try:
-                metrics = cls.train(
-                    self.dataset, self.epochs, str(out), self.seed, job.settings,
-                    progress=job.sub_progress("training"), **kwargs)
-            except TypeError as exc:  # a training option the backend's recipe does not take
-                if "keyword argument" not in str(exc):
-                    raise
-                raise InputError(f"invalid training options for {self.backend}: {clip(exc, 160)}") from None
-            scalars = {k: v for k, v in (metrics or {}).items()  # not "out": results never reveal a machine's folders
-                       if k != "out" and isinstance(v, (str, int, float, bool, type(None)))}
+            scalars = self._train(job, cls, out)
             row = import_model(job.settings, self.backend, out, self.name, owner=job.owner, source="train job",
                                meta={"train": recipe, "metrics": scalars})
         finally:
             out.unlink(missing_ok=True)
         self._report(job, row, scalars)
+
+    def _train(self, job: JobContext, cls: type, out: Path) -> dict:
+        """Run the backend's recipe into `out`; returns its scalar metrics (never "out": results reveal no folders)."""
+        kwargs = {**self.options, **({"limit": self.limit} if self.limit is not None else {})}
+        try:
+            metrics = cls.train(self.dataset, self.epochs, str(out), self.seed, job.settings,
+                                progress=job.sub_progress("training"), **kwargs)
+        except TypeError as exc:  # a training option the backend's recipe does not take
+            if "keyword argument" not in str(exc):
+                raise
+            raise InputError(f"invalid training options for {self.backend}: {clip(exc, 160)}") from None
+        return {k: v for k, v in (metrics or {}).items()
+                if k != "out" and isinstance(v, (str, int, float, bool, type(None)))}
+
+    def _run_folder(self, job: JobContext, cls: type, recipe: dict) -> None:
+        """A backend that trains a folder (sd's diffusers pipeline): train into the cache, then move the folder to
+        `<first model root>/<backend>/<name>`, where the backend lists it (the file that makes it a model last).
+        An earlier attempt of this same job that installed it is reported, not trained again."""
+        import shutil
+        import uuid
+
+        target = job.settings.model_root_paths[0] / cls.name / self.name
+        done = self._installed(target, recipe, job.owner)
+        if done is not None:
+            self._report(job, self._folder_row(job, cls, target), done)
+            return
+        if target.exists() or any(m.name == self.name for m in cls.available_models(job.settings)):
+            raise InputError(f"{self.backend} model name {self.name!r} is taken; choose another name")
+        out = job.settings.cache_path / "train" / f"{self.name}-{uuid.uuid4().hex[:12]}"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            scalars = self._train(job, cls, out)
+            (out / TRAIN_RECORD).write_text(json.dumps({"train": recipe, "owner": job.owner, "metrics": scalars}))
+            index = [p for p in out.iterdir() if p.name == MODEL_INDEX]
+            partial = target.with_name(f".{self.name}.partial-{uuid.uuid4().hex[:8]}")
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(out, partial, symlinks=False, ignore=shutil.ignore_patterns(MODEL_INDEX))
+            partial.rename(target)  # not a model yet: no model_index.json
+            for path in index:
+                shutil.copyfile(path, target / path.name)
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+        self._report(job, self._folder_row(job, cls, target), scalars)
+
+    @staticmethod
+    def _installed(target: Path, recipe: dict, owner: str | None) -> dict | None:
+        """The metrics of the model at `target` when this recipe and owner trained it (a retried job), else None."""
+        try:
+            record = json.loads((target / TRAIN_RECORD).read_text())
+        except (OSError, ValueError):
+            return None
+        same = record.get("train") == recipe and record.get("owner") == owner and (target / MODEL_INDEX).is_file()
+        return record.get("metrics", {}) if same else None
+
+    def _folder_row(self, job: JobContext, cls: type, target: Path) -> dict:
+        info = next((m for m in cls.available_models(job.settings) if m.name == self.name), None)
+        size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
+        return {"name": self.name, "backend": self.backend, "sha256": info.sha256 if info else "", "size": size}
 
     @staticmethod
     def _report(job: JobContext, row: dict, metrics: dict) -> None:

@@ -21,16 +21,8 @@ TRAIN = "train"
 
 
 def trainable(ctx: UIContext) -> list[str]:
-    """Backends the train job can train (capability `train`, weights written as one file), in the catalog's order."""
-    from studio.registry import load_registry
-
-    classes = load_registry().backends
-    names = []
-    for entry in ctx.catalog.backends():
-        cls = classes.get(entry.name)
-        if entry.can(TRAIN) and cls is not None and getattr(cls, "train_output", "file") == "file":
-            names.append(entry.name)
-    return names
+    """Backends the train job can train (capability `train`), in the catalog's order."""
+    return [entry.name for entry in ctx.catalog.backends() if entry.can(TRAIN)]
 
 
 def dataset_choices(ctx: UIContext) -> list[str]:
