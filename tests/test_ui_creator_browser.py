@@ -90,7 +90,8 @@ def test_browser_png_restore_keeps_the_backend_and_model(page, stack: Stack, tmp
     page.get_by_text("Reproduce an image from its PNG record").click()
     page.locator("#generate-record-file input[type=file]").set_input_files(str(png))
     page.wait_for_function("document.querySelector('#backend-picker input').value === 'gan'")
-    page.wait_for_selector("#ls-backend-line :text('gan')")  # the backend-change handler has run
+    # the backend-change handler has run (a loaded CI machine once took over 30 s to get there)
+    page.wait_for_selector("#ls-backend-line :text('gan')", timeout=90_000)
     time.sleep(1.5)  # and anything it set off
     _shot(page, "restore")
     assert (_value(page, "#backend-picker"), _value(page, "#model-picker")) == ("gan", "fashion")

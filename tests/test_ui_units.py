@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 from pathlib import Path
 
 import numpy as np
@@ -516,3 +517,37 @@ def test_gan_compress_reports_progress_while_it_encodes(tmp_path) -> None:
     messages = [m for _, _, m in calls]
     first = next(i for i, m in enumerate(messages) if m.startswith("encoding"))
     assert first < messages.index("measuring")  # reported while it encodes, before the round trip finishes
+
+
+def test_the_ui_waits_for_a_page_slower_than_gradios_own_three_second_check() -> None:
+    """A loaded CI machine rendered the page's HEAD in over 3 s: Gradio's launch check gave up at once ("When
+    localhost is not accessible, a shareable link must be created"); serve() now waits for the page itself."""
+    import http.server
+    import threading
+
+    from gradio import networking
+
+    from studio.errors import StudioError
+    from studio.ui import wait_reachable
+    from studio.ui.testing import free_port
+
+    class Slow(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self) -> None:  # noqa: N802 - http.server's name
+            time.sleep(3.5)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/"
+    try:
+        assert not networking.url_ok(url)  # what Gradio's launch concludes
+        wait_reachable(url, timeout_s=30)  # returns: the page answered
+    finally:
+        server.shutdown()
+        server.server_close()
+    with pytest.raises(StudioError, match="did not answer"):
+        wait_reachable(f"http://127.0.0.1:{free_port()}/", timeout_s=0.5)

@@ -7,7 +7,10 @@ with safe defaults: loopback only unless auth is configured, uploads limited in 
 from __future__ import annotations
 
 import os
+import time
 from typing import TYPE_CHECKING
+
+from studio.errors import StudioError
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -60,11 +63,35 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None, 
 
         client = StudioClient(settings)
     demo = build_app(client, settings, auth_mode=mode)
-    _, local_url, _ = demo.launch(prevent_thread_lock=True, **kwargs)
+    # Gradio's own reachability check gives up after one HEAD of the page that takes over 3 s, which a loaded machine
+    # can take for this page: the check here waits longer (and still fails in one line when nothing answers).
+    _, local_url, _ = demo.launch(prevent_thread_lock=True, _frontend=False, **kwargs)
+    try:
+        wait_reachable(local_url)
+    except StudioError:
+        demo.close()
+        raise
     from studio.ui.events_api import mount_events
 
     mount_events(demo.app, client, settings, mode)  # GET /api/jobs/{id}/events (push events, behind the same login)
     return demo, local_url
+
+
+def wait_reachable(url: str, timeout_s: float = 60.0) -> None:
+    """Return once `url` answers (any status a browser can follow: 2xx, a redirect, 401); StudioError after
+    `timeout_s`."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.head(url, timeout=10).status_code in (200, 301, 302, 303, 307, 308, 401):
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise StudioError(f"the UI did not answer on {url} within {timeout_s:.0f} s")
+        time.sleep(0.25)
 
 
 def launch(settings: Settings, host: str | None = None, port: int | None = None, client: QueueClient | None = None,
