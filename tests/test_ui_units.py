@@ -426,6 +426,10 @@ def test_the_page_has_its_tabs_and_the_documented_endpoints(settings, tmp_path) 
     assert named == ENDPOINTS
     doc = (Path(__file__).resolve().parents[1] / "docs" / "UI.md").read_text()
     assert all(f"`/{name}`" in doc for name in ENDPOINTS)
+    # none of these backends can train: the Train tab says so and its button is off (it was an empty picker)
+    by_id = {c.get("props", {}).get("elem_id"): c["props"] for c in config["components"]}
+    assert "No installed backend can train" in by_id["train-status"]["value"]
+    assert by_id["train-run"]["interactive"] is False
 
 
 # ----- issue 14: what a creator found in a real browser -----

@@ -104,10 +104,11 @@ def build(ctx: UIContext) -> None:
                                   info="0: the recipe's")
             name = gr.Textbox(label="New model name", placeholder="my-model", elem_id="train-name",
                               info="Letters, digits, '_', '.', '-'. Every tab can use it when training ends.")
-            status = gr.Markdown("Pick a dataset, name the model and press **Train**.", elem_id="train-status",
-                                 elem_classes=["ls-status"], render=False)
+            ready = ("Pick a dataset, name the model and press **Train**." if backends else
+                     "No installed backend can train (capability `train`; vae, gan and sd can).")
+            status = gr.Markdown(ready, elem_id="train-status", elem_classes=["ls-status"], render=False)
             with gr.Row():
-                run = gr.Button("Train", variant="primary", elem_id="train-run", scale=3)
+                run = gr.Button("Train", variant="primary", elem_id="train-run", scale=3, interactive=bool(backends))
                 from studio.ui.tabs.queue import cancel_button  # here: queue.py imports the tab modules
 
                 cancel_button(ctx, TRAIN, status, elem_id="train-cancel")
