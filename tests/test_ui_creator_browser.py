@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from test_ui_integration import SHOTS, chromium_browser
+from test_ui_integration import SHOTS, chromium_browser, studio_page
 
 from studio.ui.testing import served_in_process
 
@@ -52,11 +52,7 @@ def browser():
 
 @pytest.fixture
 def page(browser, stack: Stack):
-    page = browser.new_page(viewport={"width": 1366, "height": 900})
-    page.set_default_timeout(WAIT_MS)
-    page.goto(stack.url)
-    page.locator("#generate-button").wait_for(state="visible")
-    page.wait_for_function("document.querySelector('#model-picker input').value === 'mnist'")
+    page = studio_page(browser, stack.url, WAIT_MS, "model", "mnist")
     try:
         yield page
     finally:

@@ -44,6 +44,17 @@ def chromium_browser():
             browser.close()
 
 
+def studio_page(browser, url: str, timeout_ms: int, picker: str, value: str, height: int = 900):  # noqa: ANN001, ANN201
+    """A new page on the studio at `url`, loaded: Generate shown and the header's `picker` ("backend" or "model")
+    showing `value`. The caller closes it."""
+    page = browser.new_page(viewport={"width": 1366, "height": height})
+    page.set_default_timeout(timeout_ms)
+    page.goto(url)
+    page.locator("#generate-button").wait_for(state="visible")
+    page.wait_for_function(f"document.querySelector('#{picker}-picker input').value === {value!r}")
+    return page
+
+
 MAX_PIXELS = 300 * 300  # the UI refuses bigger uploads (STUDIO_MAX_UPLOAD_PIXELS); the drawing canvas is 280x280
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from test_ui_integration import SHOTS, chromium_browser
+from test_ui_integration import SHOTS, chromium_browser, studio_page
 
 from studio.ui.testing import served_in_process
 
@@ -95,11 +95,7 @@ def _newest(client, op: str = "sample") -> dict:  # noqa: ANN001
 def test_browser_shortcuts_send_to_and_drop_a_png(stack) -> None:
     url, client = stack
     with chromium_browser() as browser:
-        page = browser.new_page(viewport={"width": 1366, "height": 1000})
-        page.set_default_timeout(WAIT_MS)
-        page.goto(url)
-        page.locator("#generate-button").wait_for(state="visible")
-        page.wait_for_function("document.querySelector('#backend-picker input').value === 'sd'")
+        page = studio_page(browser, url, WAIT_MS, "backend", "sd", height=1000)
         page.locator("#ls-scheduler").wait_for(state="visible")  # sd's text row has its widgets
         page.wait_for_function(SETTLED)  # the page's load event has answered (for the screenshot)
         assert page.locator("#generate-gallery input[type=file]").count() == 0  # a result view, no upload area

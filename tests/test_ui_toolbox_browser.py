@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 from PIL import Image
-from test_ui_integration import SHOTS, chromium_browser
+from test_ui_integration import SHOTS, chromium_browser, studio_page
 
 from studio.ui.testing import served_in_process
 
@@ -46,11 +46,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
 def page(stack):
     url, _ = stack
     with chromium_browser() as browser:
-        page = browser.new_page(viewport={"width": 1366, "height": 900})
-        page.set_default_timeout(WAIT_MS)
-        page.goto(url)
-        page.locator("#generate-button").wait_for(state="visible")
-        page.wait_for_function("document.querySelector('#model-picker input').value === 'mnist'")
+        page = studio_page(browser, url, WAIT_MS, "model", "mnist")
         try:
             yield page
         finally:

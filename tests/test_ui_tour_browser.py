@@ -12,7 +12,7 @@ no job of their own: they get an empty shot (before any job) and a done shot (po
 from __future__ import annotations
 
 import pytest
-from test_ui_integration import SHOTS, chromium_browser
+from test_ui_integration import SHOTS, chromium_browser, studio_page
 
 from studio.ui.testing import served_in_process
 
@@ -46,11 +46,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
 def page(stack):
     url, _ = stack
     with chromium_browser() as browser:
-        page = browser.new_page(viewport={"width": 1366, "height": 900})
-        page.set_default_timeout(WAIT_MS)
-        page.goto(url)
-        page.locator("#generate-button").wait_for(state="visible")
-        page.wait_for_function("document.querySelector('#backend-picker input').value === 'toy'")
+        page = studio_page(browser, url, WAIT_MS, "backend", "toy")
         try:
             yield page
         finally:

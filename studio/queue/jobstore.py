@@ -252,13 +252,7 @@ class JobStore:
         with self.db.read() as db:
             rows = db.execute(select(T_JOBS).where(*conds).order_by(J.created.desc(), J.id.desc())
                               .limit(limit)).mappings().all()
-            arts = self._artifacts(db, [r["id"] for r in rows]) if rows else {}
-        out = []
-        for r in rows:
-            rec = self._record(r, preview=False)
-            rec["artifacts"] = arts.get(r["id"], [])
-            out.append(rec)
-        return out
+            return self._with_artifacts(db, rows)
 
     @retrying
     def state(self, job_id: str) -> str:
@@ -273,6 +267,11 @@ class JobStore:
     def artifacts(self, job_id: str) -> list[dict]:
         with self.db.read() as db:
             return [_artifact(a) for a in db.execute(_ARTIFACTS_OF, {"job_id": job_id}).mappings()]
+
+    def _with_artifacts(self, db: Connection, rows: list[RowMapping]) -> list[dict]:
+        """The job records of `rows` (previews left out), each with its artifacts."""
+        arts = self._artifacts(db, [r["id"] for r in rows]) if rows else {}
+        return [{**self._record(r, preview=False), "artifacts": arts.get(r["id"], [])} for r in rows]
 
     @staticmethod
     def _artifacts(db: Connection, ids: list[str]) -> dict[str, list[dict]]:
@@ -456,13 +455,7 @@ class JobStore:
                                                    J.finished >= since,
                                                    J.spec.contains(contains, autoescape=True), ~marked)
                               .order_by(J.finished, J.id).limit(limit)).mappings().all()
-            arts = self._artifacts(db, [r["id"] for r in rows]) if rows else {}
-        out = []
-        for r in rows:
-            rec = self._record(r, preview=False)
-            rec["artifacts"] = arts.get(r["id"], [])
-            out.append(rec)
-        return out
+            return self._with_artifacts(db, rows)
 
     # ----- workers: claims and leases -----
     @retrying
