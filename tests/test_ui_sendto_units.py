@@ -11,29 +11,10 @@ import io
 import gradio as gr
 import pytest
 from PIL import Image
+from test_ui_options import Recorder  # a client that records the specs submitted
 
 from studio.config import Settings, load_settings
 from studio.errors import InputError
-
-
-class Recorder:
-    """A queue client that records the specs submitted; each job is at once FAILED (only the spec matters)."""
-
-    def __init__(self) -> None:
-        self.submitted: list[dict] = []
-
-    def submit(self, spec: dict, priority: int = 5) -> str:
-        self.submitted.append(spec)
-        return f"job{len(self.submitted)}"
-
-    def status(self, job_id: str) -> dict:
-        return {"id": job_id, "state": "FAILED", "progress": 0.0, "error": "recorded only"}
-
-    def jobs(self, state: str | None = None, limit: int = 100) -> list:
-        return []
-
-    def workers(self) -> list:
-        return []
 
 
 @pytest.fixture(scope="module")
