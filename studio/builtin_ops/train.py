@@ -15,7 +15,6 @@ if TYPE_CHECKING:
     from studio.executor import JobContext
 
 TRAIN_RECORD = "studio-train.json"  # in a trained model folder: its recipe, owner and metrics (a retry finds it)
-MODEL_INDEX = "model_index.json"  # the file that makes a diffusers folder a model: copied last
 RESERVED = frozenset({"dataset", "epochs", "out", "seed", "settings", "progress", "limit"})
 
 
@@ -100,7 +99,7 @@ class TrainSpec(OpSpec):
 
     def _run_folder(self, job: JobContext, cls: type, recipe: dict) -> None:
         """A backend that trains a folder (sd's diffusers pipeline): train into the cache, then move the folder to
-        `<first model root>/<backend>/<name>`, where the backend lists it (the file that makes it a model last).
+        `<first model root>/<backend>/<name>`, where the backend lists it (renamed into place whole).
         An earlier attempt of this same job that installed it is reported, not trained again."""
         import shutil
         import uuid
@@ -114,18 +113,17 @@ class TrainSpec(OpSpec):
             raise InputError(f"{self.backend} model name {self.name!r} is taken; choose another name")
         out = job.settings.cache_path / "train" / f"{self.name}-{uuid.uuid4().hex[:12]}"
         out.parent.mkdir(parents=True, exist_ok=True)
+        staging = target.parent / f".partial-{uuid.uuid4().hex[:12]}"
         try:
             scalars = self._train(job, cls, out)
             (out / TRAIN_RECORD).write_text(json.dumps({"train": recipe, "owner": job.owner, "metrics": scalars}))
-            index = [p for p in out.iterdir() if p.name == MODEL_INDEX]
-            partial = target.with_name(f".{self.name}.partial-{uuid.uuid4().hex[:8]}")
-            partial.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copytree(out, partial, symlinks=False, ignore=shutil.ignore_patterns(MODEL_INDEX))
-            partial.rename(target)  # not a model yet: no model_index.json
-            for path in index:
-                shutil.copyfile(path, target / path.name)
+            # copied one level down (the backend lists only the folders directly in its root), then renamed into
+            # place in one step: a listing never sees half a model
+            shutil.copytree(out, staging / self.name, symlinks=False)
+            (staging / self.name).rename(target)
         finally:
             shutil.rmtree(out, ignore_errors=True)
+            shutil.rmtree(staging, ignore_errors=True)
         self._report(job, self._folder_row(job, cls, target), scalars)
 
     @staticmethod
@@ -135,7 +133,7 @@ class TrainSpec(OpSpec):
             record = json.loads((target / TRAIN_RECORD).read_text())
         except (OSError, ValueError):
             return None
-        same = record.get("train") == recipe and record.get("owner") == owner and (target / MODEL_INDEX).is_file()
+        same = record.get("train") == recipe and record.get("owner") == owner
         return record.get("metrics", {}) if same else None
 
     def _folder_row(self, job: JobContext, cls: type, target: Path) -> dict:
